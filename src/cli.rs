@@ -1,0 +1,110 @@
+//! The command line: global flags and one variant per subcommand. Each
+//! subcommand's arguments live beside its code in `commands/<name>.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{add, check, deps, graph, init, list, next, show, transition};
+
+/// A directory of markdown files as a work queue and an agent factory.
+///
+/// Tasks are markdown files with YAML frontmatter in `tasks/todo/`; finished
+/// ones move to `tasks/done/`. Git and a text editor are the interface;
+/// taskq answers shell scripts fast and exactly.
+///
+/// Exit codes: 0 ok, 1 nothing found / check found problems, 2 usage error
+/// or invalid input, 3 conflict (already claimed, not ready, lock held too
+/// long).
+#[derive(Debug, Parser)]
+#[command(name = "taskq", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// The taskq root (the directory holding `tasks/`). Default: `$TASKQ_ROOT`,
+    /// else the nearest ancestor of the current directory holding `tasks/`.
+    #[arg(long, global = true, value_name = "DIR", env = "TASKQ_ROOT")]
+    pub root: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout (schemas in the README).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More logging on stderr (-v info, -vv debug). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print no confirmations or warnings on stderr, only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a taskq root: tasks/, approvals/, agents/ with the default
+    /// SOUL templates, a config and a .gitignore. Never overwrites a file.
+    Init(init::Args),
+    /// Add a task; prints only its new id.
+    Add(add::Args),
+    /// Give every id-less file in tasks/todo an id and status ready.
+    ///
+    /// Every writing command does this first; `adopt` does only this.
+    Adopt,
+    /// List tasks (all, or filtered), one line each or `--json`.
+    List(list::Args),
+    /// Show one task: its file, or `--json` with its computed state.
+    Show(show::Args),
+    /// Print the id of the next ready task; exit 1 when none is ready.
+    ///
+    /// Ready: in tasks/todo, status ready, unassigned, every dependency in
+    /// tasks/done with status done. Order: effective priority (a task
+    /// inherits the highest priority of any task that waits on it), then
+    /// the number of tasks it unblocks, then the oldest id. Made for
+    /// `while id=$(taskq next --claim me); do ...; done`.
+    Next(next::Args),
+    /// Print a task's dependency chain (or tree), each node with its status.
+    Deps(deps::Args),
+    /// Claim a ready task for an agent (status running); exit 3 if it is
+    /// not ready or already claimed.
+    Claim(transition::ClaimArgs),
+    /// Mark a task done and move it to tasks/done.
+    Done(transition::DoneArgs),
+    /// Mark a task failed with a reason (it stays in tasks/todo).
+    Fail(transition::FailArgs),
+    /// Put a task on hold: it will not run until released.
+    Hold(transition::IdArgs),
+    /// Return a task to ready (from running, hold, failed or review).
+    Release(transition::IdArgs),
+    /// Cancel a task (it stays in tasks/todo with status cancelled).
+    Cancel(transition::CancelArgs),
+    /// Extend the lease of a claimed task.
+    Renew(transition::RenewArgs),
+    /// Validate the whole root; print `path:line: message` per problem and
+    /// exit 1 if any. Usable as a git pre-commit hook.
+    Check(check::Args),
+    /// Print the dependency graph as mermaid (default) or dot.
+    Graph(graph::Args),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `taskq completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,151 @@
+//! `taskq add TITLE`: a new task file in tasks/todo; prints only its id.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::frontmatter::{yaml_list, yaml_str};
+use crate::graph::Graph;
+use crate::store::{Transition, Writer};
+use crate::task::{format_timestamp, validate_id, Priority, Status};
+
+use super::{report, split_list};
+
+/// Arguments of `taskq add`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The task's title (one line).
+    pub title: String,
+
+    /// The task's description: the text the agent is given. `-` reads it
+    /// from standard input.
+    #[arg(long, value_name = "TEXT|-")]
+    pub body: Option<String>,
+
+    /// Comma-separated tags (they route the task to a role).
+    #[arg(long, value_name = "A,B")]
+    pub tags: Option<String>,
+
+    /// Comma-separated ids of tasks that must be done first. Unknown ids
+    /// are refused.
+    #[arg(long, value_name = "TASK-1,TASK-2")]
+    pub deps: Option<String>,
+
+    /// critical, high, medium or low.
+    #[arg(long, value_enum, default_value_t = Priority::Medium)]
+    pub priority: Priority,
+
+    /// The role (agents/templates/<role>.md) that runs it, overriding tags.
+    #[arg(long)]
+    pub role: Option<String>,
+}
+
+/// Runs `taskq add`.
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let title = args.title.trim();
+    if title.is_empty() || title.contains('\n') {
+        return Err(Error::usage("the title must be one non-empty line"));
+    }
+    let body = match args.body.as_deref() {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Error::io("<stdin>", e))?;
+            s
+        }
+        Some(text) => text.to_string(),
+        None => String::new(),
+    };
+    if let Some(role) = &args.role {
+        validate_id(role).map_err(|why| Error::usage(format!("invalid role `{role}`: {why}")))?;
+    }
+    let tags = args.tags.as_deref().map(split_list).unwrap_or_default();
+    let mut writer = Writer::open(&ctx.root)?;
+
+    // Dependencies must exist; store them under their canonical ids.
+    let mut deps = Vec::new();
+    let mut dep_indices = Vec::new();
+    for d in args.deps.as_deref().map(split_list).unwrap_or_default() {
+        let i = writer.scan.resolve(&d).map_err(|_| {
+            Error::usage_hint(
+                format!("unknown dependency `{d}`"),
+                "`taskq list` shows the ids; a dependency must exist before it is named",
+            )
+        })?;
+        let id = writer.scan.tasks[i].id.to_string();
+        if !deps.contains(&id) {
+            deps.push(id);
+            dep_indices.push(i);
+        }
+    }
+    let id = writer.allocate_id()?;
+    let graph = Graph::build(&writer.scan);
+    // A brand-new task cannot close a cycle unless a dependency already
+    // reaches it (possible when a file names the id before it exists).
+    if let Some(me) = writer.scan.position(&id) {
+        if graph.would_cycle(me, &dep_indices) {
+            return Err(Error::usage(format!("adding `{id}` with these dependencies would make a cycle")));
+        }
+    }
+
+    let mut text = format!("---\nid: {id}\ntitle: {}\nstatus: ready\npriority: {}\n", yaml_str(title), args.priority);
+    if !tags.is_empty() {
+        text.push_str(&format!("tags: {}\n", yaml_list(&tags)));
+    }
+    if !deps.is_empty() {
+        text.push_str(&format!("dependencies: {}\n", yaml_list(&deps)));
+    }
+    if let Some(role) = &args.role {
+        text.push_str(&format!("role: {role}\n"));
+    }
+    text.push_str(&format!("created: {}\n---\n", format_timestamp(writer.now)));
+    if !body.is_empty() {
+        text.push_str(&body);
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    let name = format!("{id}-{}.md", slug(title));
+    writer.create(&name, text.as_bytes())?;
+    writer.transitions.push(Transition {
+        id: id.clone(),
+        from: None,
+        to: Status::Ready,
+        note: String::new(),
+    });
+    report(ctx, &writer);
+    ctx.out.line(&id)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `JWT middleware: v2!` → `jwt-middleware-v2` (at most 40 characters).
+fn slug(title: &str) -> String {
+    let mut s = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+        if s.len() >= 40 {
+            break;
+        }
+    }
+    let s = s.trim_end_matches('-').to_string();
+    if s.is_empty() {
+        "task".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs() {
+        assert_eq!(super::slug("JWT middleware: v2!"), "jwt-middleware-v2");
+        assert_eq!(super::slug("日本"), "task");
+    }
+}

@@ -1,0 +1,42 @@
+//! `taskq deps ID`: the dependency chain or tree of a task.
+
+use std::process::ExitCode;
+
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::graph::{render_tree, tree};
+use crate::queue::Queue;
+use crate::store::display_title;
+
+use super::scan_and_warn;
+
+/// Arguments of `taskq deps`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The task id.
+    pub id: String,
+
+    /// Show what depends on the task instead (what it unblocks).
+    #[arg(long)]
+    pub reverse: bool,
+}
+
+/// Runs `taskq deps`.
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let scan = scan_and_warn(ctx);
+    let i = scan.resolve(&args.id)?;
+    let queue = Queue::new(&scan, ctx.now);
+    let label = |j: usize| {
+        (
+            queue.state[j].as_str().to_string(),
+            display_title(&ctx.root, &scan.tasks[j]),
+        )
+    };
+    let node = tree(&scan, &queue.graph, i, args.reverse, &label);
+    if ctx.out.json {
+        ctx.out.json(&node)?;
+    } else {
+        ctx.out.text(render_tree(&node))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

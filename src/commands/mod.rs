@@ -1,0 +1,217 @@
+//! One module per subcommand; `dispatch` is the only place that knows them
+//! all. Helpers shared by several commands (the task JSON shape, warnings)
+//! live here too.
+
+pub mod add;
+pub mod check;
+pub mod deps;
+pub mod graph;
+pub mod init;
+pub mod list;
+pub mod next;
+pub mod show;
+pub mod transition;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::cli::{Cli, Command};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::output::Out;
+use crate::queue::{Queue, State};
+use crate::store::{self, Root, Scan, Writer};
+use crate::task::{format_timestamp, Task};
+
+/// Runs one command.
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Init(args) => return init::run(out, cli.root, args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "taskq", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let ctx = Ctx::new(cli.root, out)?;
+    let result = match cli.command {
+        Command::Init(_) | Command::Completions(_) => unreachable!("handled above"),
+        Command::Add(args) => add::run(&ctx, args),
+        Command::Adopt => adopt(&ctx),
+        Command::List(args) => list::run(&ctx, args),
+        Command::Show(args) => show::run(&ctx, args),
+        Command::Next(args) => next::run(&ctx, args),
+        Command::Deps(args) => deps::run(&ctx, args),
+        Command::Claim(args) => transition::claim(&ctx, args),
+        Command::Done(args) => transition::done(&ctx, args),
+        Command::Fail(args) => transition::fail(&ctx, args),
+        Command::Hold(args) => transition::hold(&ctx, args),
+        Command::Release(args) => transition::release(&ctx, args),
+        Command::Cancel(args) => transition::cancel(&ctx, args),
+        Command::Renew(args) => transition::renew(&ctx, args),
+        Command::Check(args) => check::run(&ctx, args),
+        Command::Graph(args) => graph::run(&ctx, args),
+    };
+    // Paths in problems are relative to the root: show them from here.
+    result.map_err(|err| match err {
+        Error::Invalid { mut problem } => {
+            problem.path = ctx.display_path(&problem.path);
+            Error::Invalid { problem }
+        }
+        other => other,
+    })
+}
+
+/// `taskq adopt`: opening the writer adopts; report what it did.
+fn adopt(ctx: &Ctx) -> Result<ExitCode> {
+    let writer = Writer::open(&ctx.root)?;
+    report(ctx, &writer);
+    if ctx.out.json {
+        let ids: Vec<&str> = writer.transitions.iter().filter(|t| t.from.is_none()).map(|t| t.id.as_str()).collect();
+        ctx.out.json(&ids)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints every transition a writer made on stderr.
+pub fn report(ctx: &Ctx, writer: &Writer) {
+    for t in &writer.transitions {
+        let from = t.from.map_or_else(|| "new".to_string(), |s| s.to_string());
+        let note = if t.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", t.note)
+        };
+        ctx.out.note(format!("{}: {from} → {}{note}", t.id, t.to));
+    }
+}
+
+/// Scans for a read-only command and warns about every problem on stderr
+/// (the command still answers).
+pub fn scan_and_warn(ctx: &Ctx) -> Scan {
+    let scan = store::scan(&ctx.root);
+    warn_problems(ctx, &scan);
+    scan
+}
+
+/// Warns about every problem of a scan on stderr.
+pub fn warn_problems(ctx: &Ctx, scan: &Scan) {
+    for p in &scan.problems {
+        let mut p = p.clone();
+        p.path = ctx.display_path(&p.path);
+        ctx.out.warn(&p);
+    }
+}
+
+/// The JSON shape of a task (documented in the README; stable).
+#[derive(Debug, Serialize)]
+pub struct TaskJson {
+    /// The id (or the file stem, for a file without one).
+    pub id: String,
+    /// Title, heading or file stem.
+    pub title: String,
+    /// `status:` as written.
+    pub status: String,
+    /// Computed: ready, blocked, waiting, running, review, hold, failed,
+    /// done, cancelled, invalid.
+    pub state: State,
+    /// `priority:`.
+    pub priority: String,
+    /// The priority it runs with (inherited from what waits on it).
+    pub effective_priority: String,
+    /// `tags:`.
+    pub tags: Vec<String>,
+    /// `dependencies:`.
+    pub dependencies: Vec<String>,
+    /// Dependencies not done yet (missing ones included).
+    pub blocked_by: Vec<String>,
+    /// `assigned:`.
+    pub assigned: Option<String>,
+    /// `role:`.
+    pub role: Option<String>,
+    /// `model:`.
+    pub model: Option<String>,
+    /// `attempts:`.
+    pub attempts: u32,
+    /// `retries:`.
+    pub retries: Option<u32>,
+    /// `created:` (RFC 3339).
+    pub created: Option<String>,
+    /// `started:`.
+    pub started: Option<String>,
+    /// `completed:`.
+    pub completed: Option<String>,
+    /// `lease_expires:`.
+    pub lease_expires: Option<String>,
+    /// `retry_after:`.
+    pub retry_after: Option<String>,
+    /// `result:`.
+    pub result: Option<String>,
+    /// `reason:`.
+    pub reason: Option<String>,
+    /// `approval:`.
+    pub approval: Option<String>,
+    /// `parent:`.
+    pub parent: Option<String>,
+    /// `timeout:`.
+    pub timeout: Option<String>,
+    /// False for a file with no `id:` yet.
+    pub has_id: bool,
+    /// The file, relative to the root.
+    pub path: String,
+}
+
+impl TaskJson {
+    /// Builds the JSON view of task `i`.
+    pub fn new(root: &Root, queue: &Queue<'_>, i: usize, title: String) -> TaskJson {
+        let t: &Task = &queue.scan.tasks[i];
+        let e = t.extra();
+        let s = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
+        TaskJson {
+            id: t.id.to_string(),
+            title,
+            status: t.status.to_string(),
+            state: queue.state[i],
+            priority: t.priority.to_string(),
+            effective_priority: crate::task::Priority::from_rank(queue.effective[i]).to_string(),
+            tags: t.tags.iter().map(|x| x.to_string()).collect(),
+            dependencies: t.dependencies.iter().map(|x| x.to_string()).collect(),
+            blocked_by: queue.open_dependencies(i),
+            assigned: s(&t.assigned),
+            role: s(&t.role),
+            model: s(&e.model),
+            attempts: t.attempts,
+            retries: e.retries,
+            created: t.created.map(format_timestamp),
+            started: e.started.map(format_timestamp),
+            completed: e.completed.map(format_timestamp),
+            lease_expires: e.lease_expires.map(format_timestamp),
+            retry_after: e.retry_after.map(format_timestamp),
+            result: s(&e.result),
+            reason: s(&e.reason),
+            approval: s(&e.approval),
+            parent: s(&e.parent),
+            timeout: s(&e.timeout),
+            has_id: t.has_id,
+            path: path_string(&root.rel_path(t.folder, &t.rel)),
+        }
+    }
+}
+
+/// A path as a `/`-separated string.
+pub fn path_string(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "/")
+}
+
+/// Splits `a,b, c` into trimmed, non-empty items.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}

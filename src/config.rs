@@ -1,0 +1,188 @@
+//! `agents/factory/config.yaml`: the factory's settings. Every key is
+//! optional; an unknown key or a wrong value is an error naming the line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Problem, Result};
+use crate::store::Root;
+
+/// The factory configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Agents running at once, all roles together.
+    pub max_concurrent: usize,
+    /// The role for tasks no template's tags match.
+    pub default_role: Option<String>,
+    /// The heartbeat: how often timeouts and the queue are re-checked even
+    /// without file events (±10% jitter).
+    #[serde(with = "dur")]
+    pub heartbeat: Duration,
+    /// SIGTERM, then SIGKILL after this long.
+    #[serde(with = "dur")]
+    pub stop_grace: Duration,
+    /// The first retry waits this long; each further attempt doubles it.
+    #[serde(with = "dur")]
+    pub retry_backoff: Duration,
+    /// Finished agents older than this move from registry.json to
+    /// `agents/factory/history/YYYY-MM.jsonl`.
+    #[serde(with = "dur")]
+    pub history_after: Duration,
+    /// No new agents once today's recorded spend reaches this.
+    pub daily_cost_cap_usd: Option<f64>,
+    /// Only these models may be used (empty: any).
+    pub model_whitelist: Vec<String>,
+    /// The program each adapter runs (`claude`, `codex`, `gemini`).
+    pub adapters: BTreeMap<String, String>,
+    /// USD per million tokens, by model: `{input: 3.0, output: 15.0}`.
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// A model's list price per million tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// USD per million input tokens.
+    pub input: f64,
+    /// USD per million output tokens.
+    pub output: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_concurrent: 3,
+            default_role: None,
+            heartbeat: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+            retry_backoff: Duration::from_secs(30),
+            history_after: Duration::from_secs(7 * 86400),
+            daily_cost_cap_usd: None,
+            model_whitelist: Vec::new(),
+            adapters: BTreeMap::new(),
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The path of the config file.
+    pub fn path(root: &Root) -> std::path::PathBuf {
+        root.factory_dir().join("config.yaml")
+    }
+
+    /// Loads the config (defaults when the file is absent).
+    pub fn load(root: &Root) -> Result<Config> {
+        let path = Config::path(root);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(crate::error::Error::io(&path, e)),
+        };
+        Config::parse(&text, Path::new("agents/factory/config.yaml"))
+    }
+
+    /// Parses config text; errors name `shown` and the line.
+    pub fn parse(text: &str, shown: &Path) -> Result<Config> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1))?;
+        if config.max_concurrent == 0 {
+            return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
+        }
+        Ok(config)
+    }
+
+    /// The program for an adapter (`claude` → `claude` unless configured).
+    pub fn adapter_program(&self, adapter: &str) -> String {
+        self.adapters
+            .get(adapter)
+            .cloned()
+            .unwrap_or_else(|| adapter.to_string())
+    }
+}
+
+/// A serde_yaml error as a problem at `shown:line:column`, the YAML having
+/// started at file line `first_line`.
+pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize) -> Problem {
+    let message = e.to_string();
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    match e.location() {
+        Some(loc) => Problem::at(shown, loc.line() + first_line - 1, message).column(Some(loc.column())),
+        None => Problem::new(shown, message),
+    }
+}
+
+/// serde helpers for durations written as `30s`, `20m`, `1h`.
+pub mod dur {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `90s`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", d.as_secs_f64()))
+    }
+
+    /// Reads `30s`, `20m`, `1h30m`, or a number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n)),
+            Raw::Num(n) => Err(serde::de::Error::custom(format!("invalid duration `{n}`"))),
+            Raw::Text(t) => crate::duration::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `90s` or nothing.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads an optional duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] Duration);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_with_lines() {
+        let c = Config::parse("max_concurrent: 8\nheartbeat: 5s\ndefault_role: shell\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(c.max_concurrent, 8);
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        let e = Config::parse("max_concurrent: 2\nheartbaet: 5s\n", Path::new("c.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.yaml:2:"), "{e}");
+        assert!(e.to_string().contains("heartbaet"), "{e}");
+        let e = Config::parse("heartbeat: soon\n", Path::new("c.yaml")).unwrap_err();
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+}

@@ -1,0 +1,61 @@
+//! stdout is data (ids, tables, JSON); stderr is messages. Commands print
+//! through [`Out`] so `--json` and `--quiet` are honoured in one place.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::error::{Error, Problem, Result};
+
+/// The output mode of this run.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    /// `--json`: stdout carries JSON only.
+    pub json: bool,
+    /// `--quiet`: no confirmations or warnings on stderr.
+    pub quiet: bool,
+}
+
+impl Out {
+    /// Prints one line of data on stdout.
+    pub fn line(&self, text: impl AsRef<str>) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", text.as_ref()).map_err(|e| Error::io("<stdout>", e))
+    }
+
+    /// Prints text (already ending in newlines) on stdout.
+    pub fn text(&self, text: impl AsRef<str>) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_ref().as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::io("<stdout>", e))
+    }
+
+    /// Prints a value as pretty JSON on stdout.
+    pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, value)
+            .map_err(|e| Error::io("<stdout>", e.into()))?;
+        writeln!(stdout).map_err(|e| Error::io("<stdout>", e))
+    }
+
+    /// A confirmation on stderr (`TASK-006: ready → running`), unless quiet.
+    pub fn note(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", text.as_ref());
+        }
+    }
+
+    /// A problem on stderr as `taskq: warning: path:line: message`, unless
+    /// quiet.
+    pub fn warn(&self, problem: &Problem) {
+        if !self.quiet {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "taskq: warning: {}", problem.to_string().replacen(": warning:", ":", 1));
+            if let Some(hint) = &problem.hint {
+                let _ = writeln!(stderr, "hint: {hint}");
+            }
+        }
+    }
+}

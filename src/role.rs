@@ -1,0 +1,239 @@
+//! Roles: `agents/templates/<role>.md`. The frontmatter is the role's
+//! settings, the body its SOUL prompt. Templates are whole documents read
+//! once, so they go through gray_matter; the settings then through
+//! serde_yaml for typed values and `file:line` errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gray_matter::engine::YAML;
+use gray_matter::Matter;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{dur, yaml_problem, Config};
+use crate::error::{Error, Problem, Result};
+use crate::store::Root;
+use crate::task::{validate_id, Task};
+
+/// A role's settings (the template's frontmatter).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Agent id prefix: `BLD` gives BLD-001, BLD-002, ...
+    pub prefix: String,
+    /// The adapter: claude, codex, gemini, openclaw, shell or command.
+    #[serde(default = "default_agent")]
+    pub agent: String,
+    /// The model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Models tried, in order, by the retries after a failure.
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
+    /// Tasks with any of these tags go to this role.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// At most this many agents of this role at once.
+    #[serde(default = "default_max")]
+    pub max_concurrent: usize,
+    /// The agent is stopped after this long.
+    #[serde(default = "default_timeout", with = "dur")]
+    pub timeout: Duration,
+    /// Failed runs are retried this many times.
+    #[serde(default)]
+    pub retries: u32,
+    /// Only these environment variables reach the agent (plus TASKQ_*).
+    #[serde(default = "default_env")]
+    pub env: Vec<String>,
+    /// Variables set for the agent (`HOME: /tmp/x`); `{workspace}` and
+    /// `{root}` are replaced.
+    #[serde(default)]
+    pub set_env: std::collections::BTreeMap<String, String>,
+    /// `dir`: agents/workspaces/<agent-id>/; `root`: the root itself.
+    #[serde(default = "default_workspace")]
+    pub workspace: String,
+    /// Another role that must pass the work (`tester`).
+    #[serde(default)]
+    pub review: Option<String>,
+    /// claude: `--max-turns`.
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    /// claude: `--permission-mode`.
+    #[serde(default)]
+    pub permission_mode: Option<String>,
+    /// claude: `--allowedTools`.
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
+    /// The command line for `agent: command` (placeholders: `{prompt}`,
+    /// `{prompt_file}`, `{task_id}`, `{agent_id}`, `{model}`,
+    /// `{workspace}`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Extra arguments appended to the adapter's command line.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A task needs a person's approval before it runs.
+    #[serde(default)]
+    pub approval: Option<String>,
+    /// Resume the agent's session on a retry after a crash (claude).
+    #[serde(default)]
+    pub resume: bool,
+    /// openclaw: `--config FILE`.
+    #[serde(default)]
+    pub config: Option<String>,
+}
+
+fn default_agent() -> String {
+    "claude".into()
+}
+fn default_max() -> usize {
+    1
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(20 * 60)
+}
+fn default_env() -> Vec<String> {
+    vec!["PATH".into(), "HOME".into()]
+}
+fn default_workspace() -> String {
+    "dir".into()
+}
+
+/// The adapters taskq knows.
+pub const ADAPTERS: &[&str] = &["claude", "codex", "gemini", "openclaw", "shell", "command"];
+
+/// One role: its name (the template's file stem), settings and SOUL.
+#[derive(Debug, Clone)]
+pub struct Role {
+    /// `builder` for agents/templates/builder.md.
+    pub name: String,
+    /// The template file.
+    pub path: PathBuf,
+    /// The frontmatter.
+    pub settings: Settings,
+    /// The body: the SOUL prompt.
+    pub soul: String,
+}
+
+/// Every role of a root, sorted by name, and the templates that failed.
+pub fn load_all(root: &Root) -> (Vec<Role>, Vec<Problem>) {
+    let dir = root.dir.join("agents").join("templates");
+    let mut roles = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return (roles, problems);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match load(&path, Path::new("agents/templates").join(path.file_name().unwrap_or_default()).as_path()) {
+            Ok(role) => roles.push(role),
+            Err(Error::Invalid { problem }) => problems.push(problem),
+            Err(e) => problems.push(Problem::new(&path, e.to_string())),
+        }
+    }
+    (roles, problems)
+}
+
+/// Loads one template; errors name `shown` and the line.
+pub fn load(path: &Path, shown: &Path) -> Result<Role> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    validate_id(&name).map_err(|why| Problem::new(shown, format!("invalid role name `{name}`: {why}")))?;
+    let parsed = Matter::<YAML>::new()
+        .parse::<gray_matter::Pod>(text)
+        .map_err(|e| Problem::new(shown, format!("invalid frontmatter: {e}")))?;
+    if parsed.matter.trim().is_empty() {
+        return Err(Problem::new(shown, "a role template needs frontmatter with at least `prefix:`")
+            .hint("see agents/templates/builder.md for the format")
+            .into());
+    }
+    // The frontmatter starts on line 2 of the file.
+    let settings: Settings =
+        serde_yaml::from_str(&parsed.matter).map_err(|e| yaml_problem(shown, &e, 2))?;
+    if !ADAPTERS.contains(&settings.agent.as_str()) {
+        return Err(Problem::new(shown, format!("unknown agent `{}`", settings.agent))
+            .hint(format!("one of: {}", ADAPTERS.join(", ")))
+            .into());
+    }
+    if settings.prefix.is_empty() || !settings.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Problem::new(shown, format!("prefix `{}` must be letters and digits", settings.prefix)).into());
+    }
+    if settings.max_concurrent == 0 {
+        return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
+    }
+    if !matches!(settings.workspace.as_str(), "dir" | "root" | "worktree") {
+        return Err(Problem::new(shown, format!("unknown workspace `{}`", settings.workspace))
+            .hint("one of: dir, root, worktree")
+            .into());
+    }
+    if settings.agent == "command" && settings.command.is_none() {
+        return Err(Problem::new(shown, "`agent: command` needs a `command:` line").into());
+    }
+    Ok(Role {
+        name,
+        path: path.to_path_buf(),
+        settings,
+        soul: parsed.content,
+    })
+}
+
+/// The role a task goes to: its `role:` field, else the first role (by
+/// name) whose tags meet the task's tags, else the config's
+/// `default_role`.
+pub fn route<'r>(task: &Task, roles: &'r [Role], config: &Config) -> Option<&'r Role> {
+    if let Some(name) = task.role.as_deref() {
+        return roles.iter().find(|r| r.name == name);
+    }
+    roles
+        .iter()
+        .find(|r| r.settings.tags.iter().any(|t| task.tags.iter().any(|x| **x == **t)))
+        .or_else(|| {
+            let name = config.default_role.as_deref()?;
+            roles.iter().find(|r| r.name == name)
+        })
+}
+
+/// The name of the role a task goes to, without needing the role to exist
+/// (for `next --role` on a root whose templates are partial).
+pub fn route_name(task: &Task, roles: &[Role], config: &Config) -> Option<String> {
+    if let Some(name) = task.role.as_deref() {
+        return Some(name.to_string());
+    }
+    route(task, roles, config).map(|r| r.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_templates_load() {
+        let root = Root::new(env!("CARGO_MANIFEST_DIR"));
+        let (roles, problems) = load_all(&root);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["builder", "fixer", "research", "shell", "tester"]);
+        let builder = &roles[0];
+        assert_eq!(builder.settings.prefix, "BLD");
+        assert_eq!(builder.settings.review.as_deref(), Some("tester"));
+        assert!(builder.soul.contains("builder"));
+    }
+
+    #[test]
+    fn bad_template_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.md");
+        std::fs::write(&p, "---\nprefix: X\nmax_concurent: 2\n---\nsoul").unwrap();
+        let e = load(&p, Path::new("agents/templates/x.md")).unwrap_err();
+        assert!(e.to_string().starts_with("agents/templates/x.md:3:"), "{e}");
+    }
+}

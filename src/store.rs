@@ -1,0 +1,725 @@
+//! The queue on disk: where things live, reading every task (the scan), and
+//! changing them under the queue lock.
+//!
+//! Reading takes no lock and tolerates files renamed or deleted mid-scan: a
+//! task moved from `todo/` to `done/` while we look is found in `done/`.
+//! Writing goes through [`Writer`], which holds `agents/factory/queue.lock`
+//! for its whole read-modify-write, re-reads the queue under it, and first
+//! repairs what an earlier crash or a person left: id-less files get ids,
+//! expired leases are returned to ready, a done task left in `todo/` by a
+//! crash between edit and move is moved.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Local;
+
+use crate::error::{Error, Problem, Result};
+use crate::frontmatter::{self, Change, Layout};
+use crate::fsutil;
+use crate::lock::LockGuard;
+use crate::task::{self, Folder, Status, Task, Timestamp};
+
+/// The directories and files of one taskq root.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The root directory.
+    pub dir: PathBuf,
+}
+
+impl Root {
+    /// A root at `dir` (not checked).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Root { dir: dir.into() }
+    }
+
+    /// `tasks/todo` or `tasks/done`.
+    pub fn folder(&self, folder: Folder) -> PathBuf {
+        self.dir.join("tasks").join(folder.dir_name())
+    }
+
+    /// The absolute path of a task file.
+    pub fn task_path(&self, task: &Task) -> PathBuf {
+        self.folder(task.folder).join(&*task.rel)
+    }
+
+    /// `tasks/<folder>/<rel>` relative to the root, for messages.
+    pub fn rel_path(&self, folder: Folder, rel: &str) -> PathBuf {
+        Path::new("tasks").join(folder.dir_name()).join(rel)
+    }
+
+    /// `agents/factory`.
+    pub fn factory_dir(&self) -> PathBuf {
+        self.dir.join("agents").join("factory")
+    }
+
+    /// The queue lock every writing command takes.
+    pub fn queue_lock(&self) -> PathBuf {
+        self.factory_dir().join("queue.lock")
+    }
+
+    /// The high-water mark of task ids (ids are never reused).
+    pub fn last_id_file(&self) -> PathBuf {
+        self.factory_dir().join("last-task-id")
+    }
+
+    /// `approvals/<state>`.
+    pub fn approvals(&self, state: &str) -> PathBuf {
+        self.dir.join("approvals").join(state)
+    }
+}
+
+/// Everything read from the queue: the tasks, and what is wrong.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every loaded task (files with fatal problems are left out).
+    pub tasks: Vec<Task>,
+    /// Every problem found, warnings included.
+    pub problems: Vec<Problem>,
+    index: HashMap<Box<str>, usize>,
+}
+
+impl Scan {
+    /// A scan made of the given tasks (for tests and benchmarks).
+    pub fn from_tasks(tasks: Vec<Task>) -> Scan {
+        let mut scan = Scan {
+            tasks,
+            problems: Vec::new(),
+            index: HashMap::new(),
+        };
+        scan.reindex();
+        scan
+    }
+
+    /// The task with exactly this id.
+    pub fn get(&self, id: &str) -> Option<&Task> {
+        self.index.get(id).map(|&i| &self.tasks[i])
+    }
+
+    /// The index of the task with exactly this id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// Resolves what a user typed (`TASK-006`, `task-6`, `6`) to a task's
+    /// index, or a usage error naming the id.
+    pub fn resolve(&self, input: &str) -> Result<usize> {
+        if let Some(i) = self.position(input) {
+            return Ok(i);
+        }
+        let wanted = input
+            .trim()
+            .to_ascii_uppercase()
+            .strip_prefix("TASK-")
+            .map(str::to_string)
+            .unwrap_or_else(|| input.trim().to_string());
+        if let Ok(n) = wanted.parse::<u64>() {
+            let matches: Vec<usize> = self
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.has_id && t.id.starts_with("TASK-") && task::id_number(&t.id) == Some(n))
+                .map(|(i, _)| i)
+                .collect();
+            if let [i] = matches[..] {
+                return Ok(i);
+            }
+        }
+        Err(Error::usage_hint(
+            format!("no task `{input}`"),
+            "`taskq list` shows every task and its id",
+        ))
+    }
+
+    /// Rebuilds the id index after tasks were added or changed.
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (i, t) in self.tasks.iter().enumerate() {
+            self.index.entry(t.id.clone()).or_insert(i);
+        }
+    }
+}
+
+/// One file found by the directory walk.
+struct Entry {
+    folder: Folder,
+    rel: String,
+    symlink: bool,
+}
+
+/// Reads every task of the root, in parallel, header only.
+pub fn scan(root: &Root) -> Scan {
+    let mut problems = Vec::new();
+    let mut entries = Vec::new();
+    for folder in [Folder::Todo, Folder::Done] {
+        list_folder(root, folder, &mut entries, &mut problems);
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let threads = if entries.len() < 256 { 1 } else { threads };
+    let chunk = entries.len().div_ceil(threads).max(1);
+    let results: Vec<(Vec<Task>, Vec<Problem>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| s.spawn(move || read_tasks(root, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scan threads do not panic"))
+            .collect()
+    });
+    let mut scan = Scan {
+        tasks: Vec::with_capacity(entries.len()),
+        problems,
+        index: HashMap::with_capacity(entries.len()),
+    };
+    for (tasks, problems) in results {
+        scan.tasks.extend(tasks);
+        scan.problems.extend(problems);
+    }
+    // A file moved from todo/ to done/ mid-scan can be read twice (once
+    // through the fallback in `read_task`): keep one copy.
+    scan.tasks.sort_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
+    scan.tasks.dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
+    // Duplicate ids: the first (todo/ before done/, then by name) wins.
+    let mut broken = Vec::new();
+    for (i, t) in scan.tasks.iter().enumerate() {
+        if let Some(&first) = scan.index.get(&t.id) {
+            let other = &scan.tasks[first];
+            if t.has_id {
+                scan.problems.push(
+                    Problem::at(
+                        root.rel_path(t.folder, &t.rel),
+                        t.id_line as usize,
+                        format!(
+                            "duplicate id `{}` (also in {})",
+                            t.id,
+                            root.rel_path(other.folder, &other.rel).display()
+                        ),
+                    )
+                    .hint("give one of them a new id, or delete the copy"),
+                );
+            }
+            broken.push(i);
+        } else {
+            scan.index.insert(t.id.clone(), i);
+        }
+    }
+    for i in broken {
+        scan.tasks[i].broken = true;
+    }
+    for t in &scan.tasks {
+        if t.folder == Folder::Done && t.status != Status::Done && t.has_id {
+            scan.problems.push(
+                Problem::new(
+                    root.rel_path(t.folder, &t.rel),
+                    format!("`{}` is in done/ but its status is `{}`", t.id, t.status),
+                )
+                .hint("set `status: done`, or move it back to tasks/todo/"),
+            );
+        }
+        if !t.has_id && !t.broken {
+            let p = Problem::new(
+                root.rel_path(t.folder, &t.rel),
+                format!("no `id` yet: listed as `{}`", t.id),
+            )
+            .hint("`taskq adopt` (or any writing command) gives it the next id")
+            .warning();
+            scan.problems.push(p);
+        }
+    }
+    scan
+}
+
+/// Lists the `*.md` files of one folder (recursively), sorted by name.
+fn list_folder(root: &Root, folder: Folder, out: &mut Vec<Entry>, problems: &mut Vec<Problem>) {
+    let base = root.folder(folder);
+    if !base.is_dir() {
+        return;
+    }
+    let walk = walkdir::WalkDir::new(&base)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in walk {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e.path().map_or_else(|| base.clone(), Path::to_path_buf);
+                let rel = path.strip_prefix(&root.dir).unwrap_or(&path).to_path_buf();
+                // A file that vanished mid-walk was moved or deleted: fine.
+                if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+                    continue;
+                }
+                problems.push(Problem::new(rel, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let name = entry.file_name().to_string_lossy();
+        if entry.file_type().is_dir() || !name.ends_with(".md") || name.eq_ignore_ascii_case("README.md") {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(&base) else {
+            continue;
+        };
+        let Some(rel) = rel.to_str() else {
+            problems.push(Problem::new(
+                entry.path().strip_prefix(&root.dir).unwrap_or(entry.path()),
+                "file name is not valid UTF-8; rename it",
+            ));
+            continue;
+        };
+        out.push(Entry {
+            folder,
+            rel: rel.replace(std::path::MAIN_SEPARATOR, "/"),
+            symlink: entry.path_is_symlink(),
+        });
+    }
+}
+
+fn read_tasks(root: &Root, entries: &[Entry]) -> (Vec<Task>, Vec<Problem>) {
+    let mut tasks = Vec::with_capacity(entries.len());
+    let mut problems = Vec::new();
+    let mut buf = Vec::with_capacity(8192);
+    for entry in entries {
+        if let Some(task) = read_task(root, entry.folder, &entry.rel, entry.symlink, &mut buf, &mut problems) {
+            tasks.push(task);
+        }
+    }
+    (tasks, problems)
+}
+
+/// Reads one task's header. `None` (with a problem) when the file cannot be
+/// a task at all, or silently when it vanished (moved by another process).
+fn read_task(
+    root: &Root,
+    folder: Folder,
+    rel: &str,
+    symlink: bool,
+    buf: &mut Vec<u8>,
+    problems: &mut Vec<Problem>,
+) -> Option<Task> {
+    let shown = root.rel_path(folder, rel);
+    if symlink {
+        let target = fs::canonicalize(root.folder(folder).join(rel)).ok();
+        let root_abs = fs::canonicalize(&root.dir).ok();
+        let outside = match (&target, &root_abs) {
+            (Some(t), Some(r)) => !t.starts_with(r),
+            _ => true,
+        };
+        let what = if outside {
+            "is a symbolic link pointing outside the root (or nowhere); ignored"
+        } else {
+            "is a symbolic link; ignored (taskq never writes through links)"
+        };
+        problems.push(Problem::new(&shown, what).hint("replace the link with the file itself"));
+        return None;
+    }
+    let path = root.folder(folder).join(rel);
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Moved mid-scan? A task leaving todo/ shows up in done/.
+            if folder == Folder::Todo {
+                return read_task(root, Folder::Done, rel, false, buf, &mut Vec::new());
+            }
+            return None;
+        }
+        Err(e) => {
+            problems.push(Problem::new(&shown, format!("cannot read: {e}")));
+            return None;
+        }
+    };
+    let layout = match frontmatter::read_header(&mut file, buf) {
+        Ok(l) => l,
+        Err(e) => {
+            problems.push(Problem::new(&shown, format!("cannot read: {e}")));
+            return None;
+        }
+    };
+    task_from_bytes(buf, layout, folder, rel, &shown, problems)
+}
+
+/// Builds a task from the bytes of (at least) its header.
+pub fn task_from_bytes(
+    bytes: &[u8],
+    layout: Layout,
+    folder: Folder,
+    rel: &str,
+    shown: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Task> {
+    let header: &[u8] = match layout {
+        Layout::None { .. } => b"",
+        Layout::Unterminated => {
+            problems.push(
+                Problem::at(shown, 1, "frontmatter starts with `---` but never ends")
+                    .hint("add a `---` line after the last `key: value` line"),
+            );
+            return None;
+        }
+        Layout::Header { start, end, .. } => &bytes[start..end],
+    };
+    if bytes.is_empty() {
+        problems.push(Problem::new(shown, "empty file; write a title or a description in it").warning());
+    }
+    let header = match std::str::from_utf8(header) {
+        Ok(h) => h,
+        Err(e) => {
+            let good = &header[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + Layout::FIRST_LINE;
+            let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+            problems.push(Problem::at(shown, line, "frontmatter is not valid UTF-8").column(Some(col)));
+            return None;
+        }
+    };
+    if let Some(line) = header.lines().position(|l| l.starts_with('\t')) {
+        problems.push(
+            Problem::at(shown, line + Layout::FIRST_LINE, "tab used for indentation; YAML allows only spaces")
+                .column(Some(1)),
+        );
+        return None;
+    }
+    let fields = match frontmatter::parse(header) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(
+                Problem::at(shown, e.line + Layout::FIRST_LINE, format!("invalid YAML: {}", e.message))
+                    .column(e.column),
+            );
+            return None;
+        }
+    };
+    Some(Task::from_fields(&fields, folder, rel, shown, problems))
+}
+
+/// The title to show: the header's `title`, else the body's first `# `
+/// heading (outside code fences), else the file stem. Reads the body only
+/// when the header has no title.
+pub fn display_title(root: &Root, task: &Task) -> String {
+    if let Some(t) = &task.title {
+        return t.to_string();
+    }
+    heading_title(&root.task_path(task)).unwrap_or_else(|| task.title_or_stem().to_string())
+}
+
+fn heading_title(path: &Path) -> Option<String> {
+    let mut bytes = Vec::new();
+    File::open(path).ok()?.take(64 * 1024).read_to_end(&mut bytes).ok()?;
+    let body = match frontmatter::split(&bytes, true)? {
+        Layout::None { body } | Layout::Header { body, .. } => &bytes[body..],
+        Layout::Unterminated => return None,
+    };
+    let text = String::from_utf8_lossy(body);
+    let mut fence = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            fence = !fence;
+            continue;
+        }
+        if !fence {
+            if let Some(h) = line.strip_prefix("# ") {
+                let h = h.trim();
+                if !h.is_empty() {
+                    return Some(h.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// How long a writing command waits for the queue lock before giving up
+/// (exit 3). `TASKQ_LOCK_TIMEOUT` (seconds) overrides it.
+pub fn lock_timeout() -> Duration {
+    std::env::var("TASKQ_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
+/// The current time, as the queue sees it. `TASKQ_NOW` (RFC 3339) fixes it
+/// for tests and demos.
+pub fn now() -> Timestamp {
+    std::env::var("TASKQ_NOW")
+        .ok()
+        .and_then(|s| task::parse_timestamp(&s))
+        .unwrap_or_else(|| Local::now().fixed_offset())
+}
+
+/// A transition made by a writing command (for messages and, later, the
+/// git trail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The task.
+    pub id: String,
+    /// Status before (None for a new task).
+    pub from: Option<Status>,
+    /// Status after.
+    pub to: Status,
+    /// What happened, in a few words (`claimed by BLD-001`, `lease expired`).
+    pub note: String,
+}
+
+/// The queue, locked for writing. Dropping it releases the lock.
+pub struct Writer {
+    /// The root.
+    pub root: Root,
+    /// The queue as read under the lock (kept current by every change).
+    pub scan: Scan,
+    /// The time of this command.
+    pub now: Timestamp,
+    /// Every transition made so far.
+    pub transitions: Vec<Transition>,
+    _lock: LockGuard,
+}
+
+impl Writer {
+    /// Takes the queue lock, reads the queue and repairs it (adopt id-less
+    /// files, expire leases, finish interrupted moves).
+    pub fn open(root: &Root) -> Result<Writer> {
+        let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
+        let scan = scan(root);
+        let mut writer = Writer {
+            root: root.clone(),
+            scan,
+            now: now(),
+            transitions: Vec::new(),
+            _lock: lock,
+        };
+        writer.repair()?;
+        Ok(writer)
+    }
+
+    fn repair(&mut self) -> Result<()> {
+        // Adopt id-less files in todo/, oldest name first.
+        let orphans: Vec<usize> = (0..self.scan.tasks.len())
+            .filter(|&i| {
+                let t = &self.scan.tasks[i];
+                !t.has_id && !t.broken && t.folder == Folder::Todo
+            })
+            .collect();
+        for i in orphans {
+            let id = self.allocate_id()?;
+            let status = self.scan.tasks[i].status;
+            let mut changes = vec![Change::set("id", &id)];
+            // Keep a valid status the person wrote; else it is ready.
+            changes.push(Change::set("status", status.as_str()));
+            if self.scan.tasks[i].created.is_none() {
+                changes.push(Change::set("created", &task::format_timestamp(self.now)));
+            }
+            self.rewrite(i, &changes)?;
+            self.transitions.push(Transition {
+                id,
+                from: None,
+                to: status,
+                note: format!("adopted {}", self.scan.tasks[i].rel),
+            });
+        }
+        // Expired leases go back to ready.
+        let expired: Vec<usize> = (0..self.scan.tasks.len())
+            .filter(|&i| self.scan.tasks[i].folder == Folder::Todo && self.scan.tasks[i].lease_expired(self.now))
+            .collect();
+        for i in expired {
+            let who = self.scan.tasks[i].assigned.as_deref().unwrap_or("nobody").to_string();
+            self.set(
+                i,
+                &[
+                    Change::set("status", "ready"),
+                    Change::remove("assigned"),
+                    Change::remove("lease_expires"),
+                    Change::remove("started"),
+                ],
+                Status::Ready,
+                &format!("lease of {who} expired"),
+            )?;
+        }
+        // A crash between "status: done" and the move leaves it in todo/.
+        let unmoved: Vec<usize> = (0..self.scan.tasks.len())
+            .filter(|&i| {
+                let t = &self.scan.tasks[i];
+                t.folder == Folder::Todo && t.status == Status::Done && t.has_id && !t.broken
+            })
+            .collect();
+        for i in unmoved {
+            self.move_to_done(i)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates the next task id: one more than the largest ever used.
+    pub fn allocate_id(&mut self) -> Result<String> {
+        let path = self.root.last_id_file();
+        let stored = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let seen = self
+            .scan
+            .tasks
+            .iter()
+            .filter(|t| t.has_id && t.id.starts_with("TASK-"))
+            .filter_map(|t| task::id_number(&t.id))
+            .max()
+            .unwrap_or(0);
+        let next = stored.max(seen) + 1;
+        fsutil::write_atomic(&path, format!("{next}\n").as_bytes())?;
+        Ok(task::format_id(next))
+    }
+
+    /// Applies header changes to task `i` and records the transition.
+    pub fn set(&mut self, i: usize, changes: &[Change], to: Status, note: &str) -> Result<()> {
+        let from = self.scan.tasks[i].status;
+        self.rewrite(i, changes)?;
+        self.transitions.push(Transition {
+            id: self.scan.tasks[i].id.to_string(),
+            from: Some(from),
+            to,
+            note: note.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Rewrites task `i`'s file with `changes` (atomically) and reloads it.
+    /// Refuses, changing nothing, if the result would not parse back.
+    pub fn rewrite(&mut self, i: usize, changes: &[Change]) -> Result<()> {
+        let (folder, rel) = {
+            let t = &self.scan.tasks[i];
+            (t.folder, t.rel.to_string())
+        };
+        let path = self.root.folder(folder).join(&rel);
+        let shown = self.root.rel_path(folder, &rel);
+        let old = fsutil::read(&path)?;
+        let new = frontmatter::edit(&old, changes).map_err(|e| {
+            Error::from(Problem::new(
+                &shown,
+                match e {
+                    frontmatter::EditError::Unterminated => "frontmatter never ends; not changed",
+                    frontmatter::EditError::NotUtf8 => "frontmatter is not valid UTF-8; not changed",
+                },
+            ))
+        })?;
+        let layout = frontmatter::split(&new, true).expect("complete");
+        let mut problems = Vec::new();
+        let Some(task) = task_from_bytes(&new, layout, folder, &rel, &shown, &mut problems) else {
+            let why = problems.first().map_or_else(String::new, |p| format!(": {}", p.message));
+            return Err(Error::from(Problem::new(
+                &shown,
+                format!("the change would make the file unreadable{why}; not changed"),
+            )));
+        };
+        fsutil::write_atomic(&path, &new)?;
+        self.scan.tasks[i] = task;
+        self.scan.reindex();
+        Ok(())
+    }
+
+    /// Moves task `i` from `todo/` to `done/` (a rename; a name already
+    /// taken in `done/` gets the id appended).
+    pub fn move_to_done(&mut self, i: usize) -> Result<()> {
+        let t = &self.scan.tasks[i];
+        if t.folder == Folder::Done {
+            return Ok(());
+        }
+        let from = self.root.task_path(t);
+        let done = self.root.folder(Folder::Done);
+        let mut rel = t.rel.to_string();
+        if done.join(&rel).exists() {
+            let stem = task::file_stem(&rel).to_string();
+            let dir = rel.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+            rel = format!("{dir}{stem}-{}.md", t.id);
+        }
+        fsutil::rename(&from, &done.join(&rel))?;
+        let t = &mut self.scan.tasks[i];
+        t.folder = Folder::Done;
+        t.rel = rel.into();
+        Ok(())
+    }
+
+    /// Writes a brand-new task file `tasks/todo/<name>` (never replacing an
+    /// existing file) and adds it to the scan.
+    pub fn create(&mut self, name: &str, content: &[u8]) -> Result<usize> {
+        let dir = self.root.folder(Folder::Todo);
+        let mut rel = name.to_string();
+        let mut n = 2;
+        while !fsutil::create_new_atomic(&dir.join(&rel), content)? {
+            rel = format!("{}-{n}.md", name.trim_end_matches(".md"));
+            n += 1;
+        }
+        let shown = self.root.rel_path(Folder::Todo, &rel);
+        let layout = frontmatter::split(content, true).expect("complete");
+        let mut problems = Vec::new();
+        let task = task_from_bytes(content, layout, Folder::Todo, &rel, &shown, &mut problems)
+            .ok_or_else(|| Error::from(problems.remove(0)))?;
+        self.scan.tasks.push(task);
+        self.scan.reindex();
+        Ok(self.scan.tasks.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        fs::create_dir_all(dir.path().join("tasks/done")).unwrap();
+        fs::create_dir_all(dir.path().join("tasks/todo")).unwrap();
+        let root = Root::new(dir.path());
+        (dir, root)
+    }
+
+    #[test]
+    fn scan_reads_tasks_and_collects_problems() {
+        let (_d, root) = root_with(&[
+            ("tasks/todo/a.md", "---\nid: TASK-001\nstatus: ready\n---\nbody"),
+            ("tasks/todo/b.md", "---\nid: TASK-001\n---\n"),
+            ("tasks/todo/c.md", "# Heading title\n\ntext"),
+            ("tasks/todo/README.md", "# not a task"),
+            ("tasks/todo/.x.md.swp", "junk"),
+            ("tasks/done/d.md", "---\nid: TASK-002\nstatus: ready\n---\n"),
+        ]);
+        let scan = scan(&root);
+        assert_eq!(scan.tasks.len(), 4);
+        assert!(scan.get("TASK-001").is_some());
+        let msgs: Vec<String> = scan.problems.iter().map(ToString::to_string).collect();
+        assert!(msgs.iter().any(|m| m.contains("duplicate id `TASK-001`")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("in done/ but its status is `ready`")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("no `id` yet: listed as `c`")), "{msgs:?}");
+        let c = scan.get("c").unwrap();
+        assert_eq!(display_title(&root, c), "Heading title");
+    }
+
+    #[test]
+    fn writer_adopts_and_never_reuses_ids() {
+        let (_d, root) = root_with(&[
+            ("tasks/todo/a.md", "---\nid: TASK-007\n---\n"),
+            ("tasks/todo/new.md", "Just text.\n"),
+        ]);
+        let mut w = Writer::open(&root).unwrap();
+        assert_eq!(w.transitions.len(), 1);
+        assert_eq!(w.transitions[0].id, "TASK-008");
+        let text = fs::read_to_string(root.dir.join("tasks/todo/new.md")).unwrap();
+        assert!(text.starts_with("---\nid: TASK-008\nstatus: ready\ncreated: "), "{text}");
+        assert!(text.ends_with("---\nJust text.\n"));
+        let i = w.scan.resolve("8").unwrap();
+        w.set(i, &[Change::set("status", "done")], Status::Done, "").unwrap();
+        w.move_to_done(i).unwrap();
+        drop(w);
+        fs::remove_file(root.dir.join("tasks/done/new.md")).unwrap();
+        let mut w = Writer::open(&root).unwrap();
+        assert_eq!(w.allocate_id().unwrap(), "TASK-009");
+    }
+}
