@@ -116,7 +116,9 @@ pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize) -> P
         None => message,
     };
     match e.location() {
-        Some(loc) => Problem::at(shown, loc.line() + first_line - 1, message).column(Some(loc.column())),
+        Some(loc) => {
+            Problem::at(shown, loc.line() + first_line - 1, message).column(Some(loc.column()))
+        }
         None => Problem::new(shown, message),
     }
 }
@@ -176,10 +178,15 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_with_lines() {
-        let c = Config::parse("max_concurrent: 8\nheartbeat: 5s\ndefault_role: shell\n", Path::new("c.yaml")).unwrap();
+        let c = Config::parse(
+            "max_concurrent: 8\nheartbeat: 5s\ndefault_role: shell\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
         assert_eq!(c.max_concurrent, 8);
         assert_eq!(c.heartbeat, Duration::from_secs(5));
-        let e = Config::parse("max_concurrent: 2\nheartbaet: 5s\n", Path::new("c.yaml")).unwrap_err();
+        let e =
+            Config::parse("max_concurrent: 2\nheartbaet: 5s\n", Path::new("c.yaml")).unwrap_err();
         assert!(e.to_string().starts_with("c.yaml:2:"), "{e}");
         assert!(e.to_string().contains("heartbaet"), "{e}");
         let e = Config::parse("heartbeat: soon\n", Path::new("c.yaml")).unwrap_err();

@@ -47,7 +47,10 @@ impl Ctx {
     pub fn display_path(&self, rel: &Path) -> PathBuf {
         let full = self.root.dir.join(rel);
         match std::env::current_dir() {
-            Ok(cwd) => full.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(full),
+            Ok(cwd) => full
+                .strip_prefix(&cwd)
+                .map(Path::to_path_buf)
+                .unwrap_or(full),
             Err(_) => full,
         }
     }

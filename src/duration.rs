@@ -21,15 +21,21 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration `{text}`: a number needs a unit (ms, s, m, h, d)"))?;
+            .ok_or_else(|| {
+                format!("invalid duration `{text}`: a number needs a unit (ms, s, m, h, d)")
+            })?;
         if digits == 0 {
-            return Err(format!("invalid duration `{text}`: expected a number like `30m`"));
+            return Err(format!(
+                "invalid duration `{text}`: expected a number like `30m`"
+            ));
         }
         let n: f64 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration `{text}`"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = rest[unit_len..].trim_start();
         let secs = match unit {
@@ -38,7 +44,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "m" | "min" | "mins" => n * 60.0,
             "h" | "hr" | "hrs" => n * 3600.0,
             "d" | "day" | "days" => n * 86400.0,
-            _ => return Err(format!("invalid duration `{text}`: unknown unit `{unit}` (use ms, s, m, h, d)")),
+            _ => {
+                return Err(format!(
+                    "invalid duration `{text}`: unknown unit `{unit}` (use ms, s, m, h, d)"
+                ))
+            }
         };
         total += Duration::from_secs_f64(secs);
     }

@@ -68,7 +68,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Conflict { .. } => 3,
-            Error::Io { .. } | Error::Invalid { .. } | Error::Usage { .. } | Error::NoRoot { .. } => 2,
+            Error::Io { .. }
+            | Error::Invalid { .. }
+            | Error::Usage { .. }
+            | Error::NoRoot { .. } => 2,
         }
     }
 
@@ -77,9 +80,9 @@ impl Error {
         match self {
             Error::Usage { hint, .. } => hint.clone(),
             Error::Invalid { problem } => problem.hint.clone(),
-            Error::NoRoot { .. } => {
-                Some("run `taskq init` to create one, or pass `--root DIR` / set `TASKQ_ROOT`".into())
-            }
+            Error::NoRoot { .. } => Some(
+                "run `taskq init` to create one, or pass `--root DIR` / set `TASKQ_ROOT`".into(),
+            ),
             _ => None,
         }
     }

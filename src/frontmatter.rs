@@ -585,14 +585,30 @@ fn is_plain_safe(s: &str) -> bool {
     if s.chars().any(|c| c.is_control()) {
         return false;
     }
-    if "-?:,[]{}#&*!|>'\"%@`~".contains(first) && !(first == '-' && s.len() > 1 && !s[1..].starts_with(' ') && s.as_bytes()[1].is_ascii_alphabetic()) {
+    if "-?:,[]{}#&*!|>'\"%@`~".contains(first)
+        && !(first == '-'
+            && s.len() > 1
+            && !s[1..].starts_with(' ')
+            && s.as_bytes()[1].is_ascii_alphabetic())
+    {
         return false;
     }
     // Words YAML would read as something other than a string.
     let lower = s.to_ascii_lowercase();
     if matches!(
         lower.as_str(),
-        "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | ".nan" | ".inf" | "-.inf"
+        "null"
+            | "true"
+            | "false"
+            | "yes"
+            | "no"
+            | "on"
+            | "off"
+            | "y"
+            | "n"
+            | ".nan"
+            | ".inf"
+            | "-.inf"
     ) {
         return false;
     }
@@ -704,11 +720,13 @@ pub fn edit(content: &[u8], changes: &[Change]) -> Result<Vec<u8>, EditError> {
                 } else {
                     ""
                 };
-                let terminator = if terminator.is_empty() { eol } else { terminator };
+                let terminator = if terminator.is_empty() {
+                    eol
+                } else {
+                    terminator
+                };
                 lines[i] = Cow::Owned(format!("{k}: {v}{comment}{terminator}"));
-                for j in i + 1..i + extent {
-                    removed[j] = true;
-                }
+                removed[i + 1..i + extent].fill(true);
             }
             (Change::Set(k, v), None) => {
                 // An earlier append of the same key is replaced.
@@ -717,9 +735,7 @@ pub fn edit(content: &[u8], changes: &[Change]) -> Result<Vec<u8>, EditError> {
             }
             (Change::Remove(_), Some(i)) => {
                 let extent = field_extent(&lines, i);
-                for j in i..i + extent {
-                    removed[j] = true;
-                }
+                removed[i..i + extent].fill(true);
             }
             (Change::Remove(k), None) => appended.retain(|a| !a.starts_with(&format!("{k}: "))),
         }
@@ -815,7 +831,10 @@ mod tests {
                 body: 14
             })
         );
-        assert_eq!(header_of("\u{feff}---\r\nid: A\r\n---\r\nbody"), "id: A\r\n");
+        assert_eq!(
+            header_of("\u{feff}---\r\nid: A\r\n---\r\nbody"),
+            "id: A\r\n"
+        );
         assert_eq!(split(b"# Title\n", true), Some(Layout::None { body: 0 }));
         assert_eq!(split(b"---\nid: A\n", true), Some(Layout::Unterminated));
         assert_eq!(split(b"---\nid: A\n", false), None);
@@ -837,11 +856,20 @@ mod tests {
         let f = parse_fast(h).expect("fast path");
         assert_eq!(f[0].key, "id");
         assert_eq!(f[0].value, Value::Scalar("TASK-006".into()));
-        assert_eq!(f[2].value, Value::Seq(vec!["build".into(), "back end".into()]));
-        assert_eq!(f[3].value, Value::Seq(vec!["TASK-003".into(), "TASK-004".into()]));
+        assert_eq!(
+            f[2].value,
+            Value::Seq(vec!["build".into(), "back end".into()])
+        );
+        assert_eq!(
+            f[3].value,
+            Value::Seq(vec!["TASK-003".into(), "TASK-004".into()])
+        );
         assert_eq!(f[3].line, 3);
         assert_eq!(f[4].value, Value::Null);
-        assert_eq!(f[5].value, Value::Scalar("2026-02-03T12:04:30-05:00".into()));
+        assert_eq!(
+            f[5].value,
+            Value::Scalar("2026-02-03T12:04:30-05:00".into())
+        );
     }
 
     #[test]
@@ -866,8 +894,16 @@ mod tests {
 
     #[test]
     fn edit_changes_only_the_lines_of_changed_keys() {
-        let file = "---\n# a comment\nid: TASK-1\nstatus: ready   # keep me\n\ntags: [a]\n---\nbody\n";
-        let out = edit(file.as_bytes(), &[Change::set("status", "running"), Change::set("assigned", "BLD-001")]).unwrap();
+        let file =
+            "---\n# a comment\nid: TASK-1\nstatus: ready   # keep me\n\ntags: [a]\n---\nbody\n";
+        let out = edit(
+            file.as_bytes(),
+            &[
+                Change::set("status", "running"),
+                Change::set("assigned", "BLD-001"),
+            ],
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "---\n# a comment\nid: TASK-1\nstatus: running   # keep me\n\ntags: [a]\nassigned: BLD-001\n---\nbody\n"
@@ -879,28 +915,61 @@ mod tests {
         let file = "---\nid: T\ndependencies:\n  - A\n  - B\nstatus: ready\nlease: x\n---\n";
         let out = edit(
             file.as_bytes(),
-            &[Change::set_raw("dependencies", yaml_list(&["C"])), Change::remove("lease")],
+            &[
+                Change::set_raw("dependencies", yaml_list(&["C"])),
+                Change::remove("lease"),
+            ],
         )
         .unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "---\nid: T\ndependencies: [C]\nstatus: ready\n---\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "---\nid: T\ndependencies: [C]\nstatus: ready\n---\n"
+        );
     }
 
     #[test]
     fn edit_adds_a_header_and_keeps_crlf_and_bom() {
-        let out = edit(b"\xEF\xBB\xBF# Title\r\nbody\r\n", &[Change::set("id", "TASK-9")]).unwrap();
-        assert_eq!(out, b"\xEF\xBB\xBF---\r\nid: TASK-9\r\n---\r\n# Title\r\nbody\r\n");
-        let out = edit(b"---\r\nid: A\r\n---\r\nx", &[Change::set("status", "done")]).unwrap();
+        let out = edit(
+            b"\xEF\xBB\xBF# Title\r\nbody\r\n",
+            &[Change::set("id", "TASK-9")],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            b"\xEF\xBB\xBF---\r\nid: TASK-9\r\n---\r\n# Title\r\nbody\r\n"
+        );
+        let out = edit(
+            b"---\r\nid: A\r\n---\r\nx",
+            &[Change::set("status", "done")],
+        )
+        .unwrap();
         assert_eq!(out, b"---\r\nid: A\r\nstatus: done\r\n---\r\nx");
     }
 
     #[test]
     fn formatted_values_read_back_unchanged() {
-        for s in ["plain", "with: colon", "#hash", "yes", "123", "", " padded ", "a \"q\"", "x\ny", "- dash", "-flag", "2026-02-03T12:04:30-05:00"] {
+        for s in [
+            "plain",
+            "with: colon",
+            "#hash",
+            "yes",
+            "123",
+            "",
+            " padded ",
+            "a \"q\"",
+            "x\ny",
+            "- dash",
+            "-flag",
+            "2026-02-03T12:04:30-05:00",
+        ] {
             let h = format!("k: {}\n", yaml_str(s));
             let f = parse(&h).unwrap();
             assert_eq!(f[0].value, Value::Scalar(s.into()), "{s:?} as {h:?}");
         }
         let h = format!("k: {}\n", yaml_list(&["a,b", "c"]));
-        assert_eq!(parse(&h).unwrap()[0].value, Value::Seq(vec!["a,b".into(), "c".into()]));
+        assert_eq!(
+            parse(&h).unwrap()[0].value,
+            Value::Seq(vec!["a,b".into(), "c".into()])
+        );
     }
 }

@@ -198,7 +198,12 @@ struct TreeCtx<'a> {
     label: &'a dyn Fn(usize) -> (String, String),
 }
 
-fn build_node(ctx: &TreeCtx<'_>, i: usize, shown: &mut HashSet<usize>, path: &mut Vec<usize>) -> Node {
+fn build_node(
+    ctx: &TreeCtx<'_>,
+    i: usize,
+    shown: &mut HashSet<usize>,
+    path: &mut Vec<usize>,
+) -> Node {
     let (scan, graph, reverse) = (ctx.scan, ctx.graph, ctx.reverse);
     let t = &scan.tasks[i];
     let (status, title) = (ctx.label)(i);
@@ -218,7 +223,11 @@ fn build_node(ctx: &TreeCtx<'_>, i: usize, shown: &mut HashSet<usize>, path: &mu
         return node;
     }
     path.push(i);
-    let edges = if reverse { &graph.dependents[i] } else { &graph.deps[i] };
+    let edges = if reverse {
+        &graph.dependents[i]
+    } else {
+        &graph.deps[i]
+    };
     let mut children: Vec<usize> = edges.iter().map(|&w| w as usize).collect();
     children.sort_by(|&a, &b| crate::task::id_order(&scan.tasks[a].id, &scan.tasks[b].id));
     for c in children {
@@ -273,7 +282,11 @@ fn render_children(node: &Node, prefix: &str, out: &mut String) {
         } else {
             format!("  {}", child.title)
         };
-        let more = if child.repeated { "  (shown above)" } else { "" };
+        let more = if child.repeated {
+            "  (shown above)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "{prefix}{branch}{}{title}{more}", label(child));
         let next = format!("{prefix}{}", if last { "    " } else { "│   " });
         render_children(child, &next, out);
@@ -300,7 +313,12 @@ fn is_chain(node: &Node) -> bool {
 /// task that needs it.
 ///
 /// `title(i)` gives the title to show for task `i`.
-pub fn render_graph(scan: &Scan, graph: &Graph, format: GraphFormat, title: &dyn Fn(usize) -> String) -> String {
+pub fn render_graph(
+    scan: &Scan,
+    graph: &Graph,
+    format: GraphFormat,
+    title: &dyn Fn(usize) -> String,
+) -> String {
     let mut order: Vec<usize> = (0..scan.tasks.len()).collect();
     order.sort_by(|&a, &b| crate::task::id_order(&scan.tasks[a].id, &scan.tasks[b].id));
     let mut out = String::new();
@@ -361,7 +379,11 @@ pub fn render_graph(scan: &Scan, graph: &Graph, format: GraphFormat, title: &dyn
             }
             for &i in &order {
                 for &d in &graph.deps[i] {
-                    let _ = writeln!(out, "    \"{}\" -> \"{}\";", scan.tasks[d as usize].id, scan.tasks[i].id);
+                    let _ = writeln!(
+                        out,
+                        "    \"{}\" -> \"{}\";",
+                        scan.tasks[d as usize].id, scan.tasks[i].id
+                    );
                 }
             }
             for (i, missing) in &graph.missing {

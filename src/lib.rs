@@ -6,8 +6,8 @@
 //! I/O at the edges ([`store`], [`fsutil`], [`lock`]).
 
 pub mod cli;
-pub mod config;
 pub mod commands;
+pub mod config;
 pub mod context;
 pub mod duration;
 pub mod error;

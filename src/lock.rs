@@ -134,7 +134,11 @@ mod tests {
         assert!(LockGuard::try_acquire(&path).unwrap().is_none());
         let err = LockGuard::acquire(&path, Duration::from_millis(50)).unwrap_err();
         assert_eq!(err.exit_code(), 3);
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         assert!(LockGuard::try_acquire(&path).unwrap().is_some());
     }

@@ -52,7 +52,11 @@ impl Out {
     pub fn warn(&self, problem: &Problem) {
         if !self.quiet {
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "taskq: warning: {}", problem.to_string().replacen(": warning:", ":", 1));
+            let _ = writeln!(
+                stderr,
+                "taskq: warning: {}",
+                problem.to_string().replacen(": warning:", ":", 1)
+            );
             if let Some(hint) = &problem.hint {
                 let _ = writeln!(stderr, "hint: {hint}");
             }

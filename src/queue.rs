@@ -127,7 +127,7 @@ impl<'a> Queue<'a> {
     }
 
     /// The number of distinct open tasks that transitively depend on `i`.
-    pub fn unblocks(&self, i: usize, seen: &mut Vec<u32>, stamp: u32) -> u32 {
+    pub fn unblocks(&self, i: usize, seen: &mut [u32], stamp: u32) -> u32 {
         let tasks = &self.scan.tasks;
         let mut count = 0;
         let mut stack: Vec<u32> = self.graph.dependents[i].clone();
@@ -294,11 +294,27 @@ mod tests {
         let scan = Scan::from_tasks(vec![
             t("TASK-001", High, &[], Status::Ready, Folder::Todo),
             t("TASK-002", Low, &[], Status::Ready, Folder::Todo),
-            t("TASK-003", Critical, &["TASK-002"], Status::Ready, Folder::Todo),
-            t("TASK-004", Medium, &["TASK-009"], Status::Ready, Folder::Todo),
+            t(
+                "TASK-003",
+                Critical,
+                &["TASK-002"],
+                Status::Ready,
+                Folder::Todo,
+            ),
+            t(
+                "TASK-004",
+                Medium,
+                &["TASK-009"],
+                Status::Ready,
+                Folder::Todo,
+            ),
         ]);
         let q = Queue::new(&scan, now());
-        let order: Vec<&str> = q.ready(|_| true).iter().map(|r| &*scan.tasks[r.index].id).collect();
+        let order: Vec<&str> = q
+            .ready(|_| true)
+            .iter()
+            .map(|r| &*scan.tasks[r.index].id)
+            .collect();
         assert_eq!(order, ["TASK-002", "TASK-001"]);
         assert_eq!(q.state[2], State::Blocked);
         assert_eq!(q.state[3], State::Blocked);
@@ -312,14 +328,35 @@ mod tests {
         let scan = Scan::from_tasks(vec![
             t("TASK-001", Medium, &[], Status::Ready, Folder::Todo),
             t("TASK-002", Medium, &[], Status::Ready, Folder::Todo),
-            t("TASK-003", Medium, &["TASK-002"], Status::Ready, Folder::Todo),
-            t("TASK-004", Medium, &["TASK-003"], Status::Ready, Folder::Todo),
+            t(
+                "TASK-003",
+                Medium,
+                &["TASK-002"],
+                Status::Ready,
+                Folder::Todo,
+            ),
+            t(
+                "TASK-004",
+                Medium,
+                &["TASK-003"],
+                Status::Ready,
+                Folder::Todo,
+            ),
             t("TASK-005", Medium, &[], Status::Ready, Folder::Todo),
-            t("TASK-006", Medium, &["TASK-001"], Status::Cancelled, Folder::Todo),
+            t(
+                "TASK-006",
+                Medium,
+                &["TASK-001"],
+                Status::Cancelled,
+                Folder::Todo,
+            ),
         ]);
         let q = Queue::new(&scan, now());
         let r = q.ready(|_| true);
-        let order: Vec<(&str, u32)> = r.iter().map(|r| (&*scan.tasks[r.index].id, r.unblocks)).collect();
+        let order: Vec<(&str, u32)> = r
+            .iter()
+            .map(|r| (&*scan.tasks[r.index].id, r.unblocks))
+            .collect();
         assert_eq!(order, [("TASK-002", 2), ("TASK-001", 0), ("TASK-005", 0)]);
     }
 
@@ -329,9 +366,27 @@ mod tests {
         let scan = Scan::from_tasks(vec![
             t("TASK-001", Medium, &[], Status::Done, Folder::Done),
             t("TASK-002", Medium, &[], Status::Done, Folder::Todo),
-            t("TASK-003", Medium, &["TASK-001"], Status::Ready, Folder::Todo),
-            t("TASK-004", Medium, &["TASK-002"], Status::Ready, Folder::Todo),
-            t("TASK-005", Critical, &["TASK-006"], Status::Ready, Folder::Todo),
+            t(
+                "TASK-003",
+                Medium,
+                &["TASK-001"],
+                Status::Ready,
+                Folder::Todo,
+            ),
+            t(
+                "TASK-004",
+                Medium,
+                &["TASK-002"],
+                Status::Ready,
+                Folder::Todo,
+            ),
+            t(
+                "TASK-005",
+                Critical,
+                &["TASK-006"],
+                Status::Ready,
+                Folder::Todo,
+            ),
             t("TASK-006", Low, &["TASK-005"], Status::Ready, Folder::Todo),
         ]);
         let q = Queue::new(&scan, now());

@@ -126,11 +126,19 @@ pub fn load_all(root: &Root) -> (Vec<Role>, Vec<Problem>) {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "md"))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     paths.sort();
     for path in paths {
-        match load(&path, Path::new("agents/templates").join(path.file_name().unwrap_or_default()).as_path()) {
+        match load(
+            &path,
+            Path::new("agents/templates")
+                .join(path.file_name().unwrap_or_default())
+                .as_path(),
+        ) {
             Ok(role) => roles.push(role),
             Err(Error::Invalid { problem }) => problems.push(problem),
             Err(e) => problems.push(Problem::new(&path, e.to_string())),
@@ -147,33 +155,45 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    validate_id(&name).map_err(|why| Problem::new(shown, format!("invalid role name `{name}`: {why}")))?;
+    validate_id(&name)
+        .map_err(|why| Problem::new(shown, format!("invalid role name `{name}`: {why}")))?;
     let parsed = Matter::<YAML>::new()
         .parse::<gray_matter::Pod>(text)
         .map_err(|e| Problem::new(shown, format!("invalid frontmatter: {e}")))?;
     if parsed.matter.trim().is_empty() {
-        return Err(Problem::new(shown, "a role template needs frontmatter with at least `prefix:`")
-            .hint("see agents/templates/builder.md for the format")
-            .into());
+        return Err(Problem::new(
+            shown,
+            "a role template needs frontmatter with at least `prefix:`",
+        )
+        .hint("see agents/templates/builder.md for the format")
+        .into());
     }
     // The frontmatter starts on line 2 of the file.
     let settings: Settings =
         serde_yaml::from_str(&parsed.matter).map_err(|e| yaml_problem(shown, &e, 2))?;
     if !ADAPTERS.contains(&settings.agent.as_str()) {
-        return Err(Problem::new(shown, format!("unknown agent `{}`", settings.agent))
-            .hint(format!("one of: {}", ADAPTERS.join(", ")))
-            .into());
+        return Err(
+            Problem::new(shown, format!("unknown agent `{}`", settings.agent))
+                .hint(format!("one of: {}", ADAPTERS.join(", ")))
+                .into(),
+        );
     }
     if settings.prefix.is_empty() || !settings.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(Problem::new(shown, format!("prefix `{}` must be letters and digits", settings.prefix)).into());
+        return Err(Problem::new(
+            shown,
+            format!("prefix `{}` must be letters and digits", settings.prefix),
+        )
+        .into());
     }
     if settings.max_concurrent == 0 {
         return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
     }
     if !matches!(settings.workspace.as_str(), "dir" | "root" | "worktree") {
-        return Err(Problem::new(shown, format!("unknown workspace `{}`", settings.workspace))
-            .hint("one of: dir, root, worktree")
-            .into());
+        return Err(
+            Problem::new(shown, format!("unknown workspace `{}`", settings.workspace))
+                .hint("one of: dir, root, worktree")
+                .into(),
+        );
     }
     if settings.agent == "command" && settings.command.is_none() {
         return Err(Problem::new(shown, "`agent: command` needs a `command:` line").into());
@@ -195,7 +215,12 @@ pub fn route<'r>(task: &Task, roles: &'r [Role], config: &Config) -> Option<&'r 
     }
     roles
         .iter()
-        .find(|r| r.settings.tags.iter().any(|t| task.tags.iter().any(|x| **x == **t)))
+        .find(|r| {
+            r.settings
+                .tags
+                .iter()
+                .any(|t| task.tags.iter().any(|x| **x == **t))
+        })
         .or_else(|| {
             let name = config.default_role.as_deref()?;
             roles.iter().find(|r| r.name == name)

@@ -121,7 +121,9 @@ impl Scan {
                 .tasks
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| t.has_id && t.id.starts_with("TASK-") && task::id_number(&t.id) == Some(n))
+                .filter(|(_, t)| {
+                    t.has_id && t.id.starts_with("TASK-") && task::id_number(&t.id) == Some(n)
+                })
                 .map(|(i, _)| i)
                 .collect();
             if let [i] = matches[..] {
@@ -183,8 +185,10 @@ pub fn scan(root: &Root) -> Scan {
     }
     // A file moved from todo/ to done/ mid-scan can be read twice (once
     // through the fallback in `read_task`): keep one copy.
-    scan.tasks.sort_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
-    scan.tasks.dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
+    scan.tasks
+        .sort_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
+    scan.tasks
+        .dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
     // Duplicate ids: the first (todo/ before done/, then by name) wins.
     let mut broken = Vec::new();
     for (i, t) in scan.tasks.iter().enumerate() {
@@ -254,7 +258,9 @@ fn list_folder(root: &Root, folder: Folder, out: &mut Vec<Entry>, problems: &mut
                 let path = e.path().map_or_else(|| base.clone(), Path::to_path_buf);
                 let rel = path.strip_prefix(&root.dir).unwrap_or(&path).to_path_buf();
                 // A file that vanished mid-walk was moved or deleted: fine.
-                if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+                {
                     continue;
                 }
                 problems.push(Problem::new(rel, format!("cannot read: {e}")));
@@ -262,7 +268,10 @@ fn list_folder(root: &Root, folder: Folder, out: &mut Vec<Entry>, problems: &mut
             }
         };
         let name = entry.file_name().to_string_lossy();
-        if entry.file_type().is_dir() || !name.ends_with(".md") || name.eq_ignore_ascii_case("README.md") {
+        if entry.file_type().is_dir()
+            || !name.ends_with(".md")
+            || name.eq_ignore_ascii_case("README.md")
+        {
             continue;
         }
         let Ok(rel) = entry.path().strip_prefix(&base) else {
@@ -288,7 +297,14 @@ fn read_tasks(root: &Root, entries: &[Entry]) -> (Vec<Task>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut buf = Vec::with_capacity(8192);
     for entry in entries {
-        if let Some(task) = read_task(root, entry.folder, &entry.rel, entry.symlink, &mut buf, &mut problems) {
+        if let Some(task) = read_task(
+            root,
+            entry.folder,
+            &entry.rel,
+            entry.symlink,
+            &mut buf,
+            &mut problems,
+        ) {
             tasks.push(task);
         }
     }
@@ -367,7 +383,9 @@ pub fn task_from_bytes(
         Layout::Header { start, end, .. } => &bytes[start..end],
     };
     if bytes.is_empty() {
-        problems.push(Problem::new(shown, "empty file; write a title or a description in it").warning());
+        problems.push(
+            Problem::new(shown, "empty file; write a title or a description in it").warning(),
+        );
     }
     let header = match std::str::from_utf8(header) {
         Ok(h) => h,
@@ -375,14 +393,19 @@ pub fn task_from_bytes(
             let good = &header[..e.valid_up_to()];
             let line = good.iter().filter(|b| **b == b'\n').count() + Layout::FIRST_LINE;
             let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
-            problems.push(Problem::at(shown, line, "frontmatter is not valid UTF-8").column(Some(col)));
+            problems
+                .push(Problem::at(shown, line, "frontmatter is not valid UTF-8").column(Some(col)));
             return None;
         }
     };
     if let Some(line) = header.lines().position(|l| l.starts_with('\t')) {
         problems.push(
-            Problem::at(shown, line + Layout::FIRST_LINE, "tab used for indentation; YAML allows only spaces")
-                .column(Some(1)),
+            Problem::at(
+                shown,
+                line + Layout::FIRST_LINE,
+                "tab used for indentation; YAML allows only spaces",
+            )
+            .column(Some(1)),
         );
         return None;
     }
@@ -390,8 +413,12 @@ pub fn task_from_bytes(
         Ok(f) => f,
         Err(e) => {
             problems.push(
-                Problem::at(shown, e.line + Layout::FIRST_LINE, format!("invalid YAML: {}", e.message))
-                    .column(e.column),
+                Problem::at(
+                    shown,
+                    e.line + Layout::FIRST_LINE,
+                    format!("invalid YAML: {}", e.message),
+                )
+                .column(e.column),
             );
             return None;
         }
@@ -411,7 +438,11 @@ pub fn display_title(root: &Root, task: &Task) -> String {
 
 fn heading_title(path: &Path) -> Option<String> {
     let mut bytes = Vec::new();
-    File::open(path).ok()?.take(64 * 1024).read_to_end(&mut bytes).ok()?;
+    File::open(path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .ok()?;
     let body = match frontmatter::split(&bytes, true)? {
         Layout::None { body } | Layout::Header { body, .. } => &bytes[body..],
         Layout::Unterminated => return None,
@@ -525,10 +556,17 @@ impl Writer {
         }
         // Expired leases go back to ready.
         let expired: Vec<usize> = (0..self.scan.tasks.len())
-            .filter(|&i| self.scan.tasks[i].folder == Folder::Todo && self.scan.tasks[i].lease_expired(self.now))
+            .filter(|&i| {
+                self.scan.tasks[i].folder == Folder::Todo
+                    && self.scan.tasks[i].lease_expired(self.now)
+            })
             .collect();
         for i in expired {
-            let who = self.scan.tasks[i].assigned.as_deref().unwrap_or("nobody").to_string();
+            let who = self.scan.tasks[i]
+                .assigned
+                .as_deref()
+                .unwrap_or("nobody")
+                .to_string();
             self.set(
                 i,
                 &[
@@ -602,14 +640,18 @@ impl Writer {
                 &shown,
                 match e {
                     frontmatter::EditError::Unterminated => "frontmatter never ends; not changed",
-                    frontmatter::EditError::NotUtf8 => "frontmatter is not valid UTF-8; not changed",
+                    frontmatter::EditError::NotUtf8 => {
+                        "frontmatter is not valid UTF-8; not changed"
+                    }
                 },
             ))
         })?;
         let layout = frontmatter::split(&new, true).expect("complete");
         let mut problems = Vec::new();
         let Some(task) = task_from_bytes(&new, layout, folder, &rel, &shown, &mut problems) else {
-            let why = problems.first().map_or_else(String::new, |p| format!(": {}", p.message));
+            let why = problems
+                .first()
+                .map_or_else(String::new, |p| format!(": {}", p.message));
             return Err(Error::from(Problem::new(
                 &shown,
                 format!("the change would make the file unreadable{why}; not changed"),
@@ -633,7 +675,10 @@ impl Writer {
         let mut rel = t.rel.to_string();
         if done.join(&rel).exists() {
             let stem = task::file_stem(&rel).to_string();
-            let dir = rel.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+            let dir = rel
+                .rsplit_once('/')
+                .map(|(d, _)| format!("{d}/"))
+                .unwrap_or_default();
             rel = format!("{dir}{stem}-{}.md", t.id);
         }
         fsutil::rename(&from, &done.join(&rel))?;
@@ -684,7 +729,10 @@ mod tests {
     #[test]
     fn scan_reads_tasks_and_collects_problems() {
         let (_d, root) = root_with(&[
-            ("tasks/todo/a.md", "---\nid: TASK-001\nstatus: ready\n---\nbody"),
+            (
+                "tasks/todo/a.md",
+                "---\nid: TASK-001\nstatus: ready\n---\nbody",
+            ),
             ("tasks/todo/b.md", "---\nid: TASK-001\n---\n"),
             ("tasks/todo/c.md", "# Heading title\n\ntext"),
             ("tasks/todo/README.md", "# not a task"),
@@ -695,9 +743,20 @@ mod tests {
         assert_eq!(scan.tasks.len(), 4);
         assert!(scan.get("TASK-001").is_some());
         let msgs: Vec<String> = scan.problems.iter().map(ToString::to_string).collect();
-        assert!(msgs.iter().any(|m| m.contains("duplicate id `TASK-001`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("in done/ but its status is `ready`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("no `id` yet: listed as `c`")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("duplicate id `TASK-001`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("in done/ but its status is `ready`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("no `id` yet: listed as `c`")),
+            "{msgs:?}"
+        );
         let c = scan.get("c").unwrap();
         assert_eq!(display_title(&root, c), "Heading title");
     }
@@ -712,10 +771,14 @@ mod tests {
         assert_eq!(w.transitions.len(), 1);
         assert_eq!(w.transitions[0].id, "TASK-008");
         let text = fs::read_to_string(root.dir.join("tasks/todo/new.md")).unwrap();
-        assert!(text.starts_with("---\nid: TASK-008\nstatus: ready\ncreated: "), "{text}");
+        assert!(
+            text.starts_with("---\nid: TASK-008\nstatus: ready\ncreated: "),
+            "{text}"
+        );
         assert!(text.ends_with("---\nJust text.\n"));
         let i = w.scan.resolve("8").unwrap();
-        w.set(i, &[Change::set("status", "done")], Status::Done, "").unwrap();
+        w.set(i, &[Change::set("status", "done")], Status::Done, "")
+            .unwrap();
         w.move_to_done(i).unwrap();
         drop(w);
         fs::remove_file(root.dir.join("tasks/done/new.md")).unwrap();

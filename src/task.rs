@@ -344,7 +344,9 @@ impl Task {
                     }
                 },
                 "title" => match &field.value {
-                    Value::Scalar(s) if !s.trim().is_empty() => task.title = Some(Box::from(s.trim())),
+                    Value::Scalar(s) if !s.trim().is_empty() => {
+                        task.title = Some(Box::from(s.trim()))
+                    }
                     Value::Null | Value::Scalar(_) => {}
                     other => bad(wrong_type("title", "a single value", other), None),
                 },
@@ -356,7 +358,12 @@ impl Task {
                         }
                         Err(e) => {
                             let hint = suggest(s, Status::WORDS)
-                                .map(|w| format!("did you mean `{w}`? (one of: {})", Status::WORDS.join(", ")))
+                                .map(|w| {
+                                    format!(
+                                        "did you mean `{w}`? (one of: {})",
+                                        Status::WORDS.join(", ")
+                                    )
+                                })
                                 .or_else(|| Some(format!("one of: {}", Status::WORDS.join(", "))));
                             bad(e, hint);
                             task.broken = true;
@@ -373,8 +380,15 @@ impl Task {
                         Ok(p) => task.priority = p,
                         Err(e) => {
                             let hint = suggest(s, Priority::WORDS)
-                                .map(|w| format!("did you mean `{w}`? (one of: {})", Priority::WORDS.join(", ")))
-                                .or_else(|| Some(format!("one of: {}", Priority::WORDS.join(", "))));
+                                .map(|w| {
+                                    format!(
+                                        "did you mean `{w}`? (one of: {})",
+                                        Priority::WORDS.join(", ")
+                                    )
+                                })
+                                .or_else(|| {
+                                    Some(format!("one of: {}", Priority::WORDS.join(", ")))
+                                });
                             bad(e, hint);
                             task.broken = true;
                         }
@@ -388,7 +402,10 @@ impl Task {
                 "tags" => match list(&field.value) {
                     Some(items) => task.tags = items,
                     None => {
-                        bad(wrong_type("tags", "a list like `[build, backend]`", &field.value), None);
+                        bad(
+                            wrong_type("tags", "a list like `[build, backend]`", &field.value),
+                            None,
+                        );
                         task.broken = true;
                     }
                 },
@@ -404,13 +421,18 @@ impl Task {
                     }
                     None => {
                         bad(
-                            wrong_type("dependencies", "a list of task ids like `[TASK-003]`", &field.value),
+                            wrong_type(
+                                "dependencies",
+                                "a list of task ids like `[TASK-003]`",
+                                &field.value,
+                            ),
                             None,
                         );
                         task.broken = true;
                     }
                 },
-                "assigned" | "role" | "model" | "approval" | "parent" | "timeout" | "result" | "reason" => {
+                "assigned" | "role" | "model" | "approval" | "parent" | "timeout" | "result"
+                | "reason" => {
                     let v = match &field.value {
                         Value::Null => None,
                         Value::Scalar(s) if s.trim().is_empty() => None,
@@ -455,16 +477,18 @@ impl Task {
                 "created" | "started" | "completed" | "lease_expires" | "retry_after" => {
                     let ts = match &field.value {
                         Value::Null => None,
-                        Value::Scalar(s) => match parse_timestamp(s) {
-                            Some(t) => Some(t),
-                            None => {
-                                bad(
+                        Value::Scalar(s) => {
+                            match parse_timestamp(s) {
+                                Some(t) => Some(t),
+                                None => {
+                                    bad(
                                     format!("`{key}` is not a date-time: `{s}`"),
                                     Some("write it as RFC 3339, e.g. `2026-02-03T12:04:30-05:00`".into()),
                                 );
-                                None
+                                    None
+                                }
                             }
-                        },
+                        }
                         other => {
                             bad(wrong_type(key, "a date-time", other), None);
                             None
@@ -489,9 +513,13 @@ impl Task {
                 other => {
                     if let Some(known) = suggest(other, KNOWN_KEYS).filter(|k| *k != other) {
                         problems.push(
-                            Problem::at(path, line, format!("unknown field `{other}` (kept as is)"))
-                                .hint(format!("did you mean `{known}`?"))
-                                .warning(),
+                            Problem::at(
+                                path,
+                                line,
+                                format!("unknown field `{other}` (kept as is)"),
+                            )
+                            .hint(format!("did you mean `{known}`?"))
+                            .warning(),
                         );
                     }
                 }
@@ -640,7 +668,13 @@ mod tests {
     fn task(header: &str) -> (Task, Vec<Problem>) {
         let fields = parse(header).unwrap();
         let mut problems = Vec::new();
-        let t = Task::from_fields(&fields, Folder::Todo, "x.md", Path::new("tasks/todo/x.md"), &mut problems);
+        let t = Task::from_fields(
+            &fields,
+            Folder::Todo,
+            "x.md",
+            Path::new("tasks/todo/x.md"),
+            &mut problems,
+        );
         (t, problems)
     }
 
@@ -669,7 +703,11 @@ mod tests {
         let (t, p) = task("id: TASK-1\nstatus: redy\npriority: urgent\ntags: {a: 1}\nstatuss: x\n");
         assert!(t.broken);
         assert_eq!(p[0].to_string(), "tasks/todo/x.md:3: unknown status `redy`");
-        assert!(p[0].hint.as_deref().unwrap().contains("did you mean `ready`"));
+        assert!(p[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `ready`"));
         assert_eq!(p[1].line, Some(4));
         assert!(p[2].message.contains("`tags` must be a list"));
         assert!(p[3].warning && p[3].message.contains("statuss"));

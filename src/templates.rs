@@ -3,16 +3,46 @@
 
 /// `(path relative to the root, content)` of every file `init` writes.
 pub const INIT_FILES: &[(&str, &str)] = &[
-    ("agents/templates/research.md", include_str!("../agents/templates/research.md")),
-    ("agents/templates/builder.md", include_str!("../agents/templates/builder.md")),
-    ("agents/templates/tester.md", include_str!("../agents/templates/tester.md")),
-    ("agents/templates/fixer.md", include_str!("../agents/templates/fixer.md")),
-    ("agents/templates/shell.md", include_str!("../agents/templates/shell.md")),
-    ("tasks/todo/README.md", include_str!("../tasks/todo/README.md")),
-    ("tasks/done/README.md", include_str!("../tasks/done/README.md")),
-    ("approvals/pending/README.md", include_str!("../approvals/pending/README.md")),
-    ("approvals/approved/README.md", include_str!("../approvals/approved/README.md")),
-    ("approvals/rejected/README.md", include_str!("../approvals/rejected/README.md")),
+    (
+        "agents/templates/research.md",
+        include_str!("../agents/templates/research.md"),
+    ),
+    (
+        "agents/templates/builder.md",
+        include_str!("../agents/templates/builder.md"),
+    ),
+    (
+        "agents/templates/tester.md",
+        include_str!("../agents/templates/tester.md"),
+    ),
+    (
+        "agents/templates/fixer.md",
+        include_str!("../agents/templates/fixer.md"),
+    ),
+    (
+        "agents/templates/shell.md",
+        include_str!("../agents/templates/shell.md"),
+    ),
+    (
+        "tasks/todo/README.md",
+        include_str!("../tasks/todo/README.md"),
+    ),
+    (
+        "tasks/done/README.md",
+        include_str!("../tasks/done/README.md"),
+    ),
+    (
+        "approvals/pending/README.md",
+        include_str!("../approvals/pending/README.md"),
+    ),
+    (
+        "approvals/approved/README.md",
+        include_str!("../approvals/approved/README.md"),
+    ),
+    (
+        "approvals/rejected/README.md",
+        include_str!("../approvals/rejected/README.md"),
+    ),
     (".gitignore", GITIGNORE),
 ];
 

@@ -1,1 +1,9 @@
+//! One integration test binary (as ripgrep and jj do): every module drives
+//! the built `taskq` binary in temp directories.
 
+mod util;
+
+mod claim;
+mod cli;
+mod edits;
+mod properties;

@@ -86,11 +86,17 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     // reaches it (possible when a file names the id before it exists).
     if let Some(me) = writer.scan.position(&id) {
         if graph.would_cycle(me, &dep_indices) {
-            return Err(Error::usage(format!("adding `{id}` with these dependencies would make a cycle")));
+            return Err(Error::usage(format!(
+                "adding `{id}` with these dependencies would make a cycle"
+            )));
         }
     }
 
-    let mut text = format!("---\nid: {id}\ntitle: {}\nstatus: ready\npriority: {}\n", yaml_str(title), args.priority);
+    let mut text = format!(
+        "---\nid: {id}\ntitle: {}\nstatus: ready\npriority: {}\n",
+        yaml_str(title),
+        args.priority
+    );
     if !tags.is_empty() {
         text.push_str(&format!("tags: {}\n", yaml_list(&tags)));
     }

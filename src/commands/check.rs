@@ -111,10 +111,20 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
         ctx.out.text(out)?;
         if errors == 0 {
-            ctx.out.note(format!("{} tasks checked: ok ({warnings} warnings)", scan.tasks.len()));
+            ctx.out.note(format!(
+                "{} tasks checked: ok ({warnings} warnings)",
+                scan.tasks.len()
+            ));
         } else {
-            ctx.out.note(format!("{} tasks checked: {errors} problems, {warnings} warnings", scan.tasks.len()));
+            ctx.out.note(format!(
+                "{} tasks checked: {errors} problems, {warnings} warnings",
+                scan.tasks.len()
+            ));
         }
     }
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -22,6 +22,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = scan_and_warn(ctx);
     let graph = Graph::build(&scan);
     let title = |i: usize| crate::store::display_title(&ctx.root, &scan.tasks[i]);
-    ctx.out.text(render_graph(&scan, &graph, args.format, &title))?;
+    ctx.out
+        .text(render_graph(&scan, &graph, args.format, &title))?;
     Ok(ExitCode::SUCCESS)
 }

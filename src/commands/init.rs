@@ -37,7 +37,10 @@ pub fn run(out: Out, root: Option<PathBuf>, args: Args) -> Result<ExitCode> {
     if out.json {
         out.json(&serde_json::json!({ "root": dir, "created": created }))?;
     } else if created.is_empty() {
-        out.note(format!("{} is already a taskq root; nothing changed", dir.display()));
+        out.note(format!(
+            "{} is already a taskq root; nothing changed",
+            dir.display()
+        ));
     } else {
         for c in &created {
             out.note(format!("created {c}"));

@@ -30,15 +30,26 @@ pub struct Args {
 }
 
 const STATES: &[&str] = &[
-    "ready", "blocked", "waiting", "running", "review", "hold", "failed", "done", "cancelled", "invalid",
+    "ready",
+    "blocked",
+    "waiting",
+    "running",
+    "review",
+    "hold",
+    "failed",
+    "done",
+    "cancelled",
+    "invalid",
 ];
 
 /// Runs `taskq list`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if let Some(s) = &args.status {
         if !STATES.contains(&s.as_str()) {
-            let hint = crate::error::suggest(s, STATES)
-                .map_or_else(|| format!("one of: {}", STATES.join(", ")), |w| format!("did you mean `{w}`?"));
+            let hint = crate::error::suggest(s, STATES).map_or_else(
+                || format!("one of: {}", STATES.join(", ")),
+                |w| format!("did you mean `{w}`?"),
+            );
             return Err(Error::usage_hint(format!("unknown status `{s}`"), hint));
         }
     }
@@ -46,13 +57,20 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let queue = Queue::new(&scan, ctx.now);
     let keep = |i: usize| {
         let t = &scan.tasks[i];
-        args.tag.as_deref().is_none_or(|tag| t.tags.iter().any(|x| &**x == tag))
+        args.tag
+            .as_deref()
+            .is_none_or(|tag| t.tags.iter().any(|x| &**x == tag))
             && args.status.as_deref().is_none_or(|s| {
                 queue.state[i].as_str() == s || s.parse::<Status>().is_ok_and(|st| st == t.status)
             })
     };
     let order: Vec<usize> = if args.ready {
-        queue.ready(|_| true).into_iter().map(|r| r.index).filter(|&i| keep(i)).collect()
+        queue
+            .ready(|_| true)
+            .into_iter()
+            .map(|r| r.index)
+            .filter(|&i| keep(i))
+            .collect()
     } else {
         let mut all: Vec<usize> = (0..scan.tasks.len()).filter(|&i| keep(i)).collect();
         all.sort_by(|&a, &b| id_order(&scan.tasks[a].id, &scan.tasks[b].id));
@@ -61,12 +79,23 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if ctx.out.json {
         let items: Vec<TaskJson> = order
             .iter()
-            .map(|&i| TaskJson::new(&ctx.root, &queue, i, display_title(&ctx.root, &scan.tasks[i])))
+            .map(|&i| {
+                TaskJson::new(
+                    &ctx.root,
+                    &queue,
+                    i,
+                    display_title(&ctx.root, &scan.tasks[i]),
+                )
+            })
             .collect();
         ctx.out.json(&items)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let width = order.iter().map(|&i| scan.tasks[i].id.len()).max().unwrap_or(8);
+    let width = order
+        .iter()
+        .map(|&i| scan.tasks[i].id.len())
+        .max()
+        .unwrap_or(8);
     let mut out = String::with_capacity(order.len() * 64);
     for &i in &order {
         let t = &scan.tasks[i];
@@ -85,7 +114,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             let _ = write!(out, "  @{a}");
         }
         if queue.state[i] == State::Blocked {
-            let _ = write!(out, "  (waits for {})", queue.open_dependencies(i).join(", "));
+            let _ = write!(
+                out,
+                "  (waits for {})",
+                queue.open_dependencies(i).join(", ")
+            );
         }
         out.push('\n');
     }

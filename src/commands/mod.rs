@@ -75,7 +75,12 @@ fn adopt(ctx: &Ctx) -> Result<ExitCode> {
     let writer = Writer::open(&ctx.root)?;
     report(ctx, &writer);
     if ctx.out.json {
-        let ids: Vec<&str> = writer.transitions.iter().filter(|t| t.from.is_none()).map(|t| t.id.as_str()).collect();
+        let ids: Vec<&str> = writer
+            .transitions
+            .iter()
+            .filter(|t| t.from.is_none())
+            .map(|t| t.id.as_str())
+            .collect();
         ctx.out.json(&ids)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -213,5 +218,9 @@ pub fn path_string(p: &Path) -> String {
 
 /// Splits `a,b, c` into trimmed, non-empty items.
 pub fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }

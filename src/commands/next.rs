@@ -47,10 +47,17 @@ struct NextJson {
 
 /// Runs `taskq next`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let lease = args.lease.as_deref().map(transition::parse_lease).transpose()?;
+    let lease = args
+        .lease
+        .as_deref()
+        .map(transition::parse_lease)
+        .transpose()?;
     let router = Router::new(&ctx.root, args.role.as_deref())?;
     let filter = |t: &Task| {
-        args.tag.as_deref().is_none_or(|tag| t.tags.iter().any(|x| &**x == tag)) && router.accepts(t)
+        args.tag
+            .as_deref()
+            .is_none_or(|tag| t.tags.iter().any(|x| &**x == tag))
+            && router.accepts(t)
     };
     let Some(agent) = args.claim else {
         let scan = scan_and_warn(ctx);
@@ -109,7 +116,10 @@ impl Router {
             });
         };
         let (roles, problems) = role::load_all(root);
-        if let Some(p) = problems.into_iter().find(|p| p.path.ends_with(format!("{wanted}.md"))) {
+        if let Some(p) = problems
+            .into_iter()
+            .find(|p| p.path.ends_with(format!("{wanted}.md")))
+        {
             return Err(Error::from(p));
         }
         Ok(Router {
@@ -122,7 +132,9 @@ impl Router {
     fn accepts(&self, t: &Task) -> bool {
         match &self.wanted {
             None => true,
-            Some(w) => role::route_name(t, &self.roles, &self.config).as_deref() == Some(w.as_str()),
+            Some(w) => {
+                role::route_name(t, &self.roles, &self.config).as_deref() == Some(w.as_str())
+            }
         }
     }
 }

@@ -39,7 +39,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let path = ctx.root.task_path(t);
     let bytes = fsutil::read(&path)?;
     let body = match frontmatter::split(&bytes, true) {
-        Some(Layout::Header { body, .. } | Layout::None { body }) => String::from_utf8_lossy(&bytes[body..]).into_owned(),
+        Some(Layout::Header { body, .. } | Layout::None { body }) => {
+            String::from_utf8_lossy(&bytes[body..]).into_owned()
+        }
         _ => String::new(),
     };
     let title = display_title(&ctx.root, t);
@@ -55,8 +57,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let e = t.extra();
     let mut out = String::new();
     let _ = writeln!(out, "{}  {}", t.id, title);
-    let _ = writeln!(out, "file:       {}", ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel)).display());
-    let _ = write!(out, "status:     {} ({})", t.status, queue.state[i].as_str());
+    let _ = writeln!(
+        out,
+        "file:       {}",
+        ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel))
+            .display()
+    );
+    let _ = write!(
+        out,
+        "status:     {} ({})",
+        t.status,
+        queue.state[i].as_str()
+    );
     let open = queue.open_dependencies(i);
     if !open.is_empty() {
         let _ = write!(out, ", waits for {}", open.join(", "));
@@ -66,7 +78,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if eff == t.priority {
         let _ = writeln!(out, "priority:   {}", t.priority);
     } else {
-        let _ = writeln!(out, "priority:   {} (runs as {eff}: a {eff} task waits on it)", t.priority);
+        let _ = writeln!(
+            out,
+            "priority:   {} (runs as {eff}: a {eff} task waits on it)",
+            t.priority
+        );
     }
     let mut field = |name: &str, value: Option<String>| {
         if let Some(v) = value {
@@ -87,7 +103,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                 .join(", ")
         }),
     );
-    field("unblocks", (unblocks > 0).then(|| format!("{unblocks} task(s)")));
+    field(
+        "unblocks",
+        (unblocks > 0).then(|| format!("{unblocks} task(s)")),
+    );
     field("assigned", t.assigned.as_deref().map(str::to_string));
     field("role", t.role.as_deref().map(str::to_string));
     field("model", e.model.as_deref().map(str::to_string));

@@ -98,7 +98,12 @@ fn lease_until(writer: &Writer, lease: Duration) -> String {
 }
 
 /// Claims task `i` for `agent`; a conflict (exit 3) unless it is ready.
-pub fn claim_index(writer: &mut Writer, i: usize, agent: &str, lease: Option<Duration>) -> Result<()> {
+pub fn claim_index(
+    writer: &mut Writer,
+    i: usize,
+    agent: &str,
+    lease: Option<Duration>,
+) -> Result<()> {
     let queue = Queue::new(&writer.scan, writer.now);
     let t = &writer.scan.tasks[i];
     match queue.state[i] {
@@ -119,7 +124,11 @@ pub fn claim_index(writer: &mut Writer, i: usize, agent: &str, lease: Option<Dur
         }
         State::Invalid => return Err(invalid(writer, i)),
         state => {
-            return Err(Error::conflict(format!("`{}` is not ready: it is {}", t.id, state.as_str())));
+            return Err(Error::conflict(format!(
+                "`{}` is not ready: it is {}",
+                t.id,
+                state.as_str()
+            )));
         }
     }
     let mut changes = vec![
@@ -138,7 +147,11 @@ pub fn claim_index(writer: &mut Writer, i: usize, agent: &str, lease: Option<Dur
 fn invalid(writer: &Writer, i: usize) -> Error {
     let t = &writer.scan.tasks[i];
     Error::usage_hint(
-        format!("{}: `{}` has invalid fields; not changed", writer.root.rel_path(t.folder, &t.rel).display(), t.id),
+        format!(
+            "{}: `{}` has invalid fields; not changed",
+            writer.root.rel_path(t.folder, &t.rel).display(),
+            t.id
+        ),
         "`taskq check` shows what is wrong",
     )
 }
@@ -172,7 +185,10 @@ pub fn done(ctx: &Ctx, args: DoneArgs) -> Result<ExitCode> {
     let (mut writer, i) = open(ctx, &args.id)?;
     let t = &writer.scan.tasks[i];
     if t.status.is_closed() {
-        return Err(Error::conflict(format!("`{}` is already {}", t.id, t.status)));
+        return Err(Error::conflict(format!(
+            "`{}` is already {}",
+            t.id, t.status
+        )));
     }
     let mut changes = vec![
         Change::set("status", "done"),
@@ -202,7 +218,10 @@ pub fn fail(ctx: &Ctx, args: FailArgs) -> Result<ExitCode> {
     let (mut writer, i) = open(ctx, &args.id)?;
     let t = &writer.scan.tasks[i];
     if t.status.is_closed() || t.status == Status::Failed {
-        return Err(Error::conflict(format!("`{}` is already {}", t.id, t.status)));
+        return Err(Error::conflict(format!(
+            "`{}` is already {}",
+            t.id, t.status
+        )));
     }
     let changes = [
         Change::set("status", "failed"),
@@ -223,11 +242,22 @@ pub fn hold(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Status::Done | Status::Cancelled => {
-            return Err(Error::conflict(format!("`{}` is {}; it cannot be put on hold", t.id, t.status)))
+            return Err(Error::conflict(format!(
+                "`{}` is {}; it cannot be put on hold",
+                t.id, t.status
+            )))
         }
         _ => {}
     }
-    writer.set(i, &[Change::set("status", "hold"), Change::remove("lease_expires")], Status::Hold, "")?;
+    writer.set(
+        i,
+        &[
+            Change::set("status", "hold"),
+            Change::remove("lease_expires"),
+        ],
+        Status::Hold,
+        "",
+    )?;
     finish(ctx, &writer)
 }
 
@@ -241,7 +271,10 @@ pub fn release(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Status::Done | Status::Cancelled => {
-            return Err(Error::conflict(format!("`{}` is {}; it cannot be released", t.id, t.status)))
+            return Err(Error::conflict(format!(
+                "`{}` is {}; it cannot be released",
+                t.id, t.status
+            )))
         }
         _ => {}
     }
@@ -265,14 +298,27 @@ pub fn cancel(ctx: &Ctx, args: CancelArgs) -> Result<ExitCode> {
             ctx.out.note(format!("{}: already cancelled", t.id));
             return Ok(ExitCode::SUCCESS);
         }
-        Status::Done => return Err(Error::conflict(format!("`{}` is done; it cannot be cancelled", t.id))),
+        Status::Done => {
+            return Err(Error::conflict(format!(
+                "`{}` is done; it cannot be cancelled",
+                t.id
+            )))
+        }
         _ => {}
     }
-    let mut changes = vec![Change::set("status", "cancelled"), Change::remove("lease_expires")];
+    let mut changes = vec![
+        Change::set("status", "cancelled"),
+        Change::remove("lease_expires"),
+    ];
     if let Some(r) = &args.reason {
         changes.push(Change::set("reason", r.trim()));
     }
-    writer.set(i, &changes, Status::Cancelled, args.reason.as_deref().unwrap_or_default())?;
+    writer.set(
+        i,
+        &changes,
+        Status::Cancelled,
+        args.reason.as_deref().unwrap_or_default(),
+    )?;
     finish(ctx, &writer)
 }
 
@@ -297,6 +343,11 @@ pub fn renew(ctx: &Ctx, args: RenewArgs) -> Result<ExitCode> {
         }
     }
     let until = lease_until(&writer, lease);
-    writer.set(i, &[Change::set("lease_expires", &until)], Status::Running, &format!("lease until {until}"))?;
+    writer.set(
+        i,
+        &[Change::set("lease_expires", &until)],
+        Status::Running,
+        &format!("lease until {until}"),
+    )?;
     finish(ctx, &writer)
 }
