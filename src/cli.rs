@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{add, check, deps, graph, init, list, next, show, transition};
+use crate::commands::{
+    add, check, deps, graph, init, list, next, run, show, status, stop, transition,
+};
 
 /// A directory of markdown files as a work queue and an agent factory.
 ///
@@ -87,6 +89,19 @@ pub enum Command {
     Check(check::Args),
     /// Print the dependency graph as mermaid (default) or dot.
     Graph(graph::Args),
+    /// The factory: watch the files and run role agents for ready tasks,
+    /// within the concurrency, time and retry limits.
+    ///
+    /// Reacts at once to files dropped in tasks/todo, approvals moved by
+    /// hand and edited templates; a heartbeat catches anything missed.
+    /// SIGINT/SIGTERM stop every agent and return their tasks to ready.
+    Run(run::Args),
+    /// Show active agents, queue counts and spend; or one agent or task in
+    /// detail with the tail of its log.
+    Status(status::Args),
+    /// Stop an agent (and every agent it spawned); its task returns to
+    /// ready, or is cancelled with `--cancel`.
+    Stop(stop::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

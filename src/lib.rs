@@ -5,12 +5,14 @@
 //! Pure logic sits in the middle ([`queue`], [`graph`], [`frontmatter`]),
 //! I/O at the edges ([`store`], [`fsutil`], [`lock`]).
 
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod context;
 pub mod duration;
 pub mod error;
+pub mod factory;
 pub mod frontmatter;
 pub mod fsutil;
 pub mod graph;
@@ -18,10 +20,13 @@ pub mod lock;
 pub mod logging;
 pub mod output;
 pub mod queue;
+pub mod registry;
 pub mod role;
+pub mod spawn;
 pub mod store;
 pub mod task;
 pub mod templates;
+pub mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -9,7 +9,10 @@ pub mod graph;
 pub mod init;
 pub mod list;
 pub mod next;
+pub mod run;
 pub mod show;
+pub mod status;
+pub mod stop;
 pub mod transition;
 
 use std::path::Path;
@@ -59,6 +62,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Renew(args) => transition::renew(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
         Command::Graph(args) => graph::run(&ctx, args),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Stop(args) => stop::run(&ctx, args),
     };
     // Paths in problems are relative to the root: show them from here.
     result.map_err(|err| match err {

@@ -1,0 +1,146 @@
+//! `taskq stop AGENT-ID`: stop one agent and everything it spawned.
+//!
+//! Marks them `stopping` in the registry (under the queue lock), then
+//! signals their process groups (TERM, grace, KILL). A running factory sees
+//! them end and records them as stopped, returning (or with `--cancel`,
+//! cancelling) their tasks; with no factory running, this command does that
+//! bookkeeping itself.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::factory::run_lock;
+use crate::frontmatter::Change;
+use crate::lock::LockGuard;
+use crate::registry::{AgentStatus, Registry};
+use crate::spawn;
+use crate::store::Writer;
+use crate::task::Status;
+
+/// Arguments of `taskq stop`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent id (`BLD-004`).
+    pub agent: String,
+
+    /// Cancel its task instead of returning it to ready.
+    #[arg(long)]
+    pub cancel: bool,
+}
+
+/// Runs `taskq stop`.
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let config = Config::load(&ctx.root)?;
+    // Mark the agent and its live descendants `stopping`, deepest first.
+    let targets = {
+        let w = Writer::open(&ctx.root)?;
+        let mut reg = Registry::load(&ctx.root)?;
+        let Some(agent) = reg.agents.get(&args.agent) else {
+            return Err(Error::usage_hint(
+                format!("no agent `{}` in the registry", args.agent),
+                "`taskq status` lists the agents",
+            ));
+        };
+        if !agent.status.is_live() {
+            return Err(Error::conflict(format!(
+                "`{}` is not running (it is {})",
+                args.agent,
+                agent.status.as_str()
+            )));
+        }
+        let mut targets = vec![(0usize, args.agent.clone())];
+        let mut k = 0;
+        while k < targets.len() {
+            let (depth, parent) = targets[k].clone();
+            for a in reg.live() {
+                if a.parent.as_deref() == Some(parent.as_str())
+                    && !targets.iter().any(|(_, t)| *t == a.id)
+                {
+                    targets.push((depth + 1, a.id.clone()));
+                }
+            }
+            k += 1;
+        }
+        targets.sort_by_key(|t| std::cmp::Reverse(t.0));
+        for (_, id) in &targets {
+            let a = reg.agents.get_mut(id).expect("listed from the registry");
+            a.status = AgentStatus::Stopping;
+            a.cancel_task = args.cancel && *id == args.agent;
+        }
+        reg.save(&ctx.root, w.now)?;
+        targets
+            .into_iter()
+            .map(|(_, id)| {
+                let a = &reg.agents[&id];
+                (id, a.pid, a.pid_start)
+            })
+            .collect::<Vec<_>>()
+    };
+    for (id, pid, start) in &targets {
+        if let Some(pid) = pid.filter(|p| spawn::is_alive(*p, *start)) {
+            let killed = spawn::terminate_group(pid, config.stop_grace);
+            ctx.out.note(format!(
+                "{id}: stopped (pid {pid}{})",
+                if killed {
+                    ", killed after the grace period"
+                } else {
+                    ""
+                }
+            ));
+        } else {
+            ctx.out.note(format!("{id}: its process had already ended"));
+        }
+    }
+    // No factory running: record the stop ourselves (holding the daemon
+    // lock so none starts meanwhile).
+    if let Some(_daemon) = LockGuard::try_acquire(&run_lock(&ctx.root))? {
+        let mut w = Writer::open(&ctx.root)?;
+        let mut reg = Registry::load(&ctx.root)?;
+        for (id, _, _) in &targets {
+            let Some(a) = reg.agents.get_mut(id) else {
+                continue;
+            };
+            if a.status != AgentStatus::Stopping {
+                continue;
+            }
+            a.status = AgentStatus::Stopped;
+            a.completed = Some(w.now);
+            a.reason = Some("stopped".into());
+            let (task, cancel) = (a.task.clone(), a.cancel_task);
+            if let Some(i) = w.scan.position(&task) {
+                let t = &w.scan.tasks[i];
+                if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
+                    if cancel {
+                        w.set(
+                            i,
+                            &[
+                                Change::set("status", "cancelled"),
+                                Change::set("reason", "stopped and cancelled"),
+                            ],
+                            Status::Cancelled,
+                            "stopped",
+                        )?;
+                    } else {
+                        w.set(
+                            i,
+                            &[
+                                Change::set("status", "ready"),
+                                Change::remove("assigned"),
+                                Change::remove("started"),
+                            ],
+                            Status::Ready,
+                            &format!("{id} stopped"),
+                        )?;
+                    }
+                }
+            }
+        }
+        reg.save(&ctx.root, w.now)?;
+        super::report(ctx, &w);
+    }
+    let _ = Duration::ZERO;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,355 @@
+//! `agents/factory/registry.json`: every agent spawned, in the seed's shape
+//! (`version`, `updated`, `agents` keyed by id, `nextId`, `maxConcurrent`).
+//!
+//! Written atomically, always under the queue lock, so it is valid JSON at
+//! every instant. Finished agents older than the config's `history_after`
+//! move to `agents/factory/history/YYYY-MM.jsonl` (appended and fsynced
+//! before the registry drops them: a crash can duplicate a history line,
+//! never lose one), which keeps the file small at 100,000 agents.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Problem, Result};
+use crate::fsutil;
+use crate::store::Root;
+use crate::task::Timestamp;
+
+/// The states of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// Registered; the process is being started.
+    Spawning,
+    /// Running.
+    Active,
+    /// Asked to stop (`taskq stop`); the factory finishes the bookkeeping.
+    Stopping,
+    /// Finished with success.
+    Completed,
+    /// Finished with a failure.
+    Failed,
+    /// Killed after its time limit.
+    Timeout,
+    /// Stopped by a person or a shutdown.
+    Stopped,
+    /// Its process vanished while no factory watched it.
+    Lost,
+}
+
+impl AgentStatus {
+    /// Still running (or about to).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Spawning | AgentStatus::Active | AgentStatus::Stopping
+        )
+    }
+
+    /// The lowercase word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Spawning => "spawning",
+            AgentStatus::Active => "active",
+            AgentStatus::Stopping => "stopping",
+            AgentStatus::Completed => "completed",
+            AgentStatus::Failed => "failed",
+            AgentStatus::Timeout => "timeout",
+            AgentStatus::Stopped => "stopped",
+            AgentStatus::Lost => "lost",
+        }
+    }
+}
+
+/// Token counts reported by an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    /// Input tokens (cache reads and writes included).
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+}
+
+/// One agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct Agent {
+    /// `BLD-002`.
+    pub id: String,
+    /// The role (`builder`); `type` in the seed's registry.
+    #[serde(rename = "type")]
+    pub role: String,
+    /// The task id.
+    pub task: String,
+    /// Where it is.
+    pub status: AgentStatus,
+    /// The adapter (`claude`, `shell`, ...).
+    #[serde(default)]
+    pub adapter: String,
+    /// The model it ran with.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Process id (the process group leader).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The process's start time (clock ticks since boot, from
+    /// /proc/PID/stat), so a reused pid is not mistaken for the agent.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    /// The agent that spawned it (a tester's builder), or none.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Which attempt of the task this is (1-based).
+    #[serde(default)]
+    pub attempt: u32,
+    /// When it was registered.
+    pub spawned: Timestamp,
+    /// When it ended.
+    #[serde(default)]
+    pub completed: Option<Timestamp>,
+    /// Exit code (none when killed by a signal or lost).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Wall time in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// Cost in USD (reported, or tokens × the config's price table).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// Tokens used.
+    #[serde(default)]
+    pub tokens: Option<Tokens>,
+    /// Agent turns, where the CLI reports them.
+    #[serde(default)]
+    pub num_turns: Option<u32>,
+    /// The CLI's session id.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// A one-line summary of the result.
+    #[serde(default)]
+    pub result: Option<String>,
+    /// Why it failed, timed out, stopped or was lost.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Its working directory, relative to the root.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// Its log file, relative to the root.
+    #[serde(default)]
+    pub log: Option<String>,
+    /// Peak resident memory in KiB, where measured.
+    #[serde(default)]
+    pub max_rss_kb: Option<u64>,
+    /// `--cancel` given to `taskq stop`: cancel the task instead of
+    /// returning it to ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_task: bool,
+}
+
+/// The whole registry file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registry {
+    /// Format version.
+    pub version: String,
+    /// Last write.
+    pub updated: Option<Timestamp>,
+    /// Every agent not yet moved to history, by id.
+    pub agents: BTreeMap<String, Agent>,
+    /// The next agent number (agent ids are `<PREFIX>-<nextId>`).
+    #[serde(rename = "nextId")]
+    pub next_id: u64,
+    /// The factory's global concurrency limit when it last ran.
+    #[serde(rename = "maxConcurrent", default)]
+    pub max_concurrent: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            version: "1.0.0".into(),
+            updated: None,
+            agents: BTreeMap::new(),
+            next_id: 1,
+            max_concurrent: 0,
+        }
+    }
+}
+
+impl Registry {
+    /// `agents/factory/registry.json`.
+    pub fn path(root: &Root) -> PathBuf {
+        root.factory_dir().join("registry.json")
+    }
+
+    /// Loads the registry (empty when absent). A corrupt file is an error
+    /// naming it: taskq never silently starts over.
+    pub fn load(root: &Root) -> Result<Registry> {
+        let path = Registry::path(root);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            Problem::at(
+                "agents/factory/registry.json",
+                e.line(),
+                format!("invalid registry: {e}"),
+            )
+            .column(Some(e.column()))
+            .hint("restore it from git (`git checkout agents/factory/registry.json`)")
+            .into()
+        })
+    }
+
+    /// Writes the registry atomically. Call only under the queue lock.
+    pub fn save(&mut self, root: &Root, now: Timestamp) -> Result<()> {
+        self.updated = Some(now);
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::io(Registry::path(root), e.into()))?;
+        text.push('\n');
+        fsutil::write_atomic(&Registry::path(root), text.as_bytes())
+    }
+
+    /// Allocates an agent id with the role's prefix.
+    pub fn allocate(&mut self, prefix: &str) -> String {
+        let n = self.next_id;
+        self.next_id += 1;
+        format!("{prefix}-{n:03}")
+    }
+
+    /// Agents still running (or about to).
+    pub fn live(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values().filter(|a| a.status.is_live())
+    }
+
+    /// Moves finished agents that completed before `cutoff` to
+    /// `history/YYYY-MM.jsonl`. Returns how many moved.
+    pub fn rotate(&mut self, root: &Root, cutoff: Timestamp) -> Result<usize> {
+        let old: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| !a.status.is_live() && a.completed.is_some_and(|c| c < cutoff))
+            .map(|a| a.id.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut by_month: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in &old {
+            let a = &self.agents[id];
+            let month = a.completed.unwrap_or(a.spawned).format("%Y-%m").to_string();
+            let line = serde_json::to_string(a).map_err(|e| Error::io("history", e.into()))?;
+            by_month.entry(month).or_default().push(line);
+        }
+        let dir = root.factory_dir().join("history");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for (month, lines) in by_month {
+            let path = dir.join(format!("{month}.jsonl"));
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            let mut buf = lines.join("\n");
+            buf.push('\n');
+            f.write_all(buf.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        for id in &old {
+            self.agents.remove(id);
+        }
+        Ok(old.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::parse_timestamp;
+
+    fn agent(id: &str, status: AgentStatus, completed: Option<&str>) -> Agent {
+        Agent {
+            id: id.into(),
+            role: "builder".into(),
+            task: "TASK-001".into(),
+            status,
+            adapter: "shell".into(),
+            model: None,
+            pid: None,
+            pid_start: None,
+            parent: None,
+            attempt: 1,
+            spawned: parse_timestamp("2026-01-01T00:00:00Z").unwrap(),
+            completed: completed.map(|c| parse_timestamp(c).unwrap()),
+            exit_code: None,
+            duration_ms: None,
+            cost_usd: None,
+            tokens: None,
+            num_turns: None,
+            session_id: None,
+            result: None,
+            reason: None,
+            workspace: None,
+            log: None,
+            max_rss_kb: None,
+            cancel_task: false,
+        }
+    }
+
+    #[test]
+    fn saves_loads_and_rotates_old_agents_to_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mut r = Registry::default();
+        let id = r.allocate("BLD");
+        assert_eq!(id, "BLD-001");
+        r.agents.insert(
+            id.clone(),
+            agent(&id, AgentStatus::Completed, Some("2026-01-02T00:00:00Z")),
+        );
+        r.agents.insert(
+            "BLD-002".into(),
+            agent("BLD-002", AgentStatus::Active, None),
+        );
+        r.agents.insert(
+            "BLD-003".into(),
+            agent("BLD-003", AgentStatus::Failed, Some("2026-02-20T00:00:00Z")),
+        );
+        let now = parse_timestamp("2026-03-01T00:00:00Z").unwrap();
+        r.save(&root, now).unwrap();
+        let text = std::fs::read_to_string(Registry::path(&root)).unwrap();
+        assert!(
+            text.contains("\"nextId\": 2") && text.contains("\"type\": \"builder\""),
+            "{text}"
+        );
+        let mut back = Registry::load(&root).unwrap();
+        assert_eq!(back.agents.len(), 3);
+        let moved = back
+            .rotate(&root, parse_timestamp("2026-02-01T00:00:00Z").unwrap())
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(back.agents.len(), 2);
+        let hist =
+            std::fs::read_to_string(root.factory_dir().join("history/2026-01.jsonl")).unwrap();
+        assert!(hist.contains("\"BLD-001\""));
+    }
+
+    #[test]
+    fn a_corrupt_registry_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.factory_dir()).unwrap();
+        std::fs::write(Registry::path(&root), "{\"agents\": [").unwrap();
+        let e = Registry::load(&root).unwrap_err();
+        assert!(
+            e.to_string().starts_with("agents/factory/registry.json:1:"),
+            "{e}"
+        );
+    }
+}

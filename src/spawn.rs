@@ -1,0 +1,268 @@
+//! Agent processes: start one in its own process group, know whether it is
+//! still the same process, stop it (TERM, grace, KILL) with everything it
+//! started.
+//!
+//! Every agent runs under a tiny `sh` wrapper that writes the agent's exit
+//! code to `agents/logs/<id>.exit` when it ends. The factory normally learns
+//! the code from `wait`, but after a factory crash a restarted factory
+//! adopts agents that are not its children; the file is how it still learns
+//! whether they succeeded, so a task that already succeeded never runs
+//! again.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The program (resolved on the child's PATH, else ours).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The complete environment of the child (nothing else is passed).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// stdout and stderr go here (appended).
+    pub log: PathBuf,
+    /// The wrapper writes the exit code here.
+    pub exit_file: PathBuf,
+}
+
+/// The wrapper script: run the agent, record its exit code, exit with it.
+const WRAPPER: &str = r#""$@"; rc=$?; printf '%s\n' "$rc" > "$TASKQ_EXIT_FILE"; exit "$rc""#;
+
+/// Starts the agent in a new process group (its pid is the group id), with
+/// stdin from /dev/null (`claude -p` and `codex exec` wait for EOF on an
+/// open stdin) and stdout+stderr appended to the log.
+pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
+    if let Some(dir) = spec.log.parent() {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
+    let _ = fs::remove_file(&spec.exit_file);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|e| Error::io(&spec.log, e))?;
+    let log2 = log.try_clone().map_err(|e| Error::io(&spec.log, e))?;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg(&spec.program)
+        .arg(&spec.program)
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("TASKQ_EXIT_FILE", &spec.exit_file)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(false);
+    // The wrapper's `"$@"` needs $0 then the program: `sh -c SCRIPT prog prog args`.
+    cmd.spawn()
+        .map_err(|e| Error::io(PathBuf::from(&spec.program), e))
+}
+
+/// Checks that `program` can be found on `path` (or is a path that exists),
+/// so a missing CLI is reported clearly instead of as exit 127.
+pub fn find_program(program: &str, path: Option<&str>) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = path
+        .map(str::to_string)
+        .or_else(|| std::env::var("PATH").ok())?;
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// The process's start time in clock ticks since boot (field 22 of
+/// /proc/PID/stat); `None` when it does not exist (or is a zombie).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// True when `pid` is running and is the process that started at `start`
+/// (a reused pid is not the agent).
+pub fn is_alive(pid: u32, start: Option<u64>) -> bool {
+    match (start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Live (non-zombie) processes of a process group, found through /proc.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            fields.first().is_some_and(|s| *s != "Z" && *s != "X")
+                && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+/// Sends `signal` to every process of the group.
+pub fn signal_group(pgid: u32, signal: i32) {
+    if pgid > 1 {
+        // SAFETY: killpg has no memory-safety preconditions; a stale group
+        // id only yields ESRCH.
+        unsafe {
+            libc::killpg(pgid as libc::pid_t, signal);
+        }
+    }
+}
+
+/// TERM to the group, then KILL once `grace` has passed with any member
+/// still alive. Returns true when KILL was needed. Blocking; call from a
+/// blocking context.
+pub fn terminate_group(pgid: u32, grace: Duration) -> bool {
+    signal_group(pgid, libc::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if group_members(pgid).is_empty() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    if group_members(pgid).is_empty() {
+        return false;
+    }
+    signal_group(pgid, libc::SIGKILL);
+    true
+}
+
+/// The exit code the wrapper recorded, if it finished.
+pub fn read_exit_file(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Resident memory (KiB) of a process and all its descendants, from
+/// /proc/PID/status and /proc/PID/task/*/children.
+pub fn tree_rss_kb(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 4096 {
+            break;
+        }
+        if let Ok(status) = fs::read_to_string(format!("/proc/{p}/status")) {
+            if let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:")) {
+                total += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        } else if p == pid {
+            return None;
+        }
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = fs::read_to_string(t.path().join("children")) {
+                    stack.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Builds the child's environment: the allowlisted variables of ours
+/// (`NAME`, or `PREFIX*` for every variable starting with PREFIX), then
+/// `extra` (which wins).
+pub fn environment(allow: &[String], extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            allow.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => k.starts_with(prefix),
+                None => a == k,
+            })
+        })
+        .collect();
+    for (k, v) in extra {
+        env.retain(|(x, _)| x != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// Opens a log file for reading its tail.
+pub fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > max {
+        let _ = f.seek(SeekFrom::Start(len - max));
+    }
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_start_time_is_stable() {
+        let me = std::process::id();
+        let t = start_time(me).expect("we exist");
+        assert!(is_alive(me, Some(t)));
+        assert!(
+            !is_alive(me, Some(t + 1)),
+            "a different start time is another process"
+        );
+        assert!(!is_alive(4_000_000, None));
+    }
+
+    #[test]
+    fn environment_is_an_allowlist() {
+        std::env::set_var("TASKQ_UNIT_A", "1");
+        std::env::set_var("TASKQ_UNIT_B", "2");
+        let env = environment(
+            &["TASKQ_UNIT_*".into(), "NOPE".into()],
+            &[("X".into(), "y".into())],
+        );
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(
+            keys.contains(&"TASKQ_UNIT_A") && keys.contains(&"TASKQ_UNIT_B") && keys.contains(&"X")
+        );
+        assert!(!keys.contains(&"PATH"));
+    }
+}
