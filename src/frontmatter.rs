@@ -421,14 +421,7 @@ fn parse_flow_seq(mut text: &str) -> Option<Value<'_>> {
 /// The full YAML parser, for headers the line parser does not take.
 fn parse_yaml(header: &str) -> Result<Vec<Field<'_>>, YamlError> {
     use serde_yaml::Value as Y;
-    let doc: Y = serde_yaml::from_str(header).map_err(|e| {
-        let loc = e.location();
-        YamlError {
-            line: loc.as_ref().map_or(0, |l| l.line().saturating_sub(1)),
-            column: loc.map(|l| l.column()),
-            message: strip_location(&e.to_string()),
-        }
-    })?;
+    let doc: Y = serde_yaml::from_str(header).map_err(|e| yaml_error(header, &e))?;
     let map = match doc {
         Y::Mapping(m) => m,
         Y::Null => return Ok(Vec::new()),
@@ -498,12 +491,52 @@ fn yaml_kind(v: &serde_yaml::Value) -> &'static str {
     }
 }
 
-/// serde_yaml appends " at line L column C"; we print the location ourselves.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
+/// A serde_yaml error located where a person should look: where an
+/// unclosed bracket or quote *opens* (serde_yaml's "while parsing X at line
+/// L" context) rather than where the parser gave up, and at the second
+/// occurrence of a duplicate key rather than at the start of the map.
+fn yaml_error(header: &str, e: &serde_yaml::Error) -> YamlError {
+    let text = e.to_string();
+    let (main, context) = match text
+        .split_once(", while parsing ")
+        .or_else(|| text.split_once(", while scanning "))
+    {
+        Some((m, c)) => (m, Some(c)),
+        None => (text.as_str(), None),
+    };
+    let main_msg = main.split(" at line ").next().unwrap_or(main).to_string();
+    let loc = e.location();
+    let mut err = YamlError {
+        line: loc.as_ref().map_or(0, |l| l.line().saturating_sub(1)),
+        column: loc.map(|l| l.column()),
+        message: main_msg.clone(),
+    };
+    if let Some(context) = context {
+        // "a flow sequence at line 4 column 7"
+        if let Some((what, at)) = context.split_once(" at line ") {
+            let mut nums = at.split(" column ").map(|n| n.trim().parse::<usize>().ok());
+            if let (Some(Some(line)), Some(col)) = (nums.next(), nums.next()) {
+                err.line = line.saturating_sub(1);
+                err.column = col;
+                err.message = format!("{main_msg} (in {what} that starts here)");
+            }
+        }
     }
+    if let Some(key) = main_msg
+        .strip_prefix("duplicate entry with key \"")
+        .and_then(|k| k.strip_suffix('"'))
+    {
+        if let Some(&(line, _)) = top_level_key_lines(header)
+            .iter()
+            .filter(|(_, k)| *k == key)
+            .nth(1)
+        {
+            err.line = line;
+            err.column = Some(1);
+            err.message = format!("duplicate key `{key}`");
+        }
+    }
+    err
 }
 
 /// `(line index, key)` of every top-level `key:` line of a header.

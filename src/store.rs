@@ -208,7 +208,9 @@ pub fn scan(root: &Root) -> Scan {
                     .hint("give one of them a new id, or delete the copy"),
                 );
             }
+            // Hold every copy: running either could run the task twice.
             broken.push(i);
+            broken.push(first);
         } else {
             scan.index.insert(t.id.clone(), i);
         }
@@ -373,6 +375,17 @@ pub fn task_from_bytes(
 ) -> Option<Task> {
     let header: &[u8] = match layout {
         Layout::None { .. } => b"",
+        Layout::Unterminated if bytes.len() >= frontmatter::MAX_HEADER => {
+            problems.push(
+                Problem::at(
+                    shown,
+                    1,
+                    "frontmatter is longer than 256 KiB (or never ends)",
+                )
+                .hint("keep long text in the body, below the closing `---`"),
+            );
+            return None;
+        }
         Layout::Unterminated => {
             problems.push(
                 Problem::at(shown, 1, "frontmatter starts with `---` but never ends")
@@ -382,10 +395,19 @@ pub fn task_from_bytes(
         }
         Layout::Header { start, end, .. } => &bytes[start..end],
     };
-    if bytes.is_empty() {
+    // The whole file is in `bytes` when it is shorter than the first read.
+    if matches!(layout, Layout::None { .. })
+        && bytes.len() < 4096
+        && bytes.iter().all(u8::is_ascii_whitespace)
+    {
         problems.push(
-            Problem::new(shown, "empty file; write a title or a description in it").warning(),
+            Problem::new(
+                shown,
+                "empty file: not a task until it has a title or a description",
+            )
+            .hint("write what should be done in it, or delete it"),
         );
+        return None;
     }
     let header = match std::str::from_utf8(header) {
         Ok(h) => h,

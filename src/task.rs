@@ -316,6 +316,7 @@ impl Task {
         };
         let mut extra = Extra::default();
         let mut has_extra = false;
+        let problems_before = problems.len();
         let mut status_seen = false;
         for field in fields {
             let line = field.line + Layout::FIRST_LINE;
@@ -525,10 +526,12 @@ impl Task {
                 }
             }
         }
-        if !status_seen && task.has_id && folder == Folder::Todo {
-            // A task with an id but no status is ready, as `adopt` would
-            // make it; nothing to report.
+        // Any invalid known field (not a mere warning) holds the task: it is
+        // shown, but never ready and never changed until fixed.
+        if problems[problems_before..].iter().any(|p| !p.warning) {
+            task.broken = true;
         }
+        let _ = status_seen;
         if has_extra {
             task.extra = Some(Box::new(extra));
         }

@@ -55,6 +55,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     let scan = scan_and_warn(ctx);
     let queue = Queue::new(&scan, ctx.now);
+    super::warn_graph(ctx, &scan, &queue.graph);
     let keep = |i: usize| {
         let t = &scan.tasks[i];
         args.tag

@@ -113,6 +113,32 @@ pub fn scan_and_warn(ctx: &Ctx) -> Scan {
     scan
 }
 
+/// Warns about dependency problems (unknown ids, cycles) on stderr, at the
+/// task's file, so a read command still answers but says what is wrong.
+pub fn warn_graph(ctx: &Ctx, scan: &Scan, graph: &crate::graph::Graph) {
+    if ctx.out.quiet {
+        return;
+    }
+    for (i, missing) in &graph.missing {
+        let t = &scan.tasks[*i];
+        ctx.out.warn(&crate::error::Problem::at(
+            ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel)),
+            t.id_line.max(1) as usize,
+            format!("`{}` depends on `{missing}`, which does not exist", t.id),
+        ));
+    }
+    for cycle in graph.cycles() {
+        let first = &scan.tasks[cycle[0]];
+        let mut ids: Vec<&str> = cycle.iter().map(|&i| &*scan.tasks[i].id).collect();
+        ids.push(&first.id);
+        ctx.out.warn(&crate::error::Problem::at(
+            ctx.display_path(&ctx.root.rel_path(first.folder, &first.rel)),
+            first.id_line.max(1) as usize,
+            format!("dependency cycle: {}", ids.join(" → ")),
+        ));
+    }
+}
+
 /// Warns about every problem of a scan on stderr.
 pub fn warn_problems(ctx: &Ctx, scan: &Scan) {
     for p in &scan.problems {

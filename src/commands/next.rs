@@ -62,6 +62,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let Some(agent) = args.claim else {
         let scan = scan_and_warn(ctx);
         let queue = Queue::new(&scan, ctx.now);
+        super::warn_graph(ctx, &scan, &queue.graph);
         return match queue.next(filter) {
             Some(r) => {
                 print(ctx, &queue, r.index, r.unblocks)?;
