@@ -43,6 +43,7 @@ pub const INIT_FILES: &[(&str, &str)] = &[
         "approvals/rejected/README.md",
         include_str!("../approvals/rejected/README.md"),
     ),
+    ("agents/factory/config.yaml", include_str!("../agents/factory/config.yaml")),
     (".gitignore", GITIGNORE),
 ];
 
