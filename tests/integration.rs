@@ -7,4 +7,5 @@ mod bad_input;
 mod claim;
 mod cli;
 mod edits;
+mod factory;
 mod properties;

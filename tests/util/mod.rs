@@ -158,3 +158,189 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Path of the fake agent CLI (tests/bin/fake_agent.rs).
+pub fn fake_agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fake-agent"))
+}
+
+/// A `taskq run` in the background. Dropping it stops the factory (TERM,
+/// then KILL); dropping the `TestRoot` kills every agent process group its
+/// registry names, so a failing test leaves no process behind.
+pub struct Daemon {
+    pub child: std::process::Child,
+}
+
+impl TestRoot {
+    /// Sets up a factory root for the fake agent: config (fake agent as the
+    /// claude adapter, no retry backoff, short grace) plus a role template.
+    pub fn factory(&self, config_extra: &str) {
+        self.write(
+            "agents/factory/config.yaml",
+            format!(
+                "max_concurrent: 3\nretry_backoff: 0s\nstop_grace: 1s\nheartbeat: 2s\nadapters:\n  claude: {}\n{config_extra}",
+                fake_agent_bin().display()
+            ),
+        );
+        // The shipped model roles would route nothing here; keep them out.
+        for r in ["research", "builder", "tester", "fixer"] {
+            let _ = std::fs::remove_file(self.path().join(format!("agents/templates/{r}.md")));
+        }
+    }
+
+    /// Writes a role template for the fake agent.
+    pub fn role(&self, name: &str, settings: &str) {
+        self.write(
+            &format!("agents/templates/{name}.md"),
+            format!("---\nagent: claude\nenv: [PATH, HOME, \"FAKE_AGENT_*\"]\n{settings}\n---\nYou are the {name} role.\n"),
+        );
+    }
+
+    /// Starts `taskq run` in the background with `env`.
+    pub fn daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let mut cmd = self.cmd(&all);
+        cmd.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Daemon {
+            child: cmd.spawn().expect("start taskq run"),
+        }
+    }
+
+    /// Runs `taskq run --until-idle` with `env` to the end.
+    pub fn run_until_idle(&self, env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.cmd(&["run", "--until-idle"]);
+        cmd.envs(env.iter().copied());
+        Run::from(cmd.output().expect("run taskq run"))
+    }
+
+    /// The registry as JSON.
+    pub fn registry(&self) -> serde_json::Value {
+        serde_json::from_str(&self.read("agents/factory/registry.json"))
+            .expect("registry is valid JSON")
+    }
+
+    /// The agents of the registry, as JSON objects.
+    pub fn agents(&self) -> Vec<serde_json::Value> {
+        match std::fs::read_to_string(self.path().join("agents/factory/registry.json")) {
+            Ok(text) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).expect("registry is valid JSON");
+                v["agents"]
+                    .as_object()
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+impl Daemon {
+    /// Sends a signal to the factory process.
+    pub fn signal(&self, sig: &str) {
+        let signal = match sig {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "KILL" => libc::SIGKILL,
+            other => panic!("unknown signal {other}"),
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill -{sig} {}", self.child.id());
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn wait_after_term(self) -> Run {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Waits for the factory to exit (up to `timeout`) and returns its
+    /// outcome.
+    pub fn wait(mut self, timeout: Duration) -> Run {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let mut stdout = String::new();
+                let mut stderr = String::new();
+                use std::io::Read;
+                if let Some(mut o) = self.child.stdout.take() {
+                    let _ = o.read_to_string(&mut stdout);
+                }
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                return Run {
+                    code: status.code().unwrap_or(-1),
+                    stdout,
+                    stderr,
+                };
+            }
+            if start.elapsed() > timeout {
+                panic!("taskq run did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let start = Instant::now();
+            while self.child.try_wait().ok().flatten().is_none()
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for TestRoot {
+    /// At the end of a test, no agent process it started may survive.
+    fn drop(&mut self) {
+        kill_agents(self.dir.path());
+    }
+}
+
+/// Kills the process group of every agent the registry of `root` names.
+pub fn kill_agents(root: &Path) {
+    let Ok(text) = std::fs::read_to_string(root.join("agents/factory/registry.json")) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    if let Some(agents) = v["agents"].as_object() {
+        for a in agents.values() {
+            // Agents lead their own process group (pgid == pid). Never
+            // signal a group id that could be ours or init's.
+            if let Some(pid) = a["pid"].as_u64().filter(|p| *p > 1) {
+                // SAFETY: killpg(2) has no memory-safety preconditions.
+                unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}

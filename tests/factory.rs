@@ -1,0 +1,544 @@
+//! The factory through the real binary: real files, real child processes
+//! (the fake agent standing in for `claude -p`), real signals. Every test
+//! waits on conditions, never on sleeps, and its `Daemon` guard kills every
+//! process group it started.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::util::{pid_alive, wait_for, TestRoot};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn task(root: &TestRoot, name: &str, header: &str, body: &str) {
+    root.write(
+        &format!("tasks/todo/{name}.md"),
+        format!("---\n{header}\n---\n{body}\n"),
+    );
+}
+
+fn task_state(root: &TestRoot, id: &str) -> serde_json::Value {
+    root.taskq(&["--json", "show", id]).ok().json()
+}
+
+/// A file dropped into tasks/todo while the factory runs is adopted,
+/// spawned with the exact claude flags, and done; the registry and the
+/// task record the run.
+#[test]
+fn a_dropped_file_is_spawned_and_done() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role("fake", "prefix: FAK\nmodel: fake-model-a\ntags: [fake]\nmax_concurrent: 2\nmax_turns: 7\npermission_mode: acceptEdits");
+    let daemon = root.daemon(
+        &[],
+        &[
+            ("FAKE_AGENT_WRITE", "out.txt"),
+            ("FAKE_AGENT_RESULT", "Wrote out.txt.\nDetails follow."),
+            ("FAKE_AGENT_COST", "0.25"),
+            ("FAKE_AGENT_STDIN_CHECK", "1"),
+        ],
+    );
+    // The factory is up once it has written its pid in the run lock.
+    wait_for("the factory to start", LONG, || {
+        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
+            .is_ok_and(|s| !s.trim().is_empty())
+    });
+    root.write(
+        "tasks/todo/hello.md",
+        "---\ntags: [fake]\n---\n# Say hello\n\nWrite a greeting.\n",
+    );
+    wait_for("the task to be done", LONG, || {
+        std::fs::read_dir(root.path().join("tasks/done"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "hello.md")
+    });
+    let t = task_state(&root, "TASK-001");
+    assert_eq!(t["status"], "done");
+    assert_eq!(t["result"], "Wrote out.txt.");
+    assert_eq!(t["assigned"], "FAK-001");
+    let agents = root.agents();
+    assert_eq!(agents.len(), 1);
+    let a = &agents[0];
+    assert_eq!(a["status"], "completed", "{a}");
+    assert_eq!(a["exit_code"], 0);
+    assert_eq!(a["cost_usd"], 0.25);
+    assert!(a["tokens"]["input"].as_u64().unwrap() > 10, "{a}");
+    assert!(
+        a["session_id"].as_str().unwrap().len() == 36,
+        "taskq chose the session id: {a}"
+    );
+    // The agent ran in its own workspace, with its output in the log.
+    assert!(root
+        .path()
+        .join("agents/workspaces/FAK-001/out.txt")
+        .is_file());
+    let log = root.read("agents/logs/FAK-001.log");
+    assert!(log.contains("\"type\":\"result\""), "{log}");
+    assert!(root
+        .read("agents/results/TASK-001.md")
+        .starts_with("Wrote out.txt."));
+    // The exact command line: the prompt holds the task, the SOUL goes in
+    // --append-system-prompt, limits and permissions come from the role.
+    let prompt = root.read("agents/logs/FAK-001.prompt.md");
+    assert!(prompt.starts_with("You are the fake role."), "{prompt}");
+    assert!(
+        prompt.contains("# Task TASK-001: Say hello") && prompt.contains("Write a greeting."),
+        "{prompt}"
+    );
+    assert!(log.contains("fake-agent: model fake-model-a"), "{log}");
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("spawned FAK-001 for TASK-001"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Global and per-role limits hold at every instant (the fake agent logs
+/// its start and end; the maximum overlap is computed from the log).
+#[test]
+fn concurrency_limits_are_never_exceeded() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "alpha",
+        "prefix: ALP\nmodel: model-alpha\ntags: [a]\nmax_concurrent: 2",
+    );
+    root.role(
+        "beta",
+        "prefix: BET\nmodel: model-beta\ntags: [b]\nmax_concurrent: 2",
+    );
+    for n in 0..6 {
+        task(
+            &root,
+            &format!("a{n}"),
+            &format!("id: TASK-{:03}\ntags: [a]", n + 1),
+            "work",
+        );
+        task(
+            &root,
+            &format!("b{n}"),
+            &format!("id: TASK-{:03}\ntags: [b]", n + 11),
+            "work",
+        );
+    }
+    let log = root.path().join("fake.log");
+    let run = root.run_until_idle(&[
+        ("FAKE_AGENT_DELAY_MS", "150"),
+        ("FAKE_AGENT_LOG", log.to_str().unwrap()),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(root.path().join("tasks/done"))
+            .unwrap()
+            .count(),
+        13
+    ); // + README
+       // Replay the log: +1 at start, -1 at end, per model (role) and overall.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut events = Vec::new();
+    let mut model_of = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (t, pid): (u64, &str) = (f[1].parse().unwrap(), f[2]);
+        match f[0] {
+            "start" => {
+                model_of.insert(pid.to_string(), f[3].to_string());
+                events.push((t, 1i32, f[3].to_string()));
+            }
+            "end" => events.push((t, -1, model_of[pid].clone())),
+            other => panic!("bad log line {other}"),
+        }
+    }
+    events.sort_by_key(|(t, d, _)| (*t, *d)); // ends before starts at the same ms
+    let (mut all, mut max_all) = (0, 0);
+    let mut per: HashMap<String, i32> = HashMap::new();
+    let mut max_per: HashMap<String, i32> = HashMap::new();
+    for (_, d, m) in events {
+        all += d;
+        max_all = max_all.max(all);
+        let c = per.entry(m.clone()).or_default();
+        *c += d;
+        let mx = max_per.entry(m).or_default();
+        *mx = (*mx).max(*c);
+    }
+    assert_eq!(text.lines().filter(|l| l.starts_with("start")).count(), 12);
+    assert!(max_all <= 3, "global limit 3 exceeded: {max_all}");
+    assert!(
+        max_per["model-alpha"] <= 2 && max_per["model-beta"] <= 2,
+        "{max_per:?}"
+    );
+    assert!(max_all >= 2, "agents ran in parallel");
+}
+
+/// A timeout stops the whole process group: the agent and the grandchild
+/// it started; it is recorded as a timeout.
+#[test]
+fn a_timeout_kills_the_agent_and_its_grandchildren() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "slow",
+        "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 1\ntimeout: 1s\nretries: 0",
+    );
+    task(&root, "t", "id: TASK-001\ntags: [slow]", "sleep");
+    let pidfile = root.path().join("grandchild.pid");
+    let run = root.run_until_idle(&[
+        ("FAKE_AGENT_DELAY_MS", "60000"),
+        ("FAKE_AGENT_SPAWN_CHILD", pidfile.to_str().unwrap()),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = task_state(&root, "TASK-001");
+    assert_eq!(t["status"], "failed");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("timed out after 1s"),
+        "{t}"
+    );
+    let a = &root.agents()[0];
+    assert_eq!(a["status"], "timeout");
+    let grandchild: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let agent: u32 = a["pid"].as_u64().unwrap() as u32;
+    wait_for("the agent and its grandchild to die", LONG, || {
+        !pid_alive(grandchild) && !pid_alive(agent)
+    });
+}
+
+/// A failure is retried with the next fallback model, then the task fails
+/// with the reason; one that succeeds on the fallback is done.
+#[test]
+fn failures_retry_with_fallback_models_then_fail() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "fb",
+        "prefix: FB\nmodel: model-a\nfallback_models: [model-b]\ntags: [fb]\nmax_concurrent: 1\nretries: 1",
+    );
+    task(&root, "t", "id: TASK-001\ntags: [fb]", "x");
+    let run = root.run_until_idle(&[("FAKE_AGENT_FAIL_MODELS", "model-a,model-b")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = task_state(&root, "TASK-001");
+    assert_eq!(t["status"], "failed");
+    assert_eq!(t["attempts"], 2);
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .contains("model model-b unavailable"),
+        "{t}"
+    );
+    let mut agents = root.agents();
+    agents.sort_by_key(|a| a["id"].as_str().unwrap().to_string());
+    let models: Vec<&str> = agents
+        .iter()
+        .map(|a| a["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["model-a", "model-b"]);
+    assert!(agents.iter().all(|a| a["status"] == "failed"));
+
+    // Only the first model fails: the retry on the fallback succeeds.
+    std::fs::remove_file(root.path().join("tasks/todo/t.md")).unwrap();
+    task(&root, "u", "id: TASK-002\ntags: [fb]", "x");
+    let run = root.run_until_idle(&[("FAKE_AGENT_FAIL_MODELS", "model-a")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = task_state(&root, "TASK-002");
+    assert_eq!(t["status"], "done", "{t}");
+    assert_eq!(t["attempts"], 1);
+}
+
+/// Claude's traps: an API error with `subtype: success` and exit 0 is a
+/// failed attempt; a denied write is a failure with the reason, not a
+/// success.
+#[test]
+fn claude_errors_and_denials_are_failures() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "c",
+        "prefix: C\nmodel: m\ntags: [c]\nmax_concurrent: 1\nretries: 0",
+    );
+    task(&root, "t", "id: TASK-001\ntags: [c]", "x");
+    let run = root.run_until_idle(&[("FAKE_AGENT_IS_ERROR", "1"), ("FAKE_AGENT_EXIT", "0")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = task_state(&root, "TASK-001");
+    assert_eq!(t["status"], "failed");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("claude reported an error"),
+        "{t}"
+    );
+
+    task(&root, "u", "id: TASK-002\ntags: [c]", "x");
+    let run = root.run_until_idle(&[("FAKE_AGENT_DENY", "out.txt")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let t = task_state(&root, "TASK-002");
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["reason"], "blocked: permission denied for Write");
+}
+
+/// SIGTERM stops every agent and its children, marks them stopped, returns
+/// their tasks to ready and exits 0.
+#[test]
+fn sigterm_stops_every_agent_and_returns_tasks_to_ready() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "slow",
+        "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 3\ntimeout: 10m",
+    );
+    for n in 1..=3 {
+        task(
+            &root,
+            &format!("t{n}"),
+            &format!("id: TASK-00{n}\ntags: [slow]"),
+            "x",
+        );
+    }
+    let daemon = root.daemon(
+        &[],
+        &[
+            ("FAKE_AGENT_DELAY_MS", "600000"),
+            ("FAKE_AGENT_SPAWN_CHILD", "grandchild.pid"),
+        ],
+    );
+    wait_for("3 active agents with grandchildren", LONG, || {
+        let agents = root.agents();
+        agents.len() == 3
+            && agents.iter().all(|a| a["status"] == "active")
+            && (1..=3).all(|n| {
+                root.path()
+                    .join(format!("agents/workspaces/SLO-00{n}/grandchild.pid"))
+                    .is_file()
+            })
+    });
+    let mut pids: Vec<u32> = root
+        .agents()
+        .iter()
+        .map(|a| a["pid"].as_u64().unwrap() as u32)
+        .collect();
+    for n in 1..=3 {
+        pids.push(
+            root.read(&format!("agents/workspaces/SLO-00{n}/grandchild.pid"))
+                .trim()
+                .parse()
+                .unwrap(),
+        );
+    }
+    daemon.signal("TERM");
+    let run = daemon.wait(LONG);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for pid in &pids {
+        assert!(
+            !pid_alive(*pid),
+            "pid {pid} survived SIGTERM of the factory"
+        );
+    }
+    for a in root.agents() {
+        assert_eq!(a["status"], "stopped", "{a}");
+    }
+    for n in 1..=3 {
+        let t = task_state(&root, &format!("TASK-00{n}"));
+        assert_eq!(t["status"], "ready", "{t}");
+        assert_eq!(t["assigned"], serde_json::Value::Null);
+        assert_eq!(t["attempts"], 0, "a stop is not a failed attempt");
+    }
+}
+
+/// `kill -9` of the factory mid-run, then a restart: every task finishes,
+/// agents that were running are adopted, and no task that succeeded runs
+/// again.
+#[test]
+fn kill_9_and_restart_finishes_every_task_exactly_once() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "w",
+        "prefix: W\nmodel: m\ntags: [w]\nmax_concurrent: 2\nretries: 2",
+    );
+    for n in 1..=6 {
+        task(
+            &root,
+            &format!("t{n}"),
+            &format!("id: TASK-00{n}\ntags: [w]"),
+            "x",
+        );
+    }
+    let env = [("FAKE_AGENT_DELAY_MS", "400")];
+    let daemon = root.daemon(&[], &env);
+    wait_for("two tasks done and two running", LONG, || {
+        let agents = root.agents();
+        agents.iter().filter(|a| a["status"] == "completed").count() >= 2
+            && agents.iter().filter(|a| a["status"] == "active").count() == 2
+    });
+    daemon.signal("KILL");
+    let _ = daemon.wait(LONG);
+    // The registry is valid JSON at every instant, crash included.
+    let _ = root.registry();
+    let run = root.run_until_idle(&env);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("adopted W-") || run.stderr.contains("finished"),
+        "{}",
+        run.stderr
+    );
+    let agents = root.agents();
+    for n in 1..=6 {
+        let id = format!("TASK-00{n}");
+        assert_eq!(task_state(&root, &id)["status"], "done", "{id}");
+        let completed = agents
+            .iter()
+            .filter(|a| a["task"] == id.as_str() && a["status"] == "completed")
+            .count();
+        assert_eq!(completed, 1, "{id} succeeded {completed} times: {agents:?}");
+    }
+    assert!(
+        agents.iter().all(|a| a["status"] == "completed"),
+        "none lost: {agents:?}"
+    );
+}
+
+/// One factory per root: a second one exits 3 naming the first's pid.
+#[test]
+fn a_second_factory_exits_3_naming_the_first() {
+    let root = TestRoot::new();
+    root.factory("");
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the factory to start", LONG, || {
+        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
+            .is_ok_and(|s| !s.trim().is_empty())
+    });
+    let run = root.taskq(&["run", "--until-idle"]).code(3);
+    assert!(
+        run.stderr.contains(&format!("pid {}", daemon.child.id())),
+        "{}",
+        run.stderr
+    );
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0);
+}
+
+/// `--dry-run` shows who would run what and why the others wait, and
+/// changes nothing.
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "one",
+        "prefix: ONE\nmodel: model-one\ntags: [x]\nmax_concurrent: 1",
+    );
+    task(&root, "a", "id: TASK-001\ntags: [x]\npriority: high", "x");
+    task(&root, "b", "id: TASK-002\ntags: [x]", "x");
+    task(
+        &root,
+        "c",
+        "id: TASK-003\ntags: [x]\ndependencies: [TASK-001]",
+        "x",
+    );
+    task(&root, "d", "id: TASK-004\ntags: [nothing]", "x");
+    let before = root.read("tasks/todo/a.md");
+    let run = root.taskq(&["run", "--dry-run"]).ok();
+    assert!(
+        run.stdout
+            .contains("TASK-001  spawn  one (claude, model-one)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("TASK-002  wait   role one full (1/1)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("TASK-003  wait   waits for TASK-001"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("TASK-004  wait   no role: tags [nothing]"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(root.read("tasks/todo/a.md"), before);
+    assert!(!root.path().join("agents/factory/registry.json").exists());
+    let json = root.taskq(&["--json", "run", "--dry-run"]).ok().json();
+    assert_eq!(json["plan"][0]["action"], "spawn");
+}
+
+/// `taskq stop` stops one agent (its task back to ready, or cancelled).
+#[test]
+fn stop_one_agent_returns_or_cancels_its_task() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "slow",
+        "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 2\ntimeout: 10m",
+    );
+    task(&root, "a", "id: TASK-001\ntags: [slow]", "x");
+    task(&root, "b", "id: TASK-002\ntags: [slow]", "x");
+    let daemon = root.daemon(&[], &[("FAKE_AGENT_DELAY_MS", "600000")]);
+    wait_for("2 active agents", LONG, || {
+        root.agents()
+            .iter()
+            .filter(|a| a["status"] == "active")
+            .count()
+            == 2
+    });
+    let agents = root.agents();
+    let of = |task: &str| {
+        agents.iter().find(|a| a["task"] == task).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a1, a2) = (of("TASK-001"), of("TASK-002"));
+    root.taskq(&["stop", &a2, "--cancel"]).ok();
+    wait_for("TASK-002 cancelled", LONG, || {
+        task_state(&root, "TASK-002")["status"] == "cancelled"
+    });
+    // Stop the other; with the factory still running it is spawned again,
+    // so stop the factory first for a stable end state.
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(task_state(&root, "TASK-001")["status"], "ready");
+    let reg = root.registry();
+    assert_eq!(reg["agents"][&a1]["status"], "stopped");
+    assert_eq!(reg["agents"][&a2]["status"], "stopped");
+    root.taskq(&["stop", &a1]).code(3);
+    root.taskq(&["stop", "NOPE-1"]).code(2);
+}
+
+/// The shell role needs no model: the bundled example factory runs end to
+/// end, dependencies feeding each other's files.
+#[test]
+fn the_bundled_shell_factory_runs_end_to_end() {
+    let root = TestRoot::new();
+    for e in std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/shell-factory"
+    ))
+    .unwrap()
+    {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), root.path().join("tasks/todo").join(e.file_name())).unwrap();
+    }
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list = root.taskq(&["--json", "list"]).ok().json();
+    for t in list.as_array().unwrap() {
+        assert_eq!(t["status"], "done", "{t}");
+    }
+    assert!(root.path().join("out/report.md").is_file());
+    let status = root.taskq(&["--json", "status"]).ok().json();
+    assert_eq!(status["queue"]["done"], 5);
+}
