@@ -425,7 +425,14 @@ impl Factory {
                     a.pid = Some(pid);
                     a.pid_start = spawn::start_time(pid);
                     a.status = AgentStatus::Active;
-                    let deadline = Instant::now() + role.settings.timeout;
+                    // A task's own `timeout:` wins over its role's.
+                    let timeout = w.scan.tasks[i]
+                        .extra()
+                        .timeout
+                        .as_deref()
+                        .and_then(|t| crate::duration::parse(t).ok())
+                        .unwrap_or(role.settings.timeout);
+                    let deadline = Instant::now() + timeout;
                     self.watch_agent(
                         &agent_id,
                         Some(child),

@@ -312,12 +312,12 @@ fn is_chain(node: &Node) -> bool {
 /// `ID: title` and styled by status; edges point from a dependency to the
 /// task that needs it.
 ///
-/// `title(i)` gives the title to show for task `i`.
+/// `label(i)` gives the `(state, title)` to show for task `i`.
 pub fn render_graph(
     scan: &Scan,
     graph: &Graph,
     format: GraphFormat,
-    title: &dyn Fn(usize) -> String,
+    label: &dyn Fn(usize) -> (String, String),
 ) -> String {
     let mut order: Vec<usize> = (0..scan.tasks.len()).collect();
     order.sort_by(|&a, &b| crate::task::id_order(&scan.tasks[a].id, &scan.tasks[b].id));
@@ -332,8 +332,8 @@ pub fn render_graph(
                     "    {}[\"{}: {}\"]:::{}",
                     mermaid_id(&t.id),
                     t.id,
-                    escape_mermaid(&title(i)),
-                    t.status
+                    escape_mermaid(&label(i).1),
+                    label(i).0
                 );
             }
             for &i in &order {
@@ -365,15 +365,15 @@ pub fn render_graph(
                 let t = &scan.tasks[i];
                 let fill = STYLES
                     .iter()
-                    .find(|(s, _)| *s == t.status.as_str())
+                    .find(|(s, _)| *s == label(i).0)
                     .map_or("#ffffff", |(_, style)| &style[5..12]);
                 let _ = writeln!(
                     out,
                     "    \"{}\" [label=\"{}\\n{}\\n[{}]\", fillcolor=\"{}\"];",
                     t.id,
                     t.id,
-                    escape_dot(&title(i)),
-                    t.status,
+                    escape_dot(&label(i).1),
+                    label(i).0,
                     fill
                 );
             }
@@ -411,6 +411,9 @@ pub enum GraphFormat {
 /// Fill colours per status (`fill:#rrggbb,...` so dot can reuse them).
 const STYLES: &[(&str, &str)] = &[
     ("ready", "fill:#ffffff,stroke:#333"),
+    ("blocked", "fill:#f1f3f5,stroke:#495057"),
+    ("waiting", "fill:#f1f3f5,stroke:#495057"),
+    ("invalid", "fill:#ff8888,stroke:#c92a2a"),
     ("running", "fill:#fff3b0,stroke:#b08800"),
     ("review", "fill:#e0d4ff,stroke:#6a4bc4"),
     ("failed", "fill:#ffc9c9,stroke:#c92a2a"),

@@ -156,6 +156,8 @@ pub struct Extra {
     pub result: Option<Box<str>>,
     /// `reason:` recorded when failed or cancelled.
     pub reason: Option<Box<str>>,
+    /// `result_file:` the agent's full final message.
+    pub result_file: Option<Box<str>>,
     /// `retries:` allowed.
     pub retries: Option<u32>,
     /// `started:` when claimed.
@@ -227,6 +229,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "completed",
     "result",
     "reason",
+    "result_file",
     "lease_expires",
     "retry_after",
 ];
@@ -241,6 +244,7 @@ impl Task {
             timeout: None,
             result: None,
             reason: None,
+            result_file: None,
             retries: None,
             started: None,
             completed: None,
@@ -433,7 +437,7 @@ impl Task {
                     }
                 },
                 "assigned" | "role" | "model" | "approval" | "parent" | "timeout" | "result"
-                | "reason" => {
+                | "reason" | "result_file" => {
                     let v = match &field.value {
                         Value::Null => None,
                         Value::Scalar(s) if s.trim().is_empty() => None,
@@ -457,6 +461,7 @@ impl Task {
                                 "parent" => &mut extra.parent,
                                 "timeout" => &mut extra.timeout,
                                 "result" => &mut extra.result,
+                                "result_file" => &mut extra.result_file,
                                 _ => &mut extra.reason,
                             };
                             *slot = v;

@@ -43,7 +43,10 @@ pub const INIT_FILES: &[(&str, &str)] = &[
         "approvals/rejected/README.md",
         include_str!("../approvals/rejected/README.md"),
     ),
-    ("agents/factory/config.yaml", include_str!("../agents/factory/config.yaml")),
+    (
+        "agents/factory/config.yaml",
+        include_str!("../agents/factory/config.yaml"),
+    ),
     (".gitignore", GITIGNORE),
 ];
 

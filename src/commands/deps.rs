@@ -26,6 +26,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = scan_and_warn(ctx);
     let i = scan.resolve(&args.id)?;
     let queue = Queue::new(&scan, ctx.now);
+    super::warn_graph(ctx, &scan, &queue.graph);
     let label = |j: usize| {
         (
             queue.state[j].as_str().to_string(),

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::error::Result;
-use crate::graph::{render_graph, Graph, GraphFormat};
+use crate::graph::{render_graph, GraphFormat};
+use crate::queue::Queue;
 
 use super::scan_and_warn;
 
@@ -20,9 +21,15 @@ pub struct Args {
 /// Runs `taskq graph`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = scan_and_warn(ctx);
-    let graph = Graph::build(&scan);
-    let title = |i: usize| crate::store::display_title(&ctx.root, &scan.tasks[i]);
+    let queue = Queue::new(&scan, ctx.now);
+    super::warn_graph(ctx, &scan, &queue.graph);
+    let label = |i: usize| {
+        (
+            queue.state[i].as_str().to_string(),
+            crate::store::display_title(&ctx.root, &scan.tasks[i]),
+        )
+    };
     ctx.out
-        .text(render_graph(&scan, &graph, args.format, &title))?;
+        .text(render_graph(&scan, &queue.graph, args.format, &label))?;
     Ok(ExitCode::SUCCESS)
 }

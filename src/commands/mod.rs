@@ -39,7 +39,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            clap_complete::generate(args.shell, &mut cmd, "taskq", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "taskq", &mut script);
+            out.text(String::from_utf8_lossy(&script))?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -194,6 +196,8 @@ pub struct TaskJson {
     pub result: Option<String>,
     /// `reason:`.
     pub reason: Option<String>,
+    /// `result_file:` (the agent's full final message).
+    pub result_file: Option<String>,
     /// `approval:`.
     pub approval: Option<String>,
     /// `parent:`.
@@ -234,6 +238,7 @@ impl TaskJson {
             retry_after: e.retry_after.map(format_timestamp),
             result: s(&e.result),
             reason: s(&e.reason),
+            result_file: s(&e.result_file),
             approval: s(&e.approval),
             parent: s(&e.parent),
             timeout: s(&e.timeout),

@@ -59,13 +59,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let _ = writeln!(out, "{}  {}", t.id, title);
     let _ = writeln!(
         out,
-        "file:       {}",
+        "file:        {}",
         ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel))
             .display()
     );
     let _ = write!(
         out,
-        "status:     {} ({})",
+        "status:      {} ({})",
         t.status,
         queue.state[i].as_str()
     );
@@ -76,17 +76,17 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     out.push('\n');
     let eff = Priority::from_rank(queue.effective[i]);
     if eff == t.priority {
-        let _ = writeln!(out, "priority:   {}", t.priority);
+        let _ = writeln!(out, "priority:    {}", t.priority);
     } else {
         let _ = writeln!(
             out,
-            "priority:   {} (runs as {eff}: a {eff} task waits on it)",
+            "priority:    {} (runs as {eff}: a {eff} task waits on it)",
             t.priority
         );
     }
     let mut field = |name: &str, value: Option<String>| {
         if let Some(v) = value {
-            let _ = writeln!(out, "{:<11} {v}", format!("{name}:"));
+            let _ = writeln!(out, "{:<12} {v}", format!("{name}:"));
         }
     };
     field("tags", (!t.tags.is_empty()).then(|| t.tags.join(", ")));

@@ -284,6 +284,7 @@ pub fn release(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
         Change::remove("started"),
         Change::remove("lease_expires"),
         Change::remove("retry_after"),
+        Change::remove("reason"),
     ];
     writer.set(i, &changes, Status::Ready, "")?;
     finish(ctx, &writer)
