@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, check, deps, graph, init, list, next, run, show, status, stop, transition,
+    add, approval, check, deps, graph, init, list, next, run, show, status, stop, transition, why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -102,6 +102,17 @@ pub enum Command {
     /// Stop an agent (and every agent it spawned); its task returns to
     /// ready, or is cancelled with `--cancel`.
     Stop(stop::Args),
+    /// Approve a pending request: moves approvals/pending/<ID>.md to
+    /// approvals/approved/ (the same as `mv`).
+    Approve(approval::ApproveArgs),
+    /// Reject a pending request: moves it to approvals/rejected/ and, for
+    /// a task's gate, cancels the task with the reason.
+    Reject(approval::RejectArgs),
+    /// For agents: ask for approval of one action, and wait for it.
+    #[command(subcommand)]
+    Approval(approval::ApprovalCommand),
+    /// Explain in a line or two why a task is or is not running.
+    Why(why::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

@@ -40,6 +40,17 @@ pub struct Config {
     pub adapters: BTreeMap<String, String>,
     /// USD per million tokens, by model: `{input: 3.0, output: 15.0}`.
     pub prices: BTreeMap<String, Price>,
+    /// Tasks with any of these tags need a person's approval to run.
+    pub approval_tags: Vec<String>,
+    /// Space the starts of agents that become runnable at once.
+    #[serde(with = "dur")]
+    pub spawn_stagger: Duration,
+    /// A tester's FAIL sends the task back to its builder at most this
+    /// many times; the next FAIL fails the task.
+    pub max_review_rounds: u32,
+    /// Hooks (agents/hooks/<event>) are killed after this long.
+    #[serde(with = "dur")]
+    pub hook_timeout: Duration,
 }
 
 /// A model's list price per million tokens.
@@ -65,6 +76,10 @@ impl Default for Config {
             model_whitelist: Vec::new(),
             adapters: BTreeMap::new(),
             prices: BTreeMap::new(),
+            approval_tags: Vec::new(),
+            spawn_stagger: Duration::ZERO,
+            max_review_rounds: 2,
+            hook_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -21,13 +21,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{self, Invocation, Outcome, Session};
+use crate::approval::{self, Decision};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::frontmatter::{self, Change, Layout, Value};
 use crate::fsutil;
+use crate::hooks;
 use crate::lock::LockGuard;
 use crate::output::Out;
 use crate::queue::{Queue, State};
@@ -35,7 +38,7 @@ use crate::registry::{Agent, AgentStatus, Registry};
 use crate::role::{self, Role};
 use crate::spawn;
 use crate::store::{self, Root, Writer};
-use crate::task::{format_timestamp, Status, Timestamp};
+use crate::task::{format_timestamp, Folder, Status, Task, Timestamp};
 use crate::watch;
 
 /// How `taskq run` was asked to behave.
@@ -95,6 +98,110 @@ struct Finished {
     max_rss_kb: Option<u64>,
 }
 
+/// One agent to start in this step.
+struct Planned {
+    task: String,
+    role: Role,
+    model: Option<String>,
+    /// A fixed workspace (a tester works in its builder's).
+    workspace: Option<PathBuf>,
+    /// The builder agent whose work this agent reviews.
+    review_of: Option<String>,
+}
+
+/// Whether a ready task may start now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Yes.
+    Go,
+    /// Not yet, for this reason (a person must act, or a forecast).
+    Wait(String),
+    /// Not now, and nothing else either (the daily cost cap).
+    Pause(String),
+    /// Never as it is: the factory changes the task.
+    Act(GateAction),
+}
+
+/// What the factory does to a task a gate stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateAction {
+    /// Fail it with this reason (a model outside the whitelist).
+    Fail(String),
+    /// Cancel it (its approval was rejected).
+    Cancel(String),
+    /// Write its pending approval file.
+    RequestApproval {
+        /// The role that would run it.
+        role: String,
+        /// The model it would run with.
+        model: Option<String>,
+    },
+}
+
+/// The gates a ready task passes before it runs: the model whitelist, a
+/// person's approval, the daily cost cap and the cost forecast.
+pub fn gate(
+    root: &Root,
+    config: &Config,
+    t: &Task,
+    role: &Role,
+    model: Option<&str>,
+    reg: &Registry,
+    spent: f64,
+) -> Gate {
+    if !config.model_whitelist.is_empty() {
+        if let Some(m) = model {
+            if !config.model_whitelist.iter().any(|w| w == m) {
+                return Gate::Act(GateAction::Fail(format!(
+                    "model `{m}` is not in model_whitelist ({}); refused, not swapped",
+                    config.model_whitelist.join(", ")
+                )));
+            }
+        }
+    }
+    if approval::needs_approval(t, Some(role), config) {
+        match approval::decision(root, &t.id) {
+            Decision::Approved(_) => {}
+            Decision::Rejected(_, reason) => {
+                return Gate::Act(GateAction::Cancel(format!(
+                    "approval rejected{}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                )))
+            }
+            Decision::Pending(p) => {
+                let shown = p
+                    .strip_prefix(&root.dir)
+                    .unwrap_or(&p)
+                    .display()
+                    .to_string();
+                return Gate::Wait(format!("waiting for approval: {shown}"));
+            }
+            Decision::Missing => {
+                return Gate::Act(GateAction::RequestApproval {
+                    role: role.name.clone(),
+                    model: model.map(str::to_string),
+                })
+            }
+        }
+    }
+    if let Some(cap) = config.daily_cost_cap_usd {
+        if spent >= cap {
+            return Gate::Pause(format!(
+                "daily cost cap reached (${spent:.2} of ${cap:.2} spent today); resumes at local midnight"
+            ));
+        }
+        if let Some(estimate) = reg.median_cost(&role.name, model) {
+            if spent + estimate > cap {
+                return Gate::Wait(format!(
+                    "forecast ${estimate:.2} (median of past {} runs) would pass the daily cost cap (${spent:.2} of ${cap:.2} spent)",
+                    role.name
+                ));
+            }
+        }
+    }
+    Gate::Go
+}
+
 /// An agent this factory watches.
 struct Live {
     role: String,
@@ -117,6 +224,12 @@ struct Factory {
     /// Ready, routable tasks left unspawned in the last step (capacity).
     startable: usize,
     shutting_down: bool,
+    /// Why spawning is paused (the daily cost cap), if it is.
+    paused: Option<String>,
+    /// When the last agent started (for `spawn_stagger`).
+    last_spawn: Option<Instant>,
+    /// Wake up for the next staggered start.
+    stagger_wake: Option<Instant>,
     stats: Stats,
     rng: u64,
 }
@@ -149,6 +262,9 @@ impl Factory {
             wake_at: None,
             startable: 0,
             shutting_down: false,
+            paused: None,
+            last_spawn: None,
+            stagger_wake: None,
             stats: Stats::default(),
             rng: seed | 1,
         }
@@ -236,7 +352,16 @@ impl Factory {
                 }
             }
             self.pending.store(false, Ordering::Release);
+            let was_idle = self.is_idle();
             self.step(finished)?;
+            if self.is_idle() && !was_idle {
+                hooks::fire(
+                    &self.root,
+                    "on-idle",
+                    json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}),
+                    self.config.hook_timeout,
+                );
+            }
         }
     }
 
@@ -301,21 +426,79 @@ impl Factory {
                 let wait = (r - now).to_std().unwrap_or_default();
                 Instant::now() + wait + Duration::from_millis(5)
             });
+        if let Some(s) = self.stagger_wake.take() {
+            self.wake_at = Some(self.wake_at.map_or(s, |w| w.min(s)));
+        }
     }
 
-    /// Spawns agents for ready tasks in queue order, within the limits.
-    /// Returns true when the registry changed.
+    /// Decides whether a ready task may start now (see [`Gate`]).
+    fn gate(&self, t: &Task, role: &Role, model: Option<&str>, reg: &Registry, spent: f64) -> Gate {
+        gate(&self.root, &self.config, t, role, model, reg, spent)
+    }
+
+    /// Spawns agents for reviews and ready tasks in queue order, within the
+    /// limits and gates. Returns true when the registry changed.
     fn spawn_ready(&mut self, w: &mut Writer, reg: &mut Registry) -> Result<bool> {
-        let plan = {
-            let queue = Queue::new(&w.scan, w.now);
-            let ready = queue.ready(|_| true);
-            let mut per_role: HashMap<String, usize> = HashMap::new();
-            for live in self.running.values() {
-                *per_role.entry(live.role.clone()).or_default() += 1;
+        let mut per_role: HashMap<String, usize> = HashMap::new();
+        for live in self.running.values() {
+            *per_role.entry(live.role.clone()).or_default() += 1;
+        }
+        let spent = reg.spent_today(w.now);
+        let mut plan: Vec<Planned> = Vec::new();
+        let mut actions: Vec<(String, GateAction)> = Vec::new();
+        let mut startable = 0;
+        let mut paused = None;
+        let stagger = self.config.spawn_stagger;
+        let staggered = |plan: &[Planned], last: Option<Instant>| {
+            !stagger.is_zero() && (!plan.is_empty() || last.is_some_and(|l| l.elapsed() < stagger))
+        };
+        // Reviews first: finishing work beats starting more.
+        for t in &w.scan.tasks {
+            if t.folder != Folder::Todo || t.status != Status::Review || t.broken {
+                continue;
             }
-            let mut plan = Vec::new();
-            let mut startable = 0;
-            for r in ready {
+            let e = t.extra();
+            let (Some(review_role), Some(builder)) =
+                (e.review_role.as_deref(), e.builder.as_deref())
+            else {
+                continue;
+            };
+            let assigned = t.assigned.as_deref().unwrap_or("");
+            if self.running.contains_key(assigned) {
+                continue; // its tester is at work
+            }
+            let Some(role) = self.role(review_role).cloned() else {
+                continue;
+            };
+            let used = per_role.entry(role.name.clone()).or_default();
+            if self.running.len() + plan.len() >= self.config.max_concurrent
+                || *used >= role.settings.max_concurrent
+                || staggered(&plan, self.last_spawn)
+            {
+                startable += 1;
+                continue;
+            }
+            *used += 1;
+            let workspace = reg
+                .agents
+                .get(builder)
+                .and_then(|a| a.workspace.clone())
+                .map_or_else(
+                    || Path::new("agents").join("workspaces").join(builder),
+                    PathBuf::from,
+                );
+            let model = agent::model_for_attempt(&role, None, 1);
+            plan.push(Planned {
+                task: t.id.to_string(),
+                role,
+                model,
+                workspace: Some(workspace),
+                review_of: Some(builder.to_string()),
+            });
+        }
+        {
+            let queue = Queue::new(&w.scan, w.now);
+            for r in queue.ready(|_| true) {
                 let t = &w.scan.tasks[r.index];
                 let Some(role) = role::route(t, &self.roles, &self.config) else {
                     continue;
@@ -327,41 +510,98 @@ impl Factory {
                     startable += 1;
                     continue;
                 }
+                let model =
+                    agent::model_for_attempt(role, t.extra().model.as_deref(), t.attempts + 1);
+                match self.gate(t, role, model.as_deref(), reg, spent) {
+                    Gate::Go => {}
+                    Gate::Wait(_) => continue,
+                    Gate::Act(action) => {
+                        actions.push((t.id.to_string(), action));
+                        continue;
+                    }
+                    Gate::Pause(why) => {
+                        paused = Some(why);
+                        break;
+                    }
+                }
+                if staggered(&plan, self.last_spawn) {
+                    startable += 1;
+                    break;
+                }
                 *used += 1;
-                plan.push((t.id.to_string(), role.clone()));
+                plan.push(Planned {
+                    task: t.id.to_string(),
+                    role: role.clone(),
+                    model,
+                    workspace: None,
+                    review_of: None,
+                });
             }
-            self.startable = startable;
-            plan
-        };
+        }
+        self.startable = startable;
+        if !stagger.is_zero() && startable > 0 {
+            self.stagger_wake = Some(Instant::now() + stagger);
+        }
+        match (&paused, &self.paused) {
+            (Some(why), None) => {
+                self.progress(format!("paused: {why}"));
+                hooks::fire(
+                    &self.root,
+                    "on-cost-cap",
+                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd}),
+                    self.config.hook_timeout,
+                );
+            }
+            (None, Some(_)) => self.progress("resumed: under the daily cost cap"),
+            _ => {}
+        }
+        self.paused = paused;
+        for (task, action) in actions {
+            self.apply_gate_action(w, &task, action)?;
+        }
         if plan.is_empty() {
             return Ok(false);
         }
         // 1. Register every agent as `spawning` before anything starts.
         let mut spawns = Vec::new();
-        for (task_id, role) in plan {
-            let i = w.scan.position(&task_id).expect("planned from this scan");
+        for p in plan {
+            let i = w.scan.position(&p.task).expect("planned from this scan");
             let t = &w.scan.tasks[i];
-            let attempt = t.attempts + 1;
-            let model = agent::model_for_attempt(&role, t.extra().model.as_deref(), attempt);
-            let agent_id = reg.allocate(&role.settings.prefix);
-            let workspace = match role.settings.workspace.as_str() {
-                "root" => PathBuf::new(),
-                _ => Path::new("agents").join("workspaces").join(&agent_id),
+            let attempt = if p.review_of.is_some() {
+                t.extra().review_errors + 1
+            } else {
+                t.attempts + 1
             };
-            let resume = resume_session(reg, &role, &task_id);
+            let agent_id = reg.allocate(&p.role.settings.prefix);
+            let workspace =
+                p.workspace
+                    .clone()
+                    .unwrap_or_else(|| match p.role.settings.workspace.as_str() {
+                        "root" => PathBuf::new(),
+                        _ => Path::new("agents").join("workspaces").join(&agent_id),
+                    });
+            let resume = if p.review_of.is_none() {
+                resume_session(reg, &p.role, &p.task)
+            } else {
+                None
+            };
             let session = resume.clone().unwrap_or_else(new_session_id);
+            let parent = p
+                .review_of
+                .clone()
+                .or_else(|| t.extra().parent.as_deref().map(str::to_string));
             reg.agents.insert(
                 agent_id.clone(),
                 Agent {
                     id: agent_id.clone(),
-                    role: role.name.clone(),
-                    task: task_id.clone(),
+                    role: p.role.name.clone(),
+                    task: p.task.clone(),
                     status: AgentStatus::Spawning,
-                    adapter: role.settings.agent.clone(),
-                    model: model.clone(),
+                    adapter: p.role.settings.agent.clone(),
+                    model: p.model.clone(),
                     pid: None,
                     pid_start: None,
-                    parent: t.extra().parent.as_deref().map(str::to_string),
+                    parent,
                     attempt,
                     spawned: w.now,
                     completed: None,
@@ -370,55 +610,57 @@ impl Factory {
                     cost_usd: None,
                     tokens: None,
                     num_turns: None,
-                    session_id: (role.settings.agent == "claude").then(|| session.clone()),
+                    session_id: (p.role.settings.agent == "claude").then(|| session.clone()),
                     result: None,
                     reason: None,
                     workspace: Some(path_str(&workspace)),
                     log: Some(path_str(&log_path(&agent_id))),
                     max_rss_kb: None,
+                    test_status: None,
+                    tested_by: None,
                     cancel_task: false,
                 },
             );
-            spawns.push((
-                agent_id,
-                task_id,
-                role,
-                model,
-                workspace,
-                session,
-                resume.is_some(),
-            ));
+            spawns.push((agent_id, p, workspace, session, resume.is_some()));
         }
         reg.save(&self.root, w.now)?;
-        // 2. Mark the tasks running, 3. start the children, 4. record pids.
-        for (agent_id, task_id, role, model, workspace, session, resuming) in spawns {
-            let i = w.scan.position(&task_id).expect("still in the scan");
+        // 2. Mark the tasks, 3. start the children, 4. record pids.
+        for (agent_id, p, workspace, session, resuming) in spawns {
+            let i = w.scan.position(&p.task).expect("still in the scan");
+            let role = &p.role;
+            let model = p.model.as_deref();
             let note = format!(
                 "{agent_id} {} {}",
                 role.name,
-                model.as_deref().unwrap_or(&role.settings.agent)
+                model.unwrap_or(&role.settings.agent)
             );
-            w.set(
-                i,
-                &[
-                    Change::set("status", "running"),
-                    Change::set("assigned", &agent_id),
-                    Change::set("started", &format_timestamp(w.now)),
-                    Change::remove("retry_after"),
-                    Change::remove("lease_expires"),
-                ],
-                Status::Running,
-                &note,
-            )?;
+            if p.review_of.is_some() {
+                w.set(
+                    i,
+                    &[Change::set("assigned", &agent_id)],
+                    Status::Review,
+                    &format!("review by {note}"),
+                )?;
+            } else {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "running"),
+                        Change::set("assigned", &agent_id),
+                        Change::set("started", &format_timestamp(w.now)),
+                        Change::remove("retry_after"),
+                        Change::remove("lease_expires"),
+                    ],
+                    Status::Running,
+                    &note,
+                )?;
+            }
+            let review = p
+                .review_of
+                .as_deref()
+                .map(|b| (b, reg.agents.get(b).cloned()));
             match self.start_agent(
-                w,
-                i,
-                &agent_id,
-                &role,
-                model.as_deref(),
-                &workspace,
-                &session,
-                resuming,
+                w, i, &agent_id, role, model, &workspace, &session, resuming, review,
             ) {
                 Ok((child, pid)) => {
                     let a = reg.agents.get_mut(&agent_id).expect("registered above");
@@ -433,6 +675,7 @@ impl Factory {
                         .and_then(|t| crate::duration::parse(t).ok())
                         .unwrap_or(role.settings.timeout);
                     let deadline = Instant::now() + timeout;
+                    let parent = a.parent.clone();
                     self.watch_agent(
                         &agent_id,
                         Some(child),
@@ -440,19 +683,33 @@ impl Factory {
                         a.pid_start,
                         deadline,
                         &role.name,
-                        a.parent.clone(),
+                        parent,
                     );
                     self.stats.spawned += 1;
+                    self.last_spawn = Some(Instant::now());
+                    let what = if p.review_of.is_some() {
+                        "to review"
+                    } else {
+                        "for"
+                    };
                     self.progress(format!(
-                        "spawned {agent_id} for {task_id} ({}, {}{})",
+                        "spawned {agent_id} {what} {} ({}, {}{})",
+                        p.task,
                         role.name,
-                        model.as_deref().unwrap_or(&role.settings.agent),
+                        model.unwrap_or(&role.settings.agent),
                         if resuming {
                             ", resuming its session"
                         } else {
                             ""
                         }
                     ));
+                    hooks::fire(
+                        &self.root,
+                        "on-spawn",
+                        json!({"task": p.task, "agent": agent_id, "role": role.name, "model": model, "status": "active",
+                               "workspace": path_str(&workspace), "log": path_str(&log_path(&agent_id))}),
+                        self.config.hook_timeout,
+                    );
                 }
                 Err(reason) => {
                     let a = reg.agents.get_mut(&agent_id).expect("registered above");
@@ -460,18 +717,104 @@ impl Factory {
                     a.completed = Some(w.now);
                     a.reason = Some(reason.clone());
                     self.progress(format!(
-                        "could not start {agent_id} for {task_id}: {reason}"
+                        "could not start {agent_id} for {}: {reason}",
+                        p.task
                     ));
-                    self.fail_attempt(
-                        w,
-                        i,
-                        &role,
-                        &format!("could not start the agent: {reason}"),
-                    )?;
+                    let role = role.clone();
+                    if p.review_of.is_some() {
+                        self.review_error(
+                            w,
+                            i,
+                            &role,
+                            &format!("could not start the tester: {reason}"),
+                        )?;
+                    } else {
+                        self.fail_attempt(
+                            w,
+                            i,
+                            &role,
+                            &format!("could not start the agent: {reason}"),
+                        )?;
+                    }
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Applies what a gate decided for a task it did not let run.
+    fn apply_gate_action(&mut self, w: &mut Writer, task: &str, action: GateAction) -> Result<()> {
+        let Some(i) = w.scan.position(task) else {
+            return Ok(());
+        };
+        match action {
+            GateAction::Fail(reason) => {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "failed"),
+                        Change::set("reason", &reason),
+                    ],
+                    Status::Failed,
+                    &reason,
+                )?;
+                self.stats.failed += 1;
+                self.progress(format!("refused {task}: {reason}"));
+                hooks::fire(
+                    &self.root,
+                    "on-fail",
+                    json!({"task": task, "status": "failed", "reason": reason}),
+                    self.config.hook_timeout,
+                );
+            }
+            GateAction::Cancel(reason) => {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "cancelled"),
+                        Change::set("reason", &reason),
+                    ],
+                    Status::Cancelled,
+                    &reason,
+                )?;
+                self.progress(format!("cancelled {task}: {reason}"));
+            }
+            GateAction::RequestApproval { role, model } => {
+                let t = &w.scan.tasks[i];
+                let title = store::display_title(&self.root, t);
+                let file = std::fs::read(self.root.task_path(t)).unwrap_or_default();
+                let (_, body) = task_body_and_command(&file);
+                let prompt = build_prompt(
+                    &self.root,
+                    w,
+                    i,
+                    &body,
+                    Path::new("agents/workspaces/<agent-id>"),
+                );
+                let path = approval::request_task(
+                    &self.root,
+                    t,
+                    &title,
+                    &role,
+                    model.as_deref(),
+                    &prompt,
+                    w.now,
+                )?;
+                let shown = path
+                    .strip_prefix(&self.root.dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                self.progress(format!("{task} waits for approval: {shown}"));
+                hooks::fire(
+                    &self.root,
+                    "on-approval-pending",
+                    json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}),
+                    self.config.hook_timeout,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Prepares the workspace and prompt, builds the command line and
@@ -487,6 +830,7 @@ impl Factory {
         workspace: &Path,
         session: &str,
         resuming: bool,
+        review: Option<(&str, Option<Agent>)>,
     ) -> std::result::Result<(tokio::process::Child, u32), String> {
         if role.settings.workspace == "worktree" {
             return Err("`workspace: worktree` needs the git integration, which this build does not have yet".into());
@@ -497,7 +841,12 @@ impl Factory {
         let task = &w.scan.tasks[i];
         let file = std::fs::read(self.root.task_path(task)).map_err(|e| e.to_string())?;
         let (fields_cmd, body) = task_body_and_command(&file);
-        let prompt = build_prompt(&self.root, w, i, &body, &ws_abs);
+        let prompt = match &review {
+            None => build_prompt(&self.root, w, i, &body, &ws_abs),
+            Some((builder, record)) => {
+                build_review_prompt(&self.root, w, i, &body, builder, record.as_ref(), &ws_abs)
+            }
+        };
         let prompt_file = root_abs.join(prompt_path(agent_id));
         let full = if role.soul.trim().is_empty() {
             prompt.clone()
@@ -533,6 +882,12 @@ impl Factory {
         ];
         if let Ok(me) = std::env::current_exe() {
             extra.push(("TASKQ_BIN".to_string(), me.display().to_string()));
+            // Agents call `taskq approval request`: put taskq on their PATH.
+            if let (Some(dir), Ok(path)) = (me.parent(), std::env::var("PATH")) {
+                if role.settings.env.iter().any(|e| e == "PATH") {
+                    extra.push(("PATH".to_string(), format!("{}:{path}", dir.display())));
+                }
+            }
         }
         for (k, v) in &role.settings.set_env {
             let v = v
@@ -655,12 +1010,25 @@ impl Factory {
             }
         }
         // The task, if it is still this agent's.
+        let mut builder_verdict = None;
         if let Some(i) = w.scan.position(&agent.task) {
             let t = &w.scan.tasks[i];
-            let ours =
-                t.status == Status::Running && t.assigned.as_deref() == Some(agent.id.as_str());
-            if ours {
-                let role = self.role(&agent.role).cloned();
+            let mine = t.assigned.as_deref() == Some(agent.id.as_str()) && t.folder == Folder::Todo;
+            let role = self
+                .role(&agent.role)
+                .cloned()
+                .unwrap_or_else(|| fallback_role(&agent.role));
+            if mine && t.status == Status::Review && !stopping {
+                builder_verdict = self.finish_review(w, i, &agent, &role, &outcome, f.timed_out)?;
+            } else if mine && t.status == Status::Review {
+                // A stopped tester: the review is redone by the next one.
+                w.set(
+                    i,
+                    &[Change::remove("assigned")],
+                    Status::Review,
+                    &format!("{} stopped", agent.id),
+                )?;
+            } else if mine && t.status == Status::Running {
                 if stopping {
                     if agent.cancel_task {
                         w.set(
@@ -685,6 +1053,47 @@ impl Factory {
                         )?;
                     }
                     self.progress(format!("stopped {} ({})", agent.id, agent.task));
+                } else if outcome.success
+                    && role
+                        .settings
+                        .review
+                        .as_deref()
+                        .is_some_and(|r| r != role.name)
+                {
+                    // The tester gate: a builder's success is not done yet.
+                    let reviewer = role.settings.review.clone().expect("checked");
+                    let mut changes = vec![
+                        Change::set("status", "review"),
+                        Change::set("review_role", &reviewer),
+                        Change::set("builder", &agent.id),
+                        Change::remove("reason"),
+                    ];
+                    if let Some(s) = &summary {
+                        changes.push(Change::set("result", s));
+                    }
+                    if outcome.result.is_some() {
+                        changes.push(Change::set(
+                            "result_file",
+                            &path_str(&result_path(&agent.task)),
+                        ));
+                    }
+                    w.set(
+                        i,
+                        &changes,
+                        Status::Review,
+                        &format!("by {}, for {reviewer}", agent.id),
+                    )?;
+                    self.progress(format!(
+                        "{} built by {}; review by {reviewer}",
+                        agent.task, agent.id
+                    ));
+                    hooks::fire(
+                        &self.root,
+                        "on-review",
+                        json!({"task": agent.task, "agent": agent.id, "role": agent.role, "reviewer": reviewer,
+                               "status": "review", "cost_usd": outcome.cost_usd, "result": summary}),
+                        self.config.hook_timeout,
+                    );
                 } else if outcome.success {
                     let mut changes = vec![
                         Change::set("status", "done"),
@@ -714,13 +1123,24 @@ impl Factory {
                             .map(|c| format!(" (${c:.2})"))
                             .unwrap_or_default()
                     ));
+                    hooks::fire(
+                        &self.root,
+                        "on-done",
+                        json!({"task": agent.task, "agent": agent.id, "role": agent.role, "model": agent.model,
+                               "status": "done", "cost_usd": outcome.cost_usd, "result": summary,
+                               "log": agent.log, "workspace": agent.workspace}),
+                        self.config.hook_timeout,
+                    );
                 } else {
                     let reason = outcome.reason.clone().unwrap_or_else(|| "failed".into());
-                    match role {
-                        Some(role) => self.fail_attempt(w, i, &role, &reason)?,
-                        None => self.fail_attempt(w, i, &fallback_role(&agent.role), &reason)?,
-                    }
+                    self.fail_attempt(w, i, &role, &reason)?;
                 }
+            }
+        }
+        if let Some((builder, passed)) = builder_verdict {
+            if let Some(b) = reg.agents.get_mut(&builder) {
+                b.test_status = Some(if passed { "passed" } else { "failed" }.into());
+                b.tested_by = Some(agent.id.clone());
             }
         }
         let a = reg.agents.get_mut(&f.agent).expect("checked above");
@@ -741,6 +1161,170 @@ impl Factory {
             outcome.reason
         };
         a.max_rss_kb = f.max_rss_kb.or(a.max_rss_kb);
+        // The task's cost: every attempt and review, summed.
+        let total = reg.task_cost(&agent.task);
+        if total > 0.0 {
+            if let Some(i) = w.scan.position(&agent.task) {
+                w.rewrite(i, &[Change::set_raw("cost_usd", format!("{total:.4}"))])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A tester ended: PASS finishes the task, FAIL sends it back to the
+    /// builder with the findings under `## Review` (at most
+    /// `max_review_rounds` times), no verdict retries the tester.
+    /// Returns `(builder, passed)` when there was a verdict.
+    fn finish_review(
+        &mut self,
+        w: &mut Writer,
+        i: usize,
+        agent: &Agent,
+        role: &Role,
+        outcome: &Outcome,
+        timed_out: bool,
+    ) -> Result<Option<(String, bool)>> {
+        let t = &w.scan.tasks[i];
+        let builder = t.extra().builder.as_deref().unwrap_or("").to_string();
+        let exit_coded = matches!(agent.adapter.as_str(), "shell" | "command");
+        let verdict = if exit_coded && !timed_out {
+            let text = outcome.result.clone().unwrap_or_default();
+            Some((
+                outcome.success,
+                spawn::read_tail(&self.root.dir.join(log_path(&agent.id)), 4000)
+                    .trim()
+                    .to_string(),
+            ))
+            .map(|(p, log)| (p, if p { text } else { log }))
+        } else if outcome.success {
+            outcome.result.as_deref().and_then(verdict)
+        } else {
+            None
+        };
+        let id = t.id.to_string();
+        let Some((passed, findings)) = verdict else {
+            let reason = if outcome.success {
+                "the tester gave no `VERDICT: PASS` or `VERDICT: FAIL` line".to_string()
+            } else {
+                outcome
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "the tester failed".into())
+            };
+            self.review_error(w, i, role, &reason)?;
+            return Ok(None);
+        };
+        if passed {
+            w.set(
+                i,
+                &[
+                    Change::set("status", "done"),
+                    Change::set("completed", &format_timestamp(w.now)),
+                    Change::set("tested_by", &agent.id),
+                    Change::set("assigned", &builder),
+                    Change::remove("reason"),
+                ],
+                Status::Done,
+                &format!("passed review by {}", agent.id),
+            )?;
+            w.move_to_done(i)?;
+            self.stats.done += 1;
+            self.progress(format!(
+                "done {id}: {} passed the work of {builder}",
+                agent.id
+            ));
+            hooks::fire(
+                &self.root,
+                "on-done",
+                json!({"task": id, "agent": builder, "tested_by": agent.id, "status": "done"}),
+                self.config.hook_timeout,
+            );
+            return Ok(Some((builder, true)));
+        }
+        let rounds = t.extra().review_rounds + 1;
+        let section = format!(
+            "## Review (round {rounds}, {})\n\n{}",
+            agent.id,
+            findings.trim()
+        );
+        if rounds > self.config.max_review_rounds {
+            let reason = format!(
+                "failed review {rounds} times (max_review_rounds {})",
+                self.config.max_review_rounds
+            );
+            w.rewrite_appending(
+                i,
+                &[
+                    Change::set("status", "failed"),
+                    Change::set_raw("review_rounds", rounds.to_string()),
+                    Change::set("reason", &reason),
+                ],
+                Some(&section),
+            )?;
+            self.stats.failed += 1;
+            self.progress(format!("failed {id}: {reason}"));
+            hooks::fire(
+                &self.root,
+                "on-fail",
+                json!({"task": id, "agent": agent.id, "status": "failed", "reason": reason}),
+                self.config.hook_timeout,
+            );
+        } else {
+            w.rewrite_appending(
+                i,
+                &[
+                    Change::set("status", "ready"),
+                    Change::set_raw("review_rounds", rounds.to_string()),
+                    Change::set("reason", &format!("review {rounds} failed ({})", agent.id)),
+                    Change::remove("assigned"),
+                    Change::remove("started"),
+                    Change::remove("review_role"),
+                ],
+                Some(&section),
+            )?;
+            self.progress(format!(
+                "{id} failed review {rounds} by {}: back to its builder",
+                agent.id
+            ));
+        }
+        Ok(Some((builder, false)))
+    }
+
+    /// A tester run that gave no verdict: retried (it stays in review)
+    /// up to the tester role's retries, then the task fails.
+    fn review_error(&mut self, w: &mut Writer, i: usize, role: &Role, reason: &str) -> Result<()> {
+        let t = &w.scan.tasks[i];
+        let errors = t.extra().review_errors + 1;
+        let id = t.id.to_string();
+        if errors <= role.settings.retries {
+            w.set(
+                i,
+                &[
+                    Change::set_raw("review_errors", errors.to_string()),
+                    Change::set("reason", reason),
+                    Change::remove("assigned"),
+                ],
+                Status::Review,
+                "review retried",
+            )?;
+            self.progress(format!(
+                "review of {id} gave no verdict ({reason}); retrying the tester"
+            ));
+        } else {
+            let reason = format!("review could not be completed: {reason}");
+            w.set(
+                i,
+                &[
+                    Change::set("status", "failed"),
+                    Change::set_raw("review_errors", errors.to_string()),
+                    Change::set("reason", &reason),
+                ],
+                Status::Failed,
+                &reason,
+            )?;
+            self.stats.failed += 1;
+            self.progress(format!("failed {id}: {reason}"));
+        }
         Ok(())
     }
 
@@ -791,6 +1375,12 @@ impl Factory {
             )?;
             self.stats.failed += 1;
             self.progress(format!("failed {id} after {attempts} attempt(s): {reason}"));
+            hooks::fire(
+                &self.root,
+                "on-fail",
+                json!({"task": id, "role": role.name, "status": "failed", "attempts": attempts, "reason": reason}),
+                self.config.hook_timeout,
+            );
         }
         Ok(())
     }
@@ -1162,6 +1752,68 @@ fn build_prompt(root: &Root, w: &Writer, i: usize, body: &str, workspace: &Path)
     p
 }
 
+/// The tester's prompt: the task, the builder's result and where its work
+/// is, and how to answer.
+fn build_review_prompt(
+    root: &Root,
+    w: &Writer,
+    i: usize,
+    body: &str,
+    builder: &str,
+    record: Option<&Agent>,
+    workspace: &Path,
+) -> String {
+    let t = &w.scan.tasks[i];
+    let mut p = String::new();
+    let _ = writeln!(p, "# Review {}: {}\n", t.id, store::display_title(root, t));
+    p.push_str("Check the work a builder agent did for this task. The task:\n\n");
+    for line in body.trim().lines() {
+        let _ = writeln!(p, "> {line}");
+    }
+    let _ = writeln!(p, "\n# The builder's result ({builder})\n");
+    match std::fs::read_to_string(root.dir.join(result_path(&t.id))) {
+        Ok(text) => p.push_str(text.trim()),
+        Err(_) => p.push_str(
+            record
+                .and_then(|a| a.result.as_deref())
+                .unwrap_or("(no result text)"),
+        ),
+    }
+    let _ = writeln!(
+        p,
+        "\n\nThe builder worked in {} (your working directory): inspect and test the files there.\n\n\
+         End your final message with exactly one line `VERDICT: PASS` or `VERDICT: FAIL`, then your findings.",
+        workspace.display()
+    );
+    p
+}
+
+/// The tester's verdict in a result text: the last `VERDICT: PASS|FAIL`
+/// line, and for FAIL the findings after it (or the whole text).
+fn verdict(text: &str) -> Option<(bool, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (k, pass) = lines.iter().enumerate().rev().find_map(|(k, l)| {
+        let u = l
+            .trim()
+            .trim_matches(|c| c == '*' || c == '`')
+            .to_ascii_uppercase();
+        if u.starts_with("VERDICT: PASS") || u.starts_with("VERDICT:PASS") {
+            Some((k, true))
+        } else if u.starts_with("VERDICT: FAIL") || u.starts_with("VERDICT:FAIL") {
+            Some((k, false))
+        } else {
+            None
+        }
+    })?;
+    let after = lines[k + 1..].join("\n").trim().to_string();
+    let findings = if after.is_empty() {
+        text.trim().to_string()
+    } else {
+        after
+    };
+    Some((pass, findings))
+}
+
 /// One line of the plan `taskq run --dry-run` prints.
 #[derive(Debug, Serialize)]
 pub struct PlanItem {
@@ -1192,6 +1844,7 @@ pub fn plan(root: &Root, now: Timestamp) -> Result<(Vec<PlanItem>, Config)> {
     let scan = store::scan(root);
     let reg = Registry::load(root)?;
     let queue = Queue::new(&scan, now);
+    let spent = reg.spent_today(now);
     let mut per_role: HashMap<String, usize> = HashMap::new();
     let mut running = 0;
     for a in reg.live() {
@@ -1239,9 +1892,26 @@ pub fn plan(root: &Root, now: Timestamp) -> Result<(Vec<PlanItem>, Config)> {
                         role.name, role.settings.max_concurrent
                     ));
                 } else {
-                    item.action = "spawn";
-                    *used += 1;
-                    running += 1;
+                    match gate(root, &config, t, role, item.model.as_deref(), &reg, spent) {
+                        Gate::Go => {
+                            item.action = "spawn";
+                            *used += 1;
+                            running += 1;
+                        }
+                        Gate::Wait(why) | Gate::Pause(why) => item.why = Some(why),
+                        Gate::Act(GateAction::Fail(why)) => {
+                            item.why = Some(format!("will fail: {why}"))
+                        }
+                        Gate::Act(GateAction::Cancel(why)) => {
+                            item.why = Some(format!("will be cancelled: {why}"))
+                        }
+                        Gate::Act(GateAction::RequestApproval { .. }) => {
+                            item.why = Some(format!(
+                                "needs approval: the factory will write approvals/pending/{}.md",
+                                t.id
+                            ))
+                        }
+                    }
                 }
             }
         }

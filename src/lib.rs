@@ -6,6 +6,7 @@
 //! I/O at the edges ([`store`], [`fsutil`], [`lock`]).
 
 pub mod agent;
+pub mod approval;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod factory;
 pub mod frontmatter;
 pub mod fsutil;
 pub mod graph;
+pub mod hooks;
 pub mod lock;
 pub mod logging;
 pub mod output;

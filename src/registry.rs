@@ -144,6 +144,12 @@ pub struct Agent {
     /// Peak resident memory in KiB, where measured.
     #[serde(default)]
     pub max_rss_kb: Option<u64>,
+    /// For a builder under review: `passed` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_status: Option<String>,
+    /// For a builder under review: the tester agent that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tested_by: Option<String>,
     /// `--cancel` given to `taskq stop`: cancel the task instead of
     /// returning it to ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -227,6 +233,52 @@ impl Registry {
         self.agents.values().filter(|a| a.status.is_live())
     }
 
+    /// Spend recorded on the local day of `now`.
+    pub fn spent_today(&self, now: Timestamp) -> f64 {
+        let today = now.with_timezone(&chrono::Local).date_naive();
+        self.agents
+            .values()
+            .filter(|a| {
+                a.completed
+                    .unwrap_or(a.spawned)
+                    .with_timezone(&chrono::Local)
+                    .date_naive()
+                    == today
+            })
+            .filter_map(|a| a.cost_usd)
+            .sum()
+    }
+
+    /// The median cost of past runs of `role` with `model` (the cost
+    /// forecast of the next one), if any ran.
+    pub fn median_cost(&self, role: &str, model: Option<&str>) -> Option<f64> {
+        let mut costs: Vec<f64> = self
+            .agents
+            .values()
+            .filter(|a| a.role == role && a.model.as_deref() == model && !a.status.is_live())
+            .filter_map(|a| a.cost_usd)
+            .collect();
+        if costs.is_empty() {
+            return None;
+        }
+        costs.sort_by(f64::total_cmp);
+        let n = costs.len();
+        Some(if n % 2 == 1 {
+            costs[n / 2]
+        } else {
+            (costs[n / 2 - 1] + costs[n / 2]) / 2.0
+        })
+    }
+
+    /// Total cost of every agent that worked on `task`.
+    pub fn task_cost(&self, task: &str) -> f64 {
+        self.agents
+            .values()
+            .filter(|a| a.task == task)
+            .filter_map(|a| a.cost_usd)
+            .sum()
+    }
+
     /// Moves finished agents that completed before `cutoff` to
     /// `history/YYYY-MM.jsonl`. Returns how many moved.
     pub fn rotate(&mut self, root: &Root, cutoff: Timestamp) -> Result<usize> {
@@ -298,6 +350,8 @@ mod tests {
             workspace: None,
             log: None,
             max_rss_kb: None,
+            test_status: None,
+            tested_by: None,
             cancel_task: false,
         }
     }

@@ -650,6 +650,17 @@ impl Writer {
     /// Rewrites task `i`'s file with `changes` (atomically) and reloads it.
     /// Refuses, changing nothing, if the result would not parse back.
     pub fn rewrite(&mut self, i: usize, changes: &[Change]) -> Result<()> {
+        self.rewrite_appending(i, changes, None)
+    }
+
+    /// Like [`Writer::rewrite`], also appending `text` to the body (after a
+    /// blank line) in the same atomic write.
+    pub fn rewrite_appending(
+        &mut self,
+        i: usize,
+        changes: &[Change],
+        append: Option<&str>,
+    ) -> Result<()> {
         let (folder, rel) = {
             let t = &self.scan.tasks[i];
             (t.folder, t.rel.to_string())
@@ -657,7 +668,7 @@ impl Writer {
         let path = self.root.folder(folder).join(&rel);
         let shown = self.root.rel_path(folder, &rel);
         let old = fsutil::read(&path)?;
-        let new = frontmatter::edit(&old, changes).map_err(|e| {
+        let mut new = frontmatter::edit(&old, changes).map_err(|e| {
             Error::from(Problem::new(
                 &shown,
                 match e {
@@ -668,6 +679,17 @@ impl Writer {
                 },
             ))
         })?;
+        if let Some(text) = append {
+            while new.ends_with(b"\n\n") {
+                new.pop();
+            }
+            if !new.ends_with(b"\n") {
+                new.push(b'\n');
+            }
+            new.push(b'\n');
+            new.extend_from_slice(text.trim_end().as_bytes());
+            new.push(b'\n');
+        }
         let layout = frontmatter::split(&new, true).expect("complete");
         let mut problems = Vec::new();
         let Some(task) = task_from_bytes(&new, layout, folder, &rel, &shown, &mut problems) else {

@@ -158,6 +158,14 @@ pub struct Extra {
     pub reason: Option<Box<str>>,
     /// `result_file:` the agent's full final message.
     pub result_file: Option<Box<str>>,
+    /// `review_role:` the role that reviews the work (set by the factory).
+    pub review_role: Option<Box<str>>,
+    /// `builder:` the agent whose work is under review.
+    pub builder: Option<Box<str>>,
+    /// `review_rounds:` times a tester sent the task back.
+    pub review_rounds: u32,
+    /// `review_errors:` tester runs that gave no verdict.
+    pub review_errors: u32,
     /// `retries:` allowed.
     pub retries: Option<u32>,
     /// `started:` when claimed.
@@ -230,6 +238,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "result",
     "reason",
     "result_file",
+    "review_role",
+    "builder",
+    "review_rounds",
+    "review_errors",
+    "tested_by",
+    "cost_usd",
     "lease_expires",
     "retry_after",
 ];
@@ -245,6 +259,10 @@ impl Task {
             result: None,
             reason: None,
             result_file: None,
+            review_role: None,
+            builder: None,
+            review_rounds: 0,
+            review_errors: 0,
             retries: None,
             started: None,
             completed: None,
@@ -437,7 +455,7 @@ impl Task {
                     }
                 },
                 "assigned" | "role" | "model" | "approval" | "parent" | "timeout" | "result"
-                | "reason" | "result_file" => {
+                | "reason" | "result_file" | "review_role" | "builder" => {
                     let v = match &field.value {
                         Value::Null => None,
                         Value::Scalar(s) if s.trim().is_empty() => None,
@@ -462,16 +480,26 @@ impl Task {
                                 "timeout" => &mut extra.timeout,
                                 "result" => &mut extra.result,
                                 "result_file" => &mut extra.result_file,
+                                "review_role" => &mut extra.review_role,
+                                "builder" => &mut extra.builder,
                                 _ => &mut extra.reason,
                             };
                             *slot = v;
                         }
                     }
                 }
-                "attempts" | "retries" => match &field.value {
+                "attempts" | "retries" | "review_rounds" | "review_errors" => match &field.value {
                     Value::Null => {}
                     Value::Scalar(s) => match s.trim().parse::<u32>() {
                         Ok(n) if key == "attempts" => task.attempts = n,
+                        Ok(n) if key == "review_rounds" => {
+                            extra.review_rounds = n;
+                            has_extra = true;
+                        }
+                        Ok(n) if key == "review_errors" => {
+                            extra.review_errors = n;
+                            has_extra = true;
+                        }
                         Ok(n) => {
                             extra.retries = Some(n);
                             has_extra = true;

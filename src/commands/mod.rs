@@ -3,6 +3,7 @@
 //! live here too.
 
 pub mod add;
+pub mod approval;
 pub mod check;
 pub mod deps;
 pub mod graph;
@@ -14,6 +15,7 @@ pub mod show;
 pub mod status;
 pub mod stop;
 pub mod transition;
+pub mod why;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -67,6 +69,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Stop(args) => stop::run(&ctx, args),
+        Command::Approve(args) => approval::approve(&ctx, args),
+        Command::Reject(args) => approval::reject(&ctx, args),
+        Command::Approval(cmd) => approval::approval(&ctx, cmd),
+        Command::Why(args) => why::run(&ctx, args),
     };
     // Paths in problems are relative to the root: show them from here.
     result.map_err(|err| match err {

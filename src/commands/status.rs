@@ -129,6 +129,24 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         "spend: today ${:.2}, this week ${:.2}",
         spend.today_usd, spend.week_usd
     );
+    if let Some(cap) = crate::config::Config::load(&ctx.root)
+        .ok()
+        .and_then(|c| c.daily_cost_cap_usd)
+    {
+        if spend.today_usd >= cap {
+            let _ = writeln!(
+                out,
+                "paused: daily cost cap reached (${:.2} of ${cap:.2}); no new agents until local midnight",
+                spend.today_usd
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "daily cost cap: ${cap:.2} (${:.2} left today)",
+                cap - spend.today_usd
+            );
+        }
+    }
     if !spend.by_role.is_empty() {
         let roles: Vec<String> = spend
             .by_role

@@ -1,0 +1,277 @@
+//! Human gates as files: `approvals/pending/`, `approved/`, `rejected/`.
+//!
+//! A task that needs approval gets `approvals/pending/<TASK-ID>.md`, written
+//! once by the factory; a person approves by moving it to `approved/` (by
+//! hand, `git mv`, or `taskq approve`) and rejects by moving it to
+//! `rejected/` (or `taskq reject --reason`). An agent can gate one action
+//! of its own with `taskq approval request` / `taskq approval wait`.
+//! Approval files are never deleted: they are the record of who allowed
+//! what.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::frontmatter::{self, yaml_str, Change, Layout, Value};
+use crate::fsutil;
+use crate::role::Role;
+use crate::store::Root;
+use crate::task::{format_timestamp, Task, Timestamp};
+
+/// Where a gate stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No approval file yet.
+    Missing,
+    /// Waiting for a person: `approvals/pending/<name>.md`.
+    Pending(PathBuf),
+    /// Approved.
+    Approved(PathBuf),
+    /// Rejected, with the reason given (if any).
+    Rejected(PathBuf, Option<String>),
+}
+
+/// The three folders, in the order a decision is looked up (a decision
+/// wins over a pending request).
+const STATES: [&str; 3] = ["rejected", "approved", "pending"];
+
+/// True when a task may not run without a person's approval: its
+/// `approval: required`, its role's, or one of its tags in the config's
+/// `approval_tags`.
+pub fn needs_approval(task: &Task, role: Option<&Role>, config: &Config) -> bool {
+    let required =
+        |v: Option<&str>| v.is_some_and(|a| matches!(a.trim(), "required" | "yes" | "true"));
+    required(task.extra().approval.as_deref())
+        || role.is_some_and(|r| required(r.settings.approval.as_deref()))
+        || task
+            .tags
+            .iter()
+            .any(|t| config.approval_tags.iter().any(|a| **t == **a))
+}
+
+/// The state of the gate named `name` (`TASK-006` for a task's gate).
+pub fn decision(root: &Root, name: &str) -> Decision {
+    for state in STATES {
+        let path = root.approvals(state).join(format!("{name}.md"));
+        if path.is_file() {
+            return match state {
+                "rejected" => {
+                    let reason = read_field(&path, "reason");
+                    Decision::Rejected(path, reason)
+                }
+                "approved" => Decision::Approved(path),
+                _ => Decision::Pending(path),
+            };
+        }
+    }
+    Decision::Missing
+}
+
+/// Writes `approvals/pending/<TASK-ID>.md` for a task, once (never
+/// replacing a file). Returns its path.
+pub fn request_task(
+    root: &Root,
+    task: &Task,
+    title: &str,
+    role: &str,
+    model: Option<&str>,
+    prompt: &str,
+    now: Timestamp,
+) -> Result<PathBuf> {
+    let path = root.approvals("pending").join(format!("{}.md", task.id));
+    let mut text = format!(
+        "---\ntask: {}\nrole: {}\nmodel: {}\nrequested: {}\n---\n# Approve {}: {}\n\n\
+         Move this file to approvals/approved/ to let the agent run (or run \
+         `taskq approve {}`); move it to approvals/rejected/ to cancel the task \
+         (`taskq reject {} --reason ...`).\n\nThe agent will be asked:\n\n",
+        task.id,
+        yaml_str(role),
+        model.map_or_else(|| "~".to_string(), yaml_str),
+        format_timestamp(now),
+        task.id,
+        title,
+        task.id,
+        task.id
+    );
+    for line in prompt.lines() {
+        text.push_str("> ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    fsutil::create_new_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Writes a pending request for one action of a running agent; returns
+/// its path (`approvals/pending/<TASK-ID>-<n>.md`).
+pub fn request_action(
+    root: &Root,
+    task: &str,
+    agent: Option<&str>,
+    text: &str,
+    now: Timestamp,
+) -> Result<PathBuf> {
+    let dir = root.approvals("pending");
+    let body = format!(
+        "---\ntask: {task}\nagent: {}\nrequested: {}\n---\n{}\n",
+        agent.map_or_else(|| "~".to_string(), yaml_str),
+        format_timestamp(now),
+        text.trim()
+    );
+    for n in 1.. {
+        let name = format!("{task}-{n}");
+        if STATES
+            .iter()
+            .any(|s| root.approvals(s).join(format!("{name}.md")).exists())
+        {
+            continue;
+        }
+        let path = dir.join(format!("{name}.md"));
+        if fsutil::create_new_atomic(&path, body.as_bytes())? {
+            return Ok(path);
+        }
+    }
+    unreachable!("an unbounded range always yields a free name")
+}
+
+/// Moves a pending file to `approved/` or `rejected/`, recording who and
+/// when (and why, for a rejection) in its frontmatter. `what` is a gate
+/// name (`TASK-006`, `TASK-006-1`) or a path to the pending file.
+pub fn decide(
+    root: &Root,
+    what: &str,
+    approve: bool,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Result<PathBuf> {
+    let pending = locate_pending(root, what)?;
+    let name = pending.file_name().expect("a file").to_owned();
+    let to = root
+        .approvals(if approve { "approved" } else { "rejected" })
+        .join(&name);
+    if to.exists() {
+        return Err(Error::conflict(format!("{} already exists", to.display())));
+    }
+    fsutil::rename(&pending, &to)?;
+    let by = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let mut changes = vec![
+        Change::set(
+            if approve { "approved" } else { "rejected" },
+            &format_timestamp(now),
+        ),
+        Change::set("by", &by),
+    ];
+    if let Some(r) = reason {
+        changes.push(Change::set("reason", r));
+    }
+    let old = fsutil::read(&to)?;
+    if let Ok(new) = frontmatter::edit(&old, &changes) {
+        fsutil::write_atomic(&to, &new)?;
+    }
+    Ok(to)
+}
+
+fn locate_pending(root: &Root, what: &str) -> Result<PathBuf> {
+    let as_path = Path::new(what);
+    if as_path.is_file() {
+        let dir = as_path.parent().and_then(|p| p.file_name());
+        if dir.is_some_and(|d| d == "pending") {
+            return Ok(as_path.to_path_buf());
+        }
+        return Err(Error::conflict(format!(
+            "{what} is not in approvals/pending/ (already decided?)"
+        )));
+    }
+    let name = what.trim_end_matches(".md");
+    match decision(root, name) {
+        Decision::Pending(p) => Ok(p),
+        Decision::Approved(p) => Err(Error::conflict(format!(
+            "{} is already approved",
+            p.display()
+        ))),
+        Decision::Rejected(p, _) => Err(Error::conflict(format!(
+            "{} is already rejected",
+            p.display()
+        ))),
+        Decision::Missing => Err(Error::usage_hint(
+            format!("no pending approval `{name}`"),
+            "the pending requests are the files in approvals/pending/",
+        )),
+    }
+}
+
+/// Waits until the request at `path` is approved (`Ok(0)`), rejected
+/// (`Ok(1)`) or `timeout` passes (`Ok(3)`), checking every 200 ms.
+pub fn wait(root: &Root, path: &Path, timeout: Option<Duration>) -> Result<u8> {
+    let name = path
+        .file_stem()
+        .ok_or_else(|| Error::usage(format!("`{}` is not an approval file", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    if matches!(decision(root, &name), Decision::Missing) {
+        return Err(Error::usage_hint(
+            format!("no approval request `{name}`"),
+            "`taskq approval request` prints the file to wait for",
+        ));
+    }
+    let start = Instant::now();
+    loop {
+        match decision(root, &name) {
+            Decision::Approved(_) => return Ok(0),
+            Decision::Rejected(..) => return Ok(1),
+            _ => {}
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Ok(3);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A scalar field of an approval file's frontmatter.
+pub fn read_field(path: &Path, key: &str) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let Some(Layout::Header { start, end, .. }) = frontmatter::split(&bytes, true) else {
+        return None;
+    };
+    let header = std::str::from_utf8(&bytes[start..end]).ok()?;
+    frontmatter::parse(header)
+        .ok()?
+        .into_iter()
+        .find(|f| f.key == key)
+        .and_then(|f| match f.value {
+            Value::Scalar(s) => Some(s.into_owned()),
+            _ => None,
+        })
+}
+
+/// Every decided file naming a task that does not exist or is already
+/// done: `(path, why)`, for warnings.
+pub fn stray(root: &Root, exists: impl Fn(&str) -> Option<bool>) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.approvals("approved")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".md") || name.eq_ignore_ascii_case("README.md") || name.starts_with('.')
+        {
+            continue;
+        }
+        let task =
+            read_field(&path, "task").unwrap_or_else(|| name.trim_end_matches(".md").to_string());
+        match exists(&task) {
+            None => out.push((
+                path,
+                format!("names no known task `{task}`; it starts nothing"),
+            )),
+            Some(true) if name.trim_end_matches(".md") == task => {
+                out.push((path, format!("`{task}` is already done; it starts nothing")))
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! `taskq approve`, `taskq reject`, `taskq approval request|wait`: the
+//! human gates, as file moves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::approval;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::frontmatter::Change;
+use crate::lock::LockGuard;
+use crate::store::{self, Writer};
+use crate::task::Status;
+
+use super::report;
+
+/// `taskq approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The task id (its gate `approvals/pending/TASK-006.md`), a request's
+    /// name (`TASK-006-1`) or the pending file's path.
+    pub what: String,
+}
+
+/// `taskq reject`.
+#[derive(Debug, clap::Args)]
+pub struct RejectArgs {
+    /// As for `approve`.
+    pub what: String,
+    /// Why (recorded in the approval file, and on the task it cancels).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `taskq approval`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ApprovalCommand {
+    /// Ask a person to approve one action; prints the pending file's path.
+    ///
+    /// For agents: `f=$(taskq approval request --task "$TASKQ_TASK_ID" "Post
+    /// the release note")`, then `taskq approval wait "$f"`.
+    Request {
+        /// The task the action belongs to.
+        #[arg(long, env = "TASKQ_TASK_ID")]
+        task: String,
+        /// What the agent wants to do, and why.
+        text: String,
+    },
+    /// Wait until a request is approved (exit 0), rejected (exit 1) or the
+    /// timeout passes (exit 3).
+    Wait {
+        /// The file `approval request` printed.
+        file: PathBuf,
+        /// Give up after this long (`30s`, `1h`); default: wait forever.
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+}
+
+/// Runs `taskq approve`.
+pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
+    let _lock = LockGuard::acquire(&ctx.root.queue_lock(), store::lock_timeout())?;
+    let path = approval::decide(&ctx.root, &args.what, true, None, ctx.now)?;
+    let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
+    ctx.out.note(format!("approved: {}", shown.display()));
+    if ctx.out.json {
+        ctx.out.json(&serde_json::json!({"approved": shown}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `taskq reject`: moves the file, and cancels the task its gate is
+/// for (a task gate, not an action request) with the reason.
+pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
+    let mut writer = Writer::open(&ctx.root)?;
+    let path = approval::decide(
+        &ctx.root,
+        &args.what,
+        false,
+        args.reason.as_deref(),
+        writer.now,
+    )?;
+    let gate = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(i) = writer.scan.position(&gate) {
+        let t = &writer.scan.tasks[i];
+        if !t.status.is_closed() && t.folder == crate::task::Folder::Todo {
+            let reason = format!(
+                "approval rejected{}",
+                args.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            writer.set(
+                i,
+                &[
+                    Change::set("status", "cancelled"),
+                    Change::set("reason", &reason),
+                ],
+                Status::Cancelled,
+                &reason,
+            )?;
+        }
+    }
+    let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
+    ctx.out.note(format!("rejected: {}", shown.display()));
+    report(ctx, &writer);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `taskq approval request|wait`.
+pub fn approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<ExitCode> {
+    match cmd {
+        ApprovalCommand::Request { task, text } => {
+            if text.trim().is_empty() {
+                return Err(Error::usage("say what needs approval"));
+            }
+            let scan = store::scan(&ctx.root);
+            let i = scan.resolve(&task)?;
+            let id = scan.tasks[i].id.to_string();
+            let agent = std::env::var("TASKQ_AGENT_ID").ok();
+            let _lock = LockGuard::acquire(&ctx.root.queue_lock(), store::lock_timeout())?;
+            let path = approval::request_action(&ctx.root, &id, agent.as_deref(), &text, ctx.now)?;
+            let abs = std::fs::canonicalize(&path).unwrap_or(path);
+            crate::hooks::fire(
+                &ctx.root,
+                "on-approval-pending",
+                serde_json::json!({"task": id, "agent": agent, "status": "pending", "file": abs, "text": text}),
+                crate::config::Config::load(&ctx.root).map(|c| c.hook_timeout).unwrap_or_default(),
+            )
+            .map(|h| h.join());
+            ctx.out.line(abs.display().to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ApprovalCommand::Wait { file, timeout } => {
+            let timeout = timeout
+                .as_deref()
+                .map(|t| {
+                    crate::duration::parse(t).map_err(|e| Error::usage(format!("--timeout: {e}")))
+                })
+                .transpose()?;
+            let code = approval::wait(&ctx.root, &file, timeout)?;
+            let what = match code {
+                0 => "approved",
+                1 => "rejected",
+                _ => "timed out waiting for approval",
+            };
+            ctx.out.note(format!("{}: {what}", file.display()));
+            Ok(ExitCode::from(code))
+        }
+    }
+}
