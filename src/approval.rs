@@ -246,9 +246,14 @@ pub fn read_field(path: &Path, key: &str) -> Option<String> {
         })
 }
 
-/// Every decided file naming a task that does not exist or is already
-/// done: `(path, why)`, for warnings.
-pub fn stray(root: &Root, exists: impl Fn(&str) -> Option<bool>) -> Vec<(PathBuf, String)> {
+/// Every file in `approved/` that names a task that does not exist, or
+/// that was moved there after its task had already finished: `(path,
+/// why)`, for warnings. `task(id)` gives `None` for an unknown task, else
+/// the time it finished (`Some(None)` while it is open).
+pub fn stray(
+    root: &Root,
+    task: impl Fn(&str) -> Option<Option<Timestamp>>,
+) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(root.approvals("approved")) else {
         return out;
@@ -260,17 +265,25 @@ pub fn stray(root: &Root, exists: impl Fn(&str) -> Option<bool>) -> Vec<(PathBuf
         {
             continue;
         }
-        let task =
+        let id =
             read_field(&path, "task").unwrap_or_else(|| name.trim_end_matches(".md").to_string());
-        match exists(&task) {
+        match task(&id) {
             None => out.push((
                 path,
-                format!("names no known task `{task}`; it starts nothing"),
+                format!("names no known task `{id}`; it starts nothing"),
             )),
-            Some(true) if name.trim_end_matches(".md") == task => {
-                out.push((path, format!("`{task}` is already done; it starts nothing")))
+            Some(Some(finished)) => {
+                // A rename sets ctime: the file came after the task ended.
+                use std::os::unix::fs::MetadataExt;
+                let moved = e.metadata().ok().map(|m| m.ctime());
+                if moved.is_some_and(|c| c > finished.timestamp()) {
+                    out.push((
+                        path,
+                        format!("`{id}` is already finished; it starts nothing"),
+                    ));
+                }
             }
-            _ => {}
+            Some(None) => {}
         }
     }
     out

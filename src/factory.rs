@@ -230,6 +230,8 @@ struct Factory {
     last_spawn: Option<Instant>,
     /// Wake up for the next staggered start.
     stagger_wake: Option<Instant>,
+    /// Approval files already warned about (stray ones).
+    warned: std::collections::HashSet<PathBuf>,
     stats: Stats,
     rng: u64,
 }
@@ -265,6 +267,7 @@ impl Factory {
             paused: None,
             last_spawn: None,
             stagger_wake: None,
+            warned: std::collections::HashSet::new(),
             stats: Stats::default(),
             rng: seed | 1,
         }
@@ -380,6 +383,25 @@ impl Factory {
             dirty = true;
         }
         self.reload_roles();
+        let strays = approval::stray(&self.root, |task| {
+            w.scan.get(task).map(|t| {
+                (t.folder == Folder::Done || t.status.is_closed()).then(|| {
+                    t.extra()
+                        .completed
+                        .unwrap_or(w.now - chrono::Duration::days(36500))
+                })
+            })
+        });
+        for (path, why) in strays {
+            if self.warned.insert(path.clone()) {
+                let shown = path
+                    .strip_prefix(&self.root.dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                self.progress(format!("warning: {shown} {why}"));
+            }
+        }
         if !self.shutting_down {
             dirty |= self.spawn_ready(&mut w, &mut reg)?;
         }

@@ -8,4 +8,5 @@ mod claim;
 mod cli;
 mod edits;
 mod factory;
+mod gates;
 mod properties;
