@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, approval, check, deps, graph, init, list, next, run, show, status, stop, transition, why,
+    add, approval, check, deps, graph, init, list, log, next, run, show, status, stop, transition,
+    why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -113,6 +114,9 @@ pub enum Command {
     Approval(approval::ApprovalCommand),
     /// Explain in a line or two why a task is or is not running.
     Why(why::Args),
+    /// A task's history from git (following its move to done/), or an
+    /// agent's with `--agent`, as a compact timeline.
+    Log(log::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

@@ -51,6 +51,17 @@ pub struct Config {
     /// Hooks (agents/hooks/<event>) are killed after this long.
     #[serde(with = "dur")]
     pub hook_timeout: Duration,
+    /// Git: the audit trail.
+    pub git: GitConfig,
+}
+
+/// `git:` settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Commit every transition (default: on when the root is in a git work
+    /// tree).
+    pub autocommit: Option<bool>,
 }
 
 /// A model's list price per million tokens.
@@ -80,6 +91,7 @@ impl Default for Config {
             spawn_stagger: Duration::ZERO,
             max_review_rounds: 2,
             hook_timeout: Duration::from_secs(10),
+            git: GitConfig::default(),
         }
     }
 }

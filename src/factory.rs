@@ -408,6 +408,8 @@ impl Factory {
         if dirty {
             reg.max_concurrent = self.config.max_concurrent;
             reg.save(&self.root, w.now)?;
+            // Registry changes go in the same commit as their task changes.
+            w.touch(Registry::path(&self.root));
         }
         for t in &w.transitions {
             if t.from.is_none() {
@@ -646,6 +648,7 @@ impl Factory {
             spawns.push((agent_id, p, workspace, session, resume.is_some()));
         }
         reg.save(&self.root, w.now)?;
+        w.touch(Registry::path(&self.root));
         // 2. Mark the tasks, 3. start the children, 4. record pids.
         for (agent_id, p, workspace, session, resuming) in spawns {
             let i = w.scan.position(&p.task).expect("still in the scan");
@@ -677,6 +680,7 @@ impl Factory {
                     &note,
                 )?;
             }
+            tag_last(w, &agent_id, None);
             let review = p
                 .review_of
                 .as_deref()
@@ -822,6 +826,14 @@ impl Factory {
                     &prompt,
                     w.now,
                 )?;
+                w.touch(path.clone());
+                w.notes.push(crate::git::Entry {
+                    line: format!(
+                        "{task} needs approval ({})",
+                        path.strip_prefix(&self.root.dir).unwrap_or(&path).display()
+                    ),
+                    trailers: vec![("Task".into(), task.to_string())],
+                });
                 let shown = path
                     .strip_prefix(&self.root.dir)
                     .unwrap_or(&path)
@@ -1029,9 +1041,11 @@ impl Factory {
             if let Some(text) = &outcome.result {
                 let path = self.root.dir.join(result_path(&agent.task));
                 fsutil::write_atomic(&path, text.as_bytes())?;
+                w.touch(path);
             }
         }
         // The task, if it is still this agent's.
+        let transitions_before = w.transitions.len();
         let mut builder_verdict = None;
         if let Some(i) = w.scan.position(&agent.task) {
             let t = &w.scan.tasks[i];
@@ -1157,6 +1171,12 @@ impl Factory {
                     let reason = outcome.reason.clone().unwrap_or_else(|| "failed".into());
                     self.fail_attempt(w, i, &role, &reason)?;
                 }
+            }
+        }
+        for t in w.transitions[transitions_before..].iter_mut() {
+            t.agent.get_or_insert_with(|| agent.id.clone());
+            if t.cost.is_none() {
+                t.cost = outcome.cost_usd;
             }
         }
         if let Some((builder, passed)) = builder_verdict {
@@ -1633,6 +1653,15 @@ async fn wait_exit(
             }
             spawn::read_exit_file(exit_file)
         }
+    }
+}
+
+/// Names the agent (and cost) of the writer's last transition, for the
+/// commit's trailers.
+fn tag_last(w: &mut Writer, agent: &str, cost: Option<f64>) {
+    if let Some(t) = w.transitions.last_mut() {
+        t.agent = Some(agent.to_string());
+        t.cost = cost;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod factory;
 pub mod frontmatter;
 pub mod fsutil;
+pub mod git;
 pub mod graph;
 pub mod hooks;
 pub mod lock;

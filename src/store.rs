@@ -509,7 +509,7 @@ pub fn now() -> Timestamp {
 
 /// A transition made by a writing command (for messages and, later, the
 /// git trail).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// The task.
     pub id: String,
@@ -519,6 +519,35 @@ pub struct Transition {
     pub to: Status,
     /// What happened, in a few words (`claimed by BLD-001`, `lease expired`).
     pub note: String,
+    /// The agent involved, for the `Agent:` trailer.
+    pub agent: Option<String>,
+    /// The cost recorded, for the `Cost-USD:` trailer.
+    pub cost: Option<f64>,
+}
+
+impl Transition {
+    /// The commit-message line and trailers of this transition.
+    pub fn entry(&self) -> crate::git::Entry {
+        let from = self
+            .from
+            .map_or_else(|| "new".to_string(), |s| s.to_string());
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.note)
+        };
+        let mut trailers = vec![("Task".to_string(), self.id.clone())];
+        if let Some(a) = &self.agent {
+            trailers.push(("Agent".into(), a.clone()));
+        }
+        if let Some(c) = self.cost {
+            trailers.push(("Cost-USD".into(), format!("{c:.4}")));
+        }
+        crate::git::Entry {
+            line: format!("{} {from} → {}{note}", self.id, self.to),
+            trailers,
+        }
+    }
 }
 
 /// The queue, locked for writing. Dropping it releases the lock.
@@ -531,7 +560,54 @@ pub struct Writer {
     pub now: Timestamp,
     /// Every transition made so far.
     pub transitions: Vec<Transition>,
+    /// Other things to say in the commit (approvals moved, ...).
+    pub notes: Vec<crate::git::Entry>,
+    /// Every file this writer changed (committed when it is dropped).
+    pub changed: std::collections::BTreeSet<PathBuf>,
+    git: Option<crate::git::Git>,
     _lock: LockGuard,
+}
+
+impl Drop for Writer {
+    /// Commits what this writer changed, under the lock (when the root is
+    /// in a git work tree and `git.autocommit` is not off). A git failure
+    /// is a warning: the state is already safe in the files.
+    fn drop(&mut self) {
+        let Some(git) = &self.git else {
+            return;
+        };
+        if self.changed.is_empty() {
+            return;
+        }
+        let mut entries: Vec<crate::git::Entry> =
+            self.transitions.iter().map(Transition::entry).collect();
+        entries.extend(self.notes.iter().cloned());
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = git.commit(&self.changed, &entries) {
+            tracing::warn!("git commit: {e}");
+        }
+    }
+}
+
+/// The git work tree of a root, when autocommit applies (detected once per
+/// process and root).
+fn git_for(root: &Root) -> Option<crate::git::Git> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<crate::git::Git>>>> = OnceLock::new();
+    let config = crate::config::Config::load(root).unwrap_or_default();
+    if config.git.autocommit == Some(false) {
+        return None;
+    }
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache
+        .entry(root.dir.clone())
+        .or_insert_with(|| crate::git::Git::detect(&root.dir))
+        .clone()
 }
 
 impl Writer {
@@ -545,6 +621,9 @@ impl Writer {
             scan,
             now: now(),
             transitions: Vec::new(),
+            notes: Vec::new(),
+            changed: std::collections::BTreeSet::new(),
+            git: git_for(root),
             _lock: lock,
         };
         writer.repair()?;
@@ -574,6 +653,8 @@ impl Writer {
                 from: None,
                 to: status,
                 note: format!("adopted {}", self.scan.tasks[i].rel),
+                agent: None,
+                cost: None,
             });
         }
         // Expired leases go back to ready.
@@ -614,6 +695,12 @@ impl Writer {
         Ok(())
     }
 
+    /// Records a file changed outside the task files (registry, result,
+    /// approval), so it goes into this writer's commit.
+    pub fn touch(&mut self, path: impl Into<PathBuf>) {
+        self.changed.insert(path.into());
+    }
+
     /// Allocates the next task id: one more than the largest ever used.
     pub fn allocate_id(&mut self) -> Result<String> {
         let path = self.root.last_id_file();
@@ -631,6 +718,7 @@ impl Writer {
             .unwrap_or(0);
         let next = stored.max(seen) + 1;
         fsutil::write_atomic(&path, format!("{next}\n").as_bytes())?;
+        self.changed.insert(path);
         Ok(task::format_id(next))
     }
 
@@ -643,6 +731,8 @@ impl Writer {
             from: Some(from),
             to,
             note: note.to_string(),
+            agent: None,
+            cost: None,
         });
         Ok(())
     }
@@ -702,6 +792,7 @@ impl Writer {
             )));
         };
         fsutil::write_atomic(&path, &new)?;
+        self.changed.insert(path);
         self.scan.tasks[i] = task;
         self.scan.reindex();
         Ok(())
@@ -726,6 +817,8 @@ impl Writer {
             rel = format!("{dir}{stem}-{}.md", t.id);
         }
         fsutil::rename(&from, &done.join(&rel))?;
+        self.changed.insert(from);
+        self.changed.insert(done.join(&rel));
         let t = &mut self.scan.tasks[i];
         t.folder = Folder::Done;
         t.rel = rel.into();
@@ -742,6 +835,7 @@ impl Writer {
             rel = format!("{}-{n}.md", name.trim_end_matches(".md"));
             n += 1;
         }
+        self.changed.insert(dir.join(&rel));
         let shown = self.root.rel_path(Folder::Todo, &rel);
         let layout = frontmatter::split(content, true).expect("complete");
         let mut problems = Vec::new();

@@ -120,6 +120,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         from: None,
         to: Status::Ready,
         note: String::new(),
+        agent: None,
+        cost: None,
     });
     report(ctx, &writer);
     ctx.out.line(&id)?;

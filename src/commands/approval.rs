@@ -59,8 +59,10 @@ pub enum ApprovalCommand {
 
 /// Runs `taskq approve`.
 pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
-    let _lock = LockGuard::acquire(&ctx.root.queue_lock(), store::lock_timeout())?;
-    let path = approval::decide(&ctx.root, &args.what, true, None, ctx.now)?;
+    let mut writer = Writer::open(&ctx.root)?;
+    let from = approval::decision(&ctx.root, args.what.trim_end_matches(".md"));
+    let path = approval::decide(&ctx.root, &args.what, true, None, writer.now)?;
+    record_move(&mut writer, &ctx.root, from, &path, "approved");
     let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
     ctx.out.note(format!("approved: {}", shown.display()));
     if ctx.out.json {
@@ -73,6 +75,7 @@ pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
 /// for (a task gate, not an action request) with the reason.
 pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     let mut writer = Writer::open(&ctx.root)?;
+    let from = approval::decision(&ctx.root, args.what.trim_end_matches(".md"));
     let path = approval::decide(
         &ctx.root,
         &args.what,
@@ -80,6 +83,7 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
         args.reason.as_deref(),
         writer.now,
     )?;
+    record_move(&mut writer, &ctx.root, from, &path, "rejected");
     let gate = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -109,6 +113,32 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     ctx.out.note(format!("rejected: {}", shown.display()));
     report(ctx, &writer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts an approval file's move into the writer's commit.
+fn record_move(
+    writer: &mut Writer,
+    root: &crate::store::Root,
+    from: approval::Decision,
+    to: &std::path::Path,
+    what: &str,
+) {
+    if let approval::Decision::Pending(p) = from {
+        writer.touch(p);
+    }
+    writer.touch(to.to_path_buf());
+    let name = to
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let task = approval::read_field(to, "task").unwrap_or_else(|| name.clone());
+    writer.notes.push(crate::git::Entry {
+        line: format!(
+            "{name} {what} ({})",
+            to.strip_prefix(&root.dir).unwrap_or(to).display()
+        ),
+        trailers: vec![("Task".into(), task)],
+    });
 }
 
 /// Runs `taskq approval request|wait`.

@@ -9,6 +9,7 @@ pub mod deps;
 pub mod graph;
 pub mod init;
 pub mod list;
+pub mod log;
 pub mod next;
 pub mod run;
 pub mod show;
@@ -73,6 +74,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Reject(args) => approval::reject(&ctx, args),
         Command::Approval(cmd) => approval::approval(&ctx, cmd),
         Command::Why(args) => why::run(&ctx, args),
+        Command::Log(args) => log::run(&ctx, args),
     };
     // Paths in problems are relative to the root: show them from here.
     result.map_err(|err| match err {

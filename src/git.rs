@@ -1,0 +1,365 @@
+//! Git as the audit trail: every transition taskq makes is a commit of
+//! exactly the paths taskq changed, and code agents work in worktrees.
+//!
+//! Commits are pathspec commits (`git add -- P...` then `git commit --
+//! P...`): the user's own staged and unstaged changes are never included,
+//! reset or stashed. When git is busy (`index.lock` held by the user's own
+//! git command) taskq retries with backoff; if it is still busy, the paths
+//! and messages wait in `<git-dir>/taskq-pending` and go into the next
+//! commit. The state itself is already safe in the files.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// A root inside a git work tree.
+#[derive(Debug, Clone)]
+pub struct Git {
+    /// The work tree's top directory.
+    pub top: PathBuf,
+    /// The git directory (for the pending file).
+    pub git_dir: PathBuf,
+}
+
+/// One transition, for the commit message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `TASK-006 ready → running (BLD-002 builder claude-sonnet-4-5)`.
+    pub line: String,
+    /// `Task: ...`, `Agent: ...`, `Cost-USD: ...` trailers.
+    pub trailers: Vec<(String, String)>,
+}
+
+impl Git {
+    /// The work tree holding `dir`, if any (and git is installed).
+    pub fn detect(dir: &Path) -> Option<Git> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "--show-toplevel", "--absolute-git-dir"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        Some(Git {
+            top: PathBuf::from(lines.next()?),
+            git_dir: PathBuf::from(lines.next()?),
+        })
+    }
+
+    fn git(&self) -> Command {
+        let mut c = Command::new("git");
+        c.arg("-C").arg(&self.top).stdin(Stdio::null());
+        c
+    }
+
+    /// Commits `paths` (absolute or relative to the top; deleted ones
+    /// included) with a message built from `entries`. Retries while the
+    /// index is locked; if it stays locked, queues everything for the next
+    /// commit and returns Ok (nothing is lost).
+    pub fn commit(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) -> Result<()> {
+        let pending = self.take_pending();
+        let mut all: BTreeSet<PathBuf> = pending.0;
+        all.extend(
+            paths
+                .iter()
+                .map(|p| p.strip_prefix(&self.top).unwrap_or(p).to_path_buf()),
+        );
+        let mut entries_all = pending.1;
+        entries_all.extend(entries.iter().cloned());
+        if all.is_empty() || entries_all.is_empty() {
+            return Ok(());
+        }
+        let message = message(&entries_all);
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0..8 {
+            match self.try_commit(&all, &message) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.to_string().contains("index.lock") && attempt < 7 => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(800));
+                }
+                Err(e) if e.to_string().contains("index.lock") => break,
+                Err(e) => {
+                    self.save_pending(&all, &entries_all);
+                    return Err(e);
+                }
+            }
+        }
+        tracing::warn!("git is busy (index.lock); the transition is queued for the next commit");
+        self.save_pending(&all, &entries_all);
+        Ok(())
+    }
+
+    fn try_commit(&self, paths: &BTreeSet<PathBuf>, message: &str) -> Result<()> {
+        // Paths that exist are added; vanished ones are committed as
+        // deletions only when git knows them.
+        let existing: Vec<&PathBuf> = paths.iter().filter(|p| self.top.join(p).exists()).collect();
+        let gone: Vec<&PathBuf> = paths
+            .iter()
+            .filter(|p| !self.top.join(p).exists())
+            .collect();
+        let tracked_gone: Vec<&PathBuf> = if gone.is_empty() {
+            Vec::new()
+        } else {
+            let out = self
+                .git()
+                .arg("ls-files")
+                .arg("--")
+                .args(&gone)
+                .output()
+                .map_err(|e| Error::io("git", e))?;
+            let known: BTreeSet<PathBuf> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .collect();
+            gone.into_iter().filter(|p| known.contains(*p)).collect()
+        };
+        if !existing.is_empty() {
+            run(self.git().args(["add", "--"]).args(&existing))?;
+        }
+        let mut commit = self.git();
+        commit
+            .args(["commit", "--quiet", "--no-verify", "-m", message, "--"])
+            .args(&existing)
+            .args(&tracked_gone);
+        if existing.is_empty() && tracked_gone.is_empty() {
+            return Ok(());
+        }
+        let result = run(&mut commit).or_else(|e| {
+            // No identity configured: commit as taskq rather than not at all.
+            if e.to_string().contains("tell me who you are") || e.to_string().contains("ident") {
+                let mut again = self.git();
+                again
+                    .args(["-c", "user.name=taskq", "-c", "user.email=taskq@localhost"])
+                    .args(["commit", "--quiet", "--no-verify", "-m", message, "--"])
+                    .args(&existing)
+                    .args(&tracked_gone);
+                run(&mut again)
+            } else {
+                Err(e)
+            }
+        });
+        match result {
+            Ok(()) => Ok(()),
+            // Nothing changed in those paths (already committed): fine.
+            Err(e)
+                if e.to_string().contains("nothing to commit")
+                    || e.to_string().contains("no changes added") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.git_dir.join("taskq-pending")
+    }
+
+    fn take_pending(&self) -> (BTreeSet<PathBuf>, Vec<Entry>) {
+        let path = self.pending_path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Default::default();
+        };
+        let _ = std::fs::remove_file(&path);
+        let mut paths = BTreeSet::new();
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            if let Some(p) = line.strip_prefix("path ") {
+                paths.insert(PathBuf::from(p));
+            } else if let Some(l) = line.strip_prefix("line ") {
+                entries.push(Entry {
+                    line: l.to_string(),
+                    trailers: Vec::new(),
+                });
+            } else if let Some(t) = line.strip_prefix("trailer ") {
+                if let (Some(e), Some((k, v))) = (entries.last_mut(), t.split_once(": ")) {
+                    e.trailers.push((k.to_string(), v.to_string()));
+                }
+            }
+        }
+        (paths, entries)
+    }
+
+    fn save_pending(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
+        let mut text = String::new();
+        for p in paths {
+            text.push_str(&format!("path {}\n", p.display()));
+        }
+        for e in entries {
+            text.push_str(&format!("line {}\n", e.line));
+            for (k, v) in &e.trailers {
+                text.push_str(&format!("trailer {k}: {v}\n"));
+            }
+        }
+        let _ = crate::fsutil::write_atomic(&self.pending_path(), text.as_bytes());
+    }
+
+    /// `git worktree add DIR -b BRANCH BASE`.
+    pub fn worktree_add(&self, dir: &Path, branch: &str, base: &str) -> Result<()> {
+        run(self
+            .git()
+            .args(["worktree", "add", "--quiet", "-b", branch])
+            .arg(dir)
+            .arg(base))
+    }
+
+    /// Removes a worktree (its branch stays).
+    pub fn worktree_remove(&self, dir: &Path) -> Result<()> {
+        run(self.git().args(["worktree", "remove", "--force"]).arg(dir))?;
+        let _ = run(self.git().args(["worktree", "prune"]));
+        Ok(())
+    }
+
+    /// True when `branch` exists.
+    pub fn has_branch(&self, branch: &str) -> bool {
+        self.git()
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The history of a path (following renames) or of commits whose
+    /// trailers match `grep`: `(hash, date, subject, body)`, newest first.
+    pub fn log(
+        &self,
+        path: Option<&Path>,
+        grep: Option<&str>,
+    ) -> Result<Vec<(String, String, String, String)>> {
+        let mut c = self.git();
+        c.args([
+            "log",
+            "--date=iso-strict",
+            "--format=%h%x1f%ad%x1f%s%x1f%b%x1e",
+        ]);
+        if let Some(g) = grep {
+            c.arg(format!("--grep={g}"));
+        }
+        if let Some(p) = path {
+            c.args(["--follow", "--"]).arg(p);
+        }
+        let out = c.output().map_err(|e| Error::io("git", e))?;
+        if !out.status.success() {
+            return Err(Error::usage(format!(
+                "git log failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split('\u{1e}')
+            .filter_map(|rec| {
+                let mut f = rec.trim_start_matches('\n').splitn(4, '\u{1f}');
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next().unwrap_or("").trim().to_string(),
+                ))
+            })
+            .filter(|r| !r.0.is_empty())
+            .collect())
+    }
+}
+
+/// The commit message: one transition → its line as the subject; several
+/// → a count in the subject and one line each in the body. Trailers last.
+pub fn message(entries: &[Entry]) -> String {
+    let mut msg = match entries {
+        [one] => format!("taskq: {}\n", one.line),
+        many => {
+            let mut ids: Vec<&str> = many
+                .iter()
+                .filter_map(|e| e.line.split_whitespace().next())
+                .collect();
+            ids.dedup();
+            let shown: Vec<&str> = ids.iter().take(4).copied().collect();
+            let more = if ids.len() > 4 {
+                format!(", +{}", ids.len() - 4)
+            } else {
+                String::new()
+            };
+            let mut m = format!(
+                "taskq: {} transitions ({}{more})\n\n",
+                many.len(),
+                shown.join(", ")
+            );
+            for e in many {
+                m.push_str(&format!("- {}\n", e.line));
+            }
+            m
+        }
+    };
+    let mut trailers: Vec<(String, String)> = Vec::new();
+    for e in entries {
+        for t in &e.trailers {
+            if !trailers.contains(t) {
+                trailers.push(t.clone());
+            }
+        }
+    }
+    if !trailers.is_empty() {
+        msg.push('\n');
+        for (k, v) in trailers {
+            msg.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    msg
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| Error::io("git", e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Err(Error::usage(format!(
+            "git: {}{}",
+            stderr.trim(),
+            stdout.trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_each_transition_and_carry_trailers() {
+        let e = |l: &str, t: &[(&str, &str)]| Entry {
+            line: l.into(),
+            trailers: t
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let one = message(&[e(
+            "TASK-006 ready → running (BLD-002 builder m)",
+            &[("Task", "TASK-006"), ("Agent", "BLD-002")],
+        )]);
+        assert_eq!(one, "taskq: TASK-006 ready → running (BLD-002 builder m)\n\nTask: TASK-006\nAgent: BLD-002\n");
+        let many = message(&[
+            e("TASK-1 new → ready", &[("Task", "TASK-1")]),
+            e("TASK-2 new → ready", &[("Task", "TASK-2")]),
+        ]);
+        assert!(many.starts_with("taskq: 2 transitions (TASK-1, TASK-2)\n\n- TASK-1 new → ready\n- TASK-2 new → ready\n\nTask: TASK-1\nTask: TASK-2\n"), "{many}");
+    }
+}
