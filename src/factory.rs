@@ -640,6 +640,8 @@ impl Factory {
                     workspace: Some(path_str(&workspace)),
                     log: Some(path_str(&log_path(&agent_id))),
                     max_rss_kb: None,
+                    branch: None,
+                    repo: None,
                     test_status: None,
                     tested_by: None,
                     cancel_task: false,
@@ -688,8 +690,16 @@ impl Factory {
             match self.start_agent(
                 w, i, &agent_id, role, model, &workspace, &session, resuming, review,
             ) {
-                Ok((child, pid)) => {
+                Ok(Started {
+                    child,
+                    pid,
+                    worktree,
+                }) => {
                     let a = reg.agents.get_mut(&agent_id).expect("registered above");
+                    if let Some((branch, repo)) = worktree {
+                        a.branch = Some(branch);
+                        a.repo = Some(repo.display().to_string());
+                    }
                     a.pid = Some(pid);
                     a.pid_start = spawn::start_time(pid);
                     a.status = AgentStatus::Active;
@@ -865,12 +875,13 @@ impl Factory {
         session: &str,
         resuming: bool,
         review: Option<(&str, Option<Agent>)>,
-    ) -> std::result::Result<(tokio::process::Child, u32), String> {
-        if role.settings.workspace == "worktree" {
-            return Err("`workspace: worktree` needs the git integration, which this build does not have yet".into());
-        }
+    ) -> std::result::Result<Started, String> {
         let root_abs = std::fs::canonicalize(&self.root.dir).map_err(|e| e.to_string())?;
         let ws_abs = root_abs.join(workspace);
+        let mut worktree = None;
+        if role.settings.workspace == "worktree" && review.is_none() {
+            worktree = Some(self.add_worktree(w, i, agent_id, role, &root_abs, &ws_abs)?);
+        }
         std::fs::create_dir_all(&ws_abs).map_err(|e| format!("{}: {e}", ws_abs.display()))?;
         let task = &w.scan.tasks[i];
         let file = std::fs::read(self.root.task_path(task)).map_err(|e| e.to_string())?;
@@ -951,7 +962,48 @@ impl Factory {
         let pid = child
             .id()
             .ok_or("the process ended before it could be recorded")?;
-        Ok((child, pid))
+        Ok(Started {
+            child,
+            pid,
+            worktree,
+        })
+    }
+
+    /// `git worktree add agents/workspaces/<agent-id> -b taskq/<task-id>`
+    /// in the root's repository, or the task's `repo:`, from the task's
+    /// `base:` or the role's (default HEAD). Returns `(branch, repo top)`.
+    fn add_worktree(
+        &self,
+        w: &Writer,
+        i: usize,
+        agent_id: &str,
+        role: &Role,
+        root_abs: &Path,
+        ws_abs: &Path,
+    ) -> std::result::Result<(String, PathBuf), String> {
+        let t = &w.scan.tasks[i];
+        let file = std::fs::read(self.root.task_path(t)).map_err(|e| e.to_string())?;
+        let repo_dir =
+            raw_field(&file, "repo").map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
+        let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {
+            format!(
+                "`workspace: worktree` needs a git repository: {} is not in one",
+                repo_dir.display()
+            )
+        })?;
+        let base = raw_field(&file, "base")
+            .or_else(|| role.settings.base.clone())
+            .unwrap_or_else(|| "HEAD".into());
+        let mut branch = format!("taskq/{}", t.id);
+        if git.has_branch(&branch) {
+            branch = format!("taskq/{}-{agent_id}", t.id);
+        }
+        if let Some(parent) = ws_abs.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        git.worktree_add(ws_abs, &branch, &base)
+            .map_err(|e| e.to_string())?;
+        Ok((branch, git.top))
     }
 
     /// Starts the supervisor of one agent: it waits for the process (or,
@@ -1032,11 +1084,41 @@ impl Factory {
         } else {
             AgentStatus::Failed
         };
-        let summary = outcome
+        let mut summary = outcome
             .result
             .as_deref()
             .map(agent::summary)
             .filter(|s| !s.is_empty());
+        // A worktree: commit what the agent left to its branch, remove the
+        // worktree, keep the branch (for review, or for inspection).
+        if let (Some(branch), Some(repo)) = (&agent.branch, &agent.repo) {
+            let ws = self.root.dir.join(agent.workspace.as_deref().unwrap_or(""));
+            let what = if outcome.success { "work" } else { "leftovers" };
+            let msg = format!(
+                "taskq: {} {what} of {} ({})",
+                agent.task,
+                agent.id,
+                status.as_str()
+            );
+            if let Err(e) = crate::git::Git::commit_all(&ws, &msg) {
+                tracing::warn!("{}: committing the worktree: {e}", ws.display());
+            }
+            // Under review, the tester works in it; it goes after the verdict.
+            let reviewed = outcome.success
+                && !stopping
+                && self
+                    .role(&agent.role)
+                    .is_some_and(|r| r.settings.review.is_some());
+            if !reviewed {
+                remove_worktree(repo, &ws);
+            }
+            if outcome.success {
+                summary = Some(summary.map_or_else(
+                    || format!("branch: {branch}"),
+                    |s| format!("{s} (branch: {branch})"),
+                ));
+            }
+        }
         if outcome.success {
             if let Some(text) = &outcome.result {
                 let path = self.root.dir.join(result_path(&agent.task));
@@ -1257,6 +1339,7 @@ impl Factory {
             return Ok(None);
         };
         if passed {
+            self.close_builder_worktree(&builder);
             w.set(
                 i,
                 &[
@@ -1284,6 +1367,7 @@ impl Factory {
             return Ok(Some((builder, true)));
         }
         let rounds = t.extra().review_rounds + 1;
+        self.close_builder_worktree(&builder);
         let section = format!(
             "## Review (round {rounds}, {})\n\n{}",
             agent.id,
@@ -1330,6 +1414,18 @@ impl Factory {
             ));
         }
         Ok(Some((builder, false)))
+    }
+
+    /// Removes the worktree a reviewed builder left (its branch stays).
+    fn close_builder_worktree(&self, builder: &str) {
+        let Ok(reg) = Registry::load(&self.root) else {
+            return;
+        };
+        if let Some(b) = reg.agents.get(builder) {
+            if let (Some(repo), Some(ws)) = (&b.repo, &b.workspace) {
+                remove_worktree(repo, &self.root.dir.join(ws));
+            }
+        }
     }
 
     /// A tester run that gave no verdict: retried (it stays in review)
@@ -1740,6 +1836,43 @@ pub fn result_path(task: &str) -> PathBuf {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Removes a worktree workspace; its branch stays.
+fn remove_worktree(repo: &str, ws: &Path) {
+    if !ws.exists() {
+        return;
+    }
+    if let Some(git) = crate::git::Git::detect(Path::new(repo)) {
+        if let Err(e) = git.worktree_remove(ws) {
+            tracing::warn!("{}: removing the worktree: {e}", ws.display());
+        }
+    }
+}
+
+/// What `start_agent` started.
+struct Started {
+    child: tokio::process::Child,
+    pid: u32,
+    /// `(branch, repo top)` of a worktree workspace.
+    worktree: Option<(String, PathBuf)>,
+}
+
+/// A scalar field of a task file's header, read raw (for fields only the
+/// factory uses: `command`, `repo`, `base`).
+fn raw_field(file: &[u8], key: &str) -> Option<String> {
+    let Some(Layout::Header { start, end, .. }) = frontmatter::split(file, true) else {
+        return None;
+    };
+    let header = std::str::from_utf8(&file[start..end]).ok()?;
+    frontmatter::parse(header)
+        .ok()?
+        .into_iter()
+        .find(|f| f.key == key)
+        .and_then(|f| match f.value {
+            Value::Scalar(s) => Some(s.into_owned()),
+            _ => None,
+        })
 }
 
 /// A task file's body and its `command:` field, if any.

@@ -130,9 +130,11 @@ pub fn read_header(file: &mut File, buf: &mut Vec<u8>) -> io::Result<Layout> {
     loop {
         let old = buf.len();
         buf.resize(old + chunk, 0);
-        let n = read_full(file, &mut buf[old..])?;
+        // One read per chunk: a small file's header is usually complete
+        // after the first, and then no second read is spent finding EOF.
+        let n = read_once(file, &mut buf[old..])?;
         buf.truncate(old + n);
-        let eof = n < chunk;
+        let eof = n == 0;
         if let Some(layout) = split(buf, eof) {
             return Ok(layout);
         }
@@ -143,20 +145,13 @@ pub fn read_header(file: &mut File, buf: &mut Vec<u8>) -> io::Result<Layout> {
     }
 }
 
-fn read_full(file: &mut File, mut dst: &mut [u8]) -> io::Result<usize> {
-    let mut total = 0;
-    while !dst.is_empty() {
+fn read_once(file: &mut File, dst: &mut [u8]) -> io::Result<usize> {
+    loop {
         match file.read(dst) {
-            Ok(0) => break,
-            Ok(n) => {
-                total += n;
-                dst = &mut dst[n..];
-            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
-    Ok(total)
 }
 
 /// A top-level value, as far as taskq cares.

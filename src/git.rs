@@ -212,6 +212,44 @@ impl Git {
             .arg(base))
     }
 
+    /// Commits everything left in worktree `dir` to its branch (the
+    /// agent's uncommitted work); no-op when it is clean.
+    pub fn commit_all(dir: &Path, message: &str) -> Result<bool> {
+        let git = |args: &[&str]| {
+            let mut c = Command::new("git");
+            c.arg("-C").arg(dir).args(args).stdin(Stdio::null());
+            c
+        };
+        run(&mut git(&["add", "-A"]))?;
+        let clean = git(&["diff", "--cached", "--quiet"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if clean {
+            return Ok(false);
+        }
+        run(&mut git(&[
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            message,
+        ]))
+        .or_else(|_| {
+            run(&mut git(&[
+                "-c",
+                "user.name=taskq",
+                "-c",
+                "user.email=taskq@localhost",
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
+                message,
+            ]))
+        })?;
+        Ok(true)
+    }
+
     /// Removes a worktree (its branch stays).
     pub fn worktree_remove(&self, dir: &Path) -> Result<()> {
         run(self.git().args(["worktree", "remove", "--force"]).arg(dir))?;

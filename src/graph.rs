@@ -7,13 +7,60 @@ use std::fmt::Write as _;
 use crate::store::Scan;
 use crate::task::{Folder, Status, Task};
 
+/// Adjacency lists in one flat array (compressed sparse rows): 4 bytes a
+/// node plus 4 an edge, where a `Vec` per node would cost 24 bytes a node.
+/// `adj[i]` is node `i`'s list.
+#[derive(Debug, Default, Clone)]
+pub struct Adjacency {
+    offsets: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl Adjacency {
+    /// Builds the lists of `n` nodes from `(from, to)` edges (kept in order).
+    fn from_edges(n: usize, edges: &[(u32, u32)]) -> Adjacency {
+        let mut offsets = vec![0u32; n + 1];
+        for &(from, _) in edges {
+            offsets[from as usize + 1] += 1;
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill = offsets.clone();
+        let mut targets = vec![0u32; edges.len()];
+        for &(from, to) in edges {
+            targets[fill[from as usize] as usize] = to;
+            fill[from as usize] += 1;
+        }
+        Adjacency { offsets, targets }
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// True when there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::ops::Index<usize> for Adjacency {
+    type Output = [u32];
+
+    fn index(&self, i: usize) -> &[u32] {
+        &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
 /// Edges between the tasks of a scan, by index.
 #[derive(Debug, Default)]
 pub struct Graph {
     /// `deps[i]`: the tasks `i` depends on.
-    pub deps: Vec<Vec<u32>>,
+    pub deps: Adjacency,
     /// `dependents[i]`: the tasks that depend on `i`.
-    pub dependents: Vec<Vec<u32>>,
+    pub dependents: Adjacency,
     /// `(task, dependency id)` for every dependency that names no task.
     pub missing: Vec<(usize, Box<str>)>,
 }
@@ -22,24 +69,27 @@ impl Graph {
     /// Builds the graph of a scan.
     pub fn build(scan: &Scan) -> Graph {
         let n = scan.tasks.len();
-        let mut g = Graph {
-            deps: vec![Vec::new(); n],
-            dependents: vec![Vec::new(); n],
-            missing: Vec::new(),
-        };
+        let mut edges: Vec<(u32, u32)> = Vec::new();
+        let mut missing = Vec::new();
         for (i, t) in scan.tasks.iter().enumerate() {
             for d in t.dependencies.iter() {
                 match scan.position(d) {
-                    Some(j) if j != i => {
-                        g.deps[i].push(j as u32);
-                        g.dependents[j].push(i as u32);
-                    }
+                    Some(j) if j != i => edges.push((i as u32, j as u32)),
                     Some(_) => {} // self-dependency: reported by the parser
-                    None => g.missing.push((i, d.clone())),
+                    None => missing.push((i, d.clone())),
                 }
             }
         }
-        g
+        let deps = Adjacency::from_edges(n, &edges);
+        for e in &mut edges {
+            *e = (e.1, e.0);
+        }
+        let dependents = Adjacency::from_edges(n, &edges);
+        Graph {
+            deps,
+            dependents,
+            missing,
+        }
     }
 
     /// Every dependency cycle, each as task indices in dependency order

@@ -34,10 +34,26 @@ impl Out {
 
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
         serde_json::to_writer_pretty(&mut stdout, value)
             .map_err(|e| Error::io("<stdout>", e.into()))?;
-        writeln!(stdout).map_err(|e| Error::io("<stdout>", e))
+        writeln!(stdout)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::io("<stdout>", e))
+    }
+
+    /// Prints a JSON array on stdout, serializing each item as it comes
+    /// (a 100,000-task list is never built in memory).
+    pub fn json_seq<T: Serialize>(&self, items: impl IntoIterator<Item = T>) -> Result<()> {
+        use serde::Serializer as _;
+        let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        let mut ser = serde_json::Serializer::pretty(stdout);
+        ser.collect_seq(items)
+            .map_err(|e| Error::io("<stdout>", e.into()))?;
+        let mut stdout = ser.into_inner();
+        writeln!(stdout)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::io("<stdout>", e))
     }
 
     /// A confirmation on stderr (`TASK-006: ready → running`), unless quiet.

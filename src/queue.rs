@@ -130,7 +130,7 @@ impl<'a> Queue<'a> {
     pub fn unblocks(&self, i: usize, seen: &mut [u32], stamp: u32) -> u32 {
         let tasks = &self.scan.tasks;
         let mut count = 0;
-        let mut stack: Vec<u32> = self.graph.dependents[i].clone();
+        let mut stack: Vec<u32> = self.graph.dependents[i].to_vec();
         seen[i] = stamp;
         while let Some(v) = stack.pop() {
             let v = v as usize;
@@ -271,6 +271,7 @@ mod tests {
             has_id: true,
             broken: false,
             id_line: 2,
+            lean: false,
             title: None,
             status,
             priority,

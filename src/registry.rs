@@ -144,6 +144,12 @@ pub struct Agent {
     /// Peak resident memory in KiB, where measured.
     #[serde(default)]
     pub max_rss_kb: Option<u64>,
+    /// `workspace: worktree`: the branch the agent worked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// `workspace: worktree`: the repository the worktree belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     /// For a builder under review: `passed` or `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_status: Option<String>,
@@ -350,6 +356,8 @@ mod tests {
             workspace: None,
             log: None,
             max_rss_kb: None,
+            branch: None,
+            repo: None,
             test_status: None,
             tested_by: None,
             cancel_task: false,

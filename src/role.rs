@@ -81,6 +81,10 @@ pub struct Settings {
     /// openclaw: `--config FILE`.
     #[serde(default)]
     pub config: Option<String>,
+    /// `workspace: worktree`: the ref new branches start from (default
+    /// HEAD; a task's `base:` wins).
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 fn default_agent() -> String {

@@ -79,7 +79,9 @@ pub struct Scan {
     pub tasks: Vec<Task>,
     /// Every problem found, warnings included.
     pub problems: Vec<Problem>,
-    index: HashMap<Box<str>, usize>,
+    /// Task positions sorted by id (stable: among equal ids, scan order),
+    /// for binary search. 4 bytes a task, where a map would copy every id.
+    index: Vec<u32>,
 }
 
 impl Scan {
@@ -88,7 +90,7 @@ impl Scan {
         let mut scan = Scan {
             tasks,
             problems: Vec::new(),
-            index: HashMap::new(),
+            index: Vec::new(),
         };
         scan.reindex();
         scan
@@ -96,12 +98,18 @@ impl Scan {
 
     /// The task with exactly this id.
     pub fn get(&self, id: &str) -> Option<&Task> {
-        self.index.get(id).map(|&i| &self.tasks[i])
+        self.position(id).map(|i| &self.tasks[i])
     }
 
     /// The index of the task with exactly this id.
     pub fn position(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        let k = self
+            .index
+            .partition_point(|&i| &*self.tasks[i as usize].id < id);
+        self.index
+            .get(k)
+            .map(|&i| i as usize)
+            .filter(|&i| &*self.tasks[i].id == id)
     }
 
     /// Resolves what a user typed (`TASK-006`, `task-6`, `6`) to a task's
@@ -138,10 +146,10 @@ impl Scan {
 
     /// Rebuilds the id index after tasks were added or changed.
     fn reindex(&mut self) {
-        self.index.clear();
-        for (i, t) in self.tasks.iter().enumerate() {
-            self.index.entry(t.id.clone()).or_insert(i);
-        }
+        let tasks = &self.tasks;
+        let mut index: Vec<u32> = (0..tasks.len() as u32).collect();
+        index.sort_by(|&a, &b| tasks[a as usize].id.cmp(&tasks[b as usize].id));
+        self.index = index;
     }
 }
 
@@ -152,8 +160,28 @@ struct Entry {
     symlink: bool,
 }
 
+/// How much of each task a scan keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every field.
+    Full,
+    /// For read commands that only order and show the queue (`next`,
+    /// `deps`, `status`): tasks in done/ keep only what makes them
+    /// satisfied dependencies and labels (id, status, title, deps).
+    Lean,
+}
+
 /// Reads every task of the root, in parallel, header only.
 pub fn scan(root: &Root) -> Scan {
+    scan_with(root, Detail::Full)
+}
+
+/// [`scan`] keeping less of each finished task (see [`Detail::Lean`]).
+pub fn scan_lean(root: &Root) -> Scan {
+    scan_with(root, Detail::Lean)
+}
+
+fn scan_with(root: &Root, detail: Detail) -> Scan {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
     for folder in [Folder::Todo, Folder::Done] {
@@ -164,23 +192,33 @@ pub fn scan(root: &Root) -> Scan {
         .clamp(1, 8);
     let threads = if entries.len() < 256 { 1 } else { threads };
     let chunk = entries.len().div_ceil(threads).max(1);
-    let results: Vec<(Vec<Task>, Vec<Problem>)> = std::thread::scope(|s| {
+    // Each thread fills its own part of one array of slots, so the tasks
+    // are never held twice (100,000 of them must fit in 50 MB).
+    let mut slots: Vec<Option<Task>> = std::iter::repeat_with(|| None)
+        .take(entries.len())
+        .collect();
+    let results: Vec<Vec<Problem>> = std::thread::scope(|s| {
         let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| s.spawn(move || read_tasks(root, part)))
+            .chunks_mut(chunk)
+            .zip(slots.chunks_mut(chunk))
+            .map(|(part, out)| s.spawn(move || read_tasks(root, part, out, detail)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("scan threads do not panic"))
             .collect()
     });
+    drop(entries);
+    // `filter_map` over a vec's own items collects in place (std's in-place
+    // iteration), reusing the slots' allocation instead of a second array.
+    #[allow(clippy::filter_map_identity)]
+    let tasks: Vec<Task> = slots.into_iter().filter_map(|t| t).collect();
     let mut scan = Scan {
-        tasks: Vec::with_capacity(entries.len()),
+        tasks,
         problems,
-        index: HashMap::with_capacity(entries.len()),
+        index: Vec::new(),
     };
-    for (tasks, problems) in results {
-        scan.tasks.extend(tasks);
+    for problems in results {
         scan.problems.extend(problems);
     }
     // A file moved from todo/ to done/ mid-scan can be read twice (once
@@ -189,10 +227,19 @@ pub fn scan(root: &Root) -> Scan {
         .sort_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
     scan.tasks
         .dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
-    // Duplicate ids: the first (todo/ before done/, then by name) wins.
+    scan.reindex();
+    // Duplicate ids: every copy is held; the problem is reported on each
+    // copy after the first (todo/ before done/, then by name).
     let mut broken = Vec::new();
-    for (i, t) in scan.tasks.iter().enumerate() {
-        if let Some(&first) = scan.index.get(&t.id) {
+    for k in 1..scan.index.len() {
+        let (first, i) = (scan.index[k - 1] as usize, scan.index[k] as usize);
+        let t = &scan.tasks[i];
+        if scan.tasks[first].id == t.id {
+            let first = scan.index[..k]
+                .iter()
+                .map(|&j| j as usize)
+                .find(|&j| scan.tasks[j].id == t.id)
+                .expect("k-1 has it");
             let other = &scan.tasks[first];
             if t.has_id {
                 scan.problems.push(
@@ -211,8 +258,6 @@ pub fn scan(root: &Root) -> Scan {
             // Hold every copy: running either could run the task twice.
             broken.push(i);
             broken.push(first);
-        } else {
-            scan.index.insert(t.id.clone(), i);
         }
     }
     for i in broken {
@@ -247,10 +292,10 @@ fn list_folder(root: &Root, folder: Folder, out: &mut Vec<Entry>, problems: &mut
     if !base.is_dir() {
         return;
     }
+    // Unsorted: `scan` sorts the tasks once at the end.
     let walk = walkdir::WalkDir::new(&base)
         .min_depth(1)
         .follow_links(false)
-        .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| !e.file_name().to_string_lossy().starts_with('.'));
     for entry in walk {
@@ -294,23 +339,39 @@ fn list_folder(root: &Root, folder: Folder, out: &mut Vec<Entry>, problems: &mut
     }
 }
 
-fn read_tasks(root: &Root, entries: &[Entry]) -> (Vec<Task>, Vec<Problem>) {
-    let mut tasks = Vec::with_capacity(entries.len());
+fn read_tasks(
+    root: &Root,
+    entries: &mut [Entry],
+    out: &mut [Option<Task>],
+    detail: Detail,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut buf = Vec::with_capacity(8192);
-    for entry in entries {
-        if let Some(task) = read_task(
+    for (entry, slot) in entries.iter_mut().zip(out.iter_mut()) {
+        // The file name moves into the task; free the walk's copy now.
+        let rel = std::mem::take(&mut entry.rel);
+        *slot = read_task(
             root,
             entry.folder,
-            &entry.rel,
+            &rel,
             entry.symlink,
             &mut buf,
             &mut problems,
-        ) {
-            tasks.push(task);
+        );
+        if let (Some(t), Detail::Lean) = (slot.as_mut(), detail) {
+            t.title = None;
+            t.created = None;
+            t.lean = true;
+            if t.folder == Folder::Done {
+                t.extra = None;
+                t.created = None;
+                t.tags = Box::new([]);
+                t.assigned = None;
+                t.role = None;
+            }
         }
     }
-    (tasks, problems)
+    problems
 }
 
 /// Reads one task's header. `None` (with a problem) when the file cannot be
@@ -455,7 +516,32 @@ pub fn display_title(root: &Root, task: &Task) -> String {
     if let Some(t) = &task.title {
         return t.to_string();
     }
+    if task.lean {
+        if let Some(t) = header_title(&root.task_path(task)) {
+            return t;
+        }
+    }
     heading_title(&root.task_path(task)).unwrap_or_else(|| task.title_or_stem().to_string())
+}
+
+/// The `title:` of a task file's header (for tasks a lean scan kept
+/// without it).
+fn header_title(path: &Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let mut buf = Vec::new();
+    let layout = frontmatter::read_header(&mut file, &mut buf).ok()?;
+    let Layout::Header { start, end, .. } = layout else {
+        return None;
+    };
+    let header = std::str::from_utf8(&buf[start..end]).ok()?;
+    frontmatter::parse(header)
+        .ok()?
+        .into_iter()
+        .find(|f| f.key == "title")
+        .and_then(|f| match f.value {
+            frontmatter::Value::Scalar(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            _ => None,
+        })
 }
 
 fn heading_title(path: &Path) -> Option<String> {
@@ -793,8 +879,11 @@ impl Writer {
         };
         fsutil::write_atomic(&path, &new)?;
         self.changed.insert(path);
+        let renamed = self.scan.tasks[i].id != task.id;
         self.scan.tasks[i] = task;
-        self.scan.reindex();
+        if renamed {
+            self.scan.reindex();
+        }
         Ok(())
     }
 

@@ -194,6 +194,8 @@ pub struct Task {
     pub broken: bool,
     /// 1-based line of the `id:` key (for messages), 0 when absent.
     pub id_line: u32,
+    /// Read by a lean scan: the title (and, in done/, more) was not kept.
+    pub lean: bool,
     /// `title:`, when the header has one (see [`Task::title_or_stem`]).
     pub title: Option<Box<str>>,
     /// `status:`.
@@ -322,6 +324,7 @@ impl Task {
             has_id: false,
             broken: false,
             id_line: 0,
+            lean: false,
             title: None,
             status: match folder {
                 Folder::Todo => Status::Ready,

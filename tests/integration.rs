@@ -9,4 +9,5 @@ mod cli;
 mod edits;
 mod factory;
 mod gates;
+mod git;
 mod properties;

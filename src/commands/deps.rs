@@ -8,7 +8,7 @@ use crate::graph::{render_tree, tree};
 use crate::queue::Queue;
 use crate::store::display_title;
 
-use super::scan_and_warn;
+use super::scan_lean_and_warn;
 
 /// Arguments of `taskq deps`.
 #[derive(Debug, clap::Args)]
@@ -23,7 +23,7 @@ pub struct Args {
 
 /// Runs `taskq deps`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let scan = scan_and_warn(ctx);
+    let scan = scan_lean_and_warn(ctx);
     let i = scan.resolve(&args.id)?;
     let queue = Queue::new(&scan, ctx.now);
     super::warn_graph(ctx, &scan, &queue.graph);

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::graph::{render_graph, GraphFormat};
 use crate::queue::Queue;
 
-use super::scan_and_warn;
+use super::scan_lean_and_warn;
 
 /// Arguments of `taskq graph`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +20,7 @@ pub struct Args {
 
 /// Runs `taskq graph`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let scan = scan_and_warn(ctx);
+    let scan = scan_lean_and_warn(ctx);
     let queue = Queue::new(&scan, ctx.now);
     super::warn_graph(ctx, &scan, &queue.graph);
     let label = |i: usize| {

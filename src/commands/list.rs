@@ -78,18 +78,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         all
     };
     if ctx.out.json {
-        let items: Vec<TaskJson> = order
-            .iter()
-            .map(|&i| {
-                TaskJson::new(
-                    &ctx.root,
-                    &queue,
-                    i,
-                    display_title(&ctx.root, &scan.tasks[i]),
-                )
-            })
-            .collect();
-        ctx.out.json(&items)?;
+        let items = order.iter().map(|&i| {
+            TaskJson::new(
+                &ctx.root,
+                &queue,
+                i,
+                display_title(&ctx.root, &scan.tasks[i]),
+            )
+        });
+        ctx.out.json_seq(items)?;
         return Ok(ExitCode::SUCCESS);
     }
     let width = order

@@ -123,6 +123,14 @@ pub fn scan_and_warn(ctx: &Ctx) -> Scan {
     scan
 }
 
+/// [`scan_and_warn`] keeping less of each finished task (for commands
+/// that only order and label the queue).
+pub fn scan_lean_and_warn(ctx: &Ctx) -> Scan {
+    let scan = store::scan_lean(&ctx.root);
+    warn_problems(ctx, &scan);
+    scan
+}
+
 /// Warns about dependency problems (unknown ids, cycles) on stderr, at the
 /// task's file, so a read command still answers but says what is wrong.
 pub fn warn_graph(ctx: &Ctx, scan: &Scan, graph: &crate::graph::Graph) {

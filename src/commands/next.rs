@@ -13,7 +13,7 @@ use crate::role;
 use crate::store::{display_title, Root, Writer};
 use crate::task::Task;
 
-use super::{report, scan_and_warn, transition, TaskJson};
+use super::{report, transition, TaskJson};
 
 /// Arguments of `taskq next`.
 #[derive(Debug, clap::Args)]
@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             && router.accepts(t)
     };
     let Some(agent) = args.claim else {
-        let scan = scan_and_warn(ctx);
+        let scan = super::scan_lean_and_warn(ctx);
         let queue = Queue::new(&scan, ctx.now);
         super::warn_graph(ctx, &scan, &queue.graph);
         return match queue.next(filter) {

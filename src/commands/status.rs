@@ -15,8 +15,6 @@ use crate::registry::{Agent, Registry};
 use crate::spawn;
 use crate::task::Timestamp;
 
-use super::scan_and_warn;
-
 /// Arguments of `taskq status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +50,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if let Some(id) = &args.id {
         return detail(ctx, &reg, id, args.lines);
     }
-    let scan = scan_and_warn(ctx);
+    let scan = super::scan_lean_and_warn(ctx);
     let queue = Queue::new(&scan, ctx.now);
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for s in [
