@@ -250,7 +250,10 @@ mod tests {
         let (roles, problems) = load_all(&root);
         assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["builder", "fixer", "research", "shell", "tester"]);
+        assert_eq!(
+            names,
+            ["builder", "fixer", "openclaw", "research", "shell", "tester"]
+        );
         let builder = &roles[0];
         assert_eq!(builder.settings.prefix, "BLD");
         assert_eq!(builder.settings.review.as_deref(), Some("tester"));

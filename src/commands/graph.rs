@@ -29,6 +29,26 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             crate::store::display_title(&ctx.root, &scan.tasks[i]),
         )
     };
+    if ctx.out.json {
+        let nodes: Vec<serde_json::Value> = (0..scan.tasks.len())
+            .map(|i| {
+                let (state, title) = label(i);
+                serde_json::json!({"id": scan.tasks[i].id.to_string(), "title": title, "state": state})
+            })
+            .collect();
+        let mut edges: Vec<serde_json::Value> = Vec::new();
+        for i in 0..scan.tasks.len() {
+            for &d in &queue.graph.deps[i] {
+                edges.push(serde_json::json!({"from": scan.tasks[d as usize].id.to_string(), "to": scan.tasks[i].id.to_string()}));
+            }
+        }
+        for (i, missing) in &queue.graph.missing {
+            edges.push(serde_json::json!({"from": missing.to_string(), "to": scan.tasks[*i].id.to_string(), "missing": true}));
+        }
+        ctx.out
+            .json(&serde_json::json!({"nodes": nodes, "edges": edges}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     ctx.out
         .text(render_graph(&scan, &queue.graph, args.format, &label))?;
     Ok(ExitCode::SUCCESS)
