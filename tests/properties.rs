@@ -66,6 +66,7 @@ fn build(specs: &[Spec]) -> Scan {
                 has_id: true,
                 broken: false,
                 id_line: 2,
+                lean: false,
                 title: None,
                 status,
                 priority: Priority::from_rank(s.priority),
