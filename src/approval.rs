@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::frontmatter::{self, yaml_str, Change, Layout, Value};
+use crate::frontmatter::{self, yaml_str, Change};
 use crate::fsutil;
 use crate::role::Role;
 use crate::store::Root;
@@ -231,19 +231,7 @@ pub fn wait(root: &Root, path: &Path, timeout: Option<Duration>) -> Result<u8> {
 
 /// A scalar field of an approval file's frontmatter.
 pub fn read_field(path: &Path, key: &str) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let Some(Layout::Header { start, end, .. }) = frontmatter::split(&bytes, true) else {
-        return None;
-    };
-    let header = std::str::from_utf8(&bytes[start..end]).ok()?;
-    frontmatter::parse(header)
-        .ok()?
-        .into_iter()
-        .find(|f| f.key == key)
-        .and_then(|f| match f.value {
-            Value::Scalar(s) => Some(s.into_owned()),
-            _ => None,
-        })
+    frontmatter::scalar_field(&std::fs::read(path).ok()?, key)
 }
 
 /// Every file in `approved/` that names a task that does not exist, or

@@ -28,7 +28,7 @@ use crate::agent::{self, Invocation, Outcome, Session};
 use crate::approval::{self, Decision};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::frontmatter::{self, Change, Layout, Value};
+use crate::frontmatter::{self, Change, Layout};
 use crate::fsutil;
 use crate::hooks;
 use crate::lock::LockGuard;
@@ -1148,28 +1148,7 @@ impl Factory {
                 )?;
             } else if mine && t.status == Status::Running {
                 if stopping {
-                    if agent.cancel_task {
-                        w.set(
-                            i,
-                            &[
-                                Change::set("status", "cancelled"),
-                                Change::set("reason", "stopped and cancelled"),
-                            ],
-                            Status::Cancelled,
-                            "stopped",
-                        )?;
-                    } else {
-                        w.set(
-                            i,
-                            &[
-                                Change::set("status", "ready"),
-                                Change::remove("assigned"),
-                                Change::remove("started"),
-                            ],
-                            Status::Ready,
-                            &format!("{} stopped", agent.id),
-                        )?;
-                    }
+                    w.return_stopped(i, &agent.id, agent.cancel_task)?;
                     self.progress(format!("stopped {} ({})", agent.id, agent.task));
                 } else if outcome.success
                     && role
@@ -1861,39 +1840,18 @@ struct Started {
 /// A scalar field of a task file's header, read raw (for fields only the
 /// factory uses: `command`, `repo`, `base`).
 fn raw_field(file: &[u8], key: &str) -> Option<String> {
-    let Some(Layout::Header { start, end, .. }) = frontmatter::split(file, true) else {
-        return None;
-    };
-    let header = std::str::from_utf8(&file[start..end]).ok()?;
-    frontmatter::parse(header)
-        .ok()?
-        .into_iter()
-        .find(|f| f.key == key)
-        .and_then(|f| match f.value {
-            Value::Scalar(s) => Some(s.into_owned()),
-            _ => None,
-        })
+    frontmatter::scalar_field(file, key)
 }
 
 /// A task file's body and its `command:` field, if any.
 fn task_body_and_command(file: &[u8]) -> (Option<String>, String) {
-    match frontmatter::split(file, true) {
-        Some(Layout::Header { start, end, body }) => {
-            let header = std::str::from_utf8(&file[start..end]).unwrap_or("");
-            let command = frontmatter::parse(header).ok().and_then(|fields| {
-                fields
-                    .into_iter()
-                    .find(|f| f.key == "command")
-                    .and_then(|f| match f.value {
-                        Value::Scalar(s) => Some(s.into_owned()),
-                        _ => None,
-                    })
-            });
-            (command, String::from_utf8_lossy(&file[body..]).into_owned())
+    let body = match frontmatter::split(file, true) {
+        Some(Layout::Header { body, .. } | Layout::None { body }) => {
+            String::from_utf8_lossy(&file[body..]).into_owned()
         }
-        Some(Layout::None { body }) => (None, String::from_utf8_lossy(&file[body..]).into_owned()),
-        _ => (None, String::new()),
-    }
+        _ => String::new(),
+    };
+    (raw_field(file, "command"), body)
 }
 
 /// The task prompt: the task, its body, and the results of its

@@ -557,6 +557,24 @@ fn split_key_loose(line: &str) -> Option<(&str, &str)> {
     split_key(line)
 }
 
+/// A top-level scalar field of a file's header, read from its bytes (for
+/// fields taskq only looks up now and then: `command`, `repo`, `base`, an
+/// approval file's `task` and `reason`).
+pub fn scalar_field(bytes: &[u8], key: &str) -> Option<String> {
+    let Some(Layout::Header { start, end, .. }) = split(bytes, true) else {
+        return None;
+    };
+    let header = std::str::from_utf8(&bytes[start..end]).ok()?;
+    parse(header)
+        .ok()?
+        .into_iter()
+        .find(|f| f.key == key)
+        .and_then(|f| match f.value {
+            Value::Scalar(s) => Some(s.into_owned()),
+            _ => None,
+        })
+}
+
 /// Formats a string as a YAML scalar: plain when that reads back as the same
 /// string, double-quoted otherwise.
 pub fn yaml_str(s: &str) -> String {

@@ -195,6 +195,40 @@ impl Graph {
     }
 }
 
+/// The dependency problems of a scan, at each task's file (paths relative
+/// to the root): unknown ids and cycles. `check` reports them; read
+/// commands warn with them.
+pub fn problems(
+    root: &crate::store::Root,
+    scan: &Scan,
+    graph: &Graph,
+) -> Vec<crate::error::Problem> {
+    use crate::error::Problem;
+    let mut out = Vec::new();
+    for (i, missing) in &graph.missing {
+        let t = &scan.tasks[*i];
+        out.push(Problem::at(
+            root.rel_path(t.folder, &t.rel),
+            t.id_line.max(1) as usize,
+            format!("`{}` depends on `{missing}`, which does not exist", t.id),
+        ));
+    }
+    for cycle in graph.cycles() {
+        let first = &scan.tasks[cycle[0]];
+        let mut ids: Vec<&str> = cycle.iter().map(|&i| &*scan.tasks[i].id).collect();
+        ids.push(&first.id);
+        out.push(
+            Problem::at(
+                root.rel_path(first.folder, &first.rel),
+                first.id_line.max(1) as usize,
+                format!("dependency cycle: {}", ids.join(" → ")),
+            )
+            .hint("remove one of these dependencies; no task of a cycle can ever run"),
+        );
+    }
+    out
+}
+
 /// True when a dependency counts as satisfied: the task is in `done/` with
 /// status done.
 pub fn is_satisfied(t: &Task) -> bool {

@@ -781,6 +781,33 @@ impl Writer {
         Ok(())
     }
 
+    /// Task `i`'s agent was stopped: back to ready (not a failed attempt),
+    /// or cancelled when the stop asked for it.
+    pub fn return_stopped(&mut self, i: usize, agent: &str, cancel: bool) -> Result<()> {
+        if cancel {
+            self.set(
+                i,
+                &[
+                    Change::set("status", "cancelled"),
+                    Change::set("reason", "stopped and cancelled"),
+                ],
+                Status::Cancelled,
+                &format!("{agent} stopped"),
+            )
+        } else {
+            self.set(
+                i,
+                &[
+                    Change::set("status", "ready"),
+                    Change::remove("assigned"),
+                    Change::remove("started"),
+                ],
+                Status::Ready,
+                &format!("{agent} stopped"),
+            )
+        }
+    }
+
     /// Records a file changed outside the task files (registry, result,
     /// approval), so it goes into this writer's commit.
     pub fn touch(&mut self, path: impl Into<PathBuf>) {

@@ -45,27 +45,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = store::scan(&ctx.root);
     let mut problems = scan.problems.clone();
     let graph = Graph::build(&scan);
-    for (i, missing) in &graph.missing {
-        let t = &scan.tasks[*i];
-        problems.push(Problem::at(
-            ctx.root.rel_path(t.folder, &t.rel),
-            t.id_line.max(1) as usize,
-            format!("`{}` depends on `{missing}`, which does not exist", t.id),
-        ));
-    }
-    for cycle in graph.cycles() {
-        let first = &scan.tasks[cycle[0]];
-        let mut ids: Vec<&str> = cycle.iter().map(|&i| &*scan.tasks[i].id).collect();
-        ids.push(&first.id);
-        problems.push(
-            Problem::at(
-                ctx.root.rel_path(first.folder, &first.rel),
-                first.id_line.max(1) as usize,
-                format!("dependency cycle: {}", ids.join(" → ")),
-            )
-            .hint("remove one of these dependencies; no task of a cycle can ever run"),
-        );
-    }
+    problems.extend(crate::graph::problems(&ctx.root, &scan, &graph));
     // Roles and the config are part of the root too.
     let (_, role_problems) = role::load_all(&ctx.root);
     problems.extend(role_problems);

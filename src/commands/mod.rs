@@ -137,23 +137,10 @@ pub fn warn_graph(ctx: &Ctx, scan: &Scan, graph: &crate::graph::Graph) {
     if ctx.out.quiet {
         return;
     }
-    for (i, missing) in &graph.missing {
-        let t = &scan.tasks[*i];
-        ctx.out.warn(&crate::error::Problem::at(
-            ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel)),
-            t.id_line.max(1) as usize,
-            format!("`{}` depends on `{missing}`, which does not exist", t.id),
-        ));
-    }
-    for cycle in graph.cycles() {
-        let first = &scan.tasks[cycle[0]];
-        let mut ids: Vec<&str> = cycle.iter().map(|&i| &*scan.tasks[i].id).collect();
-        ids.push(&first.id);
-        ctx.out.warn(&crate::error::Problem::at(
-            ctx.display_path(&ctx.root.rel_path(first.folder, &first.rel)),
-            first.id_line.max(1) as usize,
-            format!("dependency cycle: {}", ids.join(" → ")),
-        ));
+    for mut p in crate::graph::problems(&ctx.root, scan, graph) {
+        p.path = ctx.display_path(&p.path);
+        p.hint = None;
+        ctx.out.warn(&p);
     }
 }
 

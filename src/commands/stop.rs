@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::factory::run_lock;
-use crate::frontmatter::Change;
 use crate::lock::LockGuard;
 use crate::registry::{AgentStatus, Registry};
 use crate::spawn;
@@ -113,28 +112,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             if let Some(i) = w.scan.position(&task) {
                 let t = &w.scan.tasks[i];
                 if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
-                    if cancel {
-                        w.set(
-                            i,
-                            &[
-                                Change::set("status", "cancelled"),
-                                Change::set("reason", "stopped and cancelled"),
-                            ],
-                            Status::Cancelled,
-                            "stopped",
-                        )?;
-                    } else {
-                        w.set(
-                            i,
-                            &[
-                                Change::set("status", "ready"),
-                                Change::remove("assigned"),
-                                Change::remove("started"),
-                            ],
-                            Status::Ready,
-                            &format!("{id} stopped"),
-                        )?;
-                    }
+                    w.return_stopped(i, id, cancel)?;
                 }
             }
         }
