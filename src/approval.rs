@@ -50,6 +50,41 @@ pub fn needs_approval(task: &Task, role: Option<&Role>, config: &Config) -> bool
             .any(|t| config.approval_tags.iter().any(|a| **t == **a))
 }
 
+/// For tasks in the ready state that may not run until a person approves:
+/// the approval file each waits for (pending, or still to be written).
+/// Loads the roles and the config (a few small files).
+pub fn waiting(root: &Root, tasks: impl Iterator<Item = (usize, Task)>) -> Vec<(usize, String)> {
+    let config = crate::config::Config::load(root).unwrap_or_default();
+    let (roles, _) = crate::role::load_all(root);
+    let mut out = Vec::new();
+    for (i, t) in tasks {
+        let role = crate::role::route(&t, &roles, &config);
+        if !needs_approval(&t, role, &config) {
+            continue;
+        }
+        match decision(root, &t.id) {
+            Decision::Pending(p) => {
+                out.push((
+                    i,
+                    p.strip_prefix(&root.dir)
+                        .unwrap_or(&p)
+                        .display()
+                        .to_string(),
+                ));
+            }
+            Decision::Missing => out.push((
+                i,
+                format!(
+                    "approvals/pending/{}.md (written when the factory runs)",
+                    t.id
+                ),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The state of the gate named `name` (`TASK-006` for a task's gate).
 pub fn decision(root: &Root, name: &str) -> Decision {
     for state in STATES {

@@ -48,6 +48,21 @@ fn an_approval_moved_by_mv_starts_the_agent_within_a_second() {
         text.contains("> Do it."),
         "the body says what the agent will be asked: {text}"
     );
+    let list = root.taskq(&["list"]).ok();
+    assert!(
+        list.stdout
+            .contains("(waits for approval: approvals/pending/TASK-001.md)"),
+        "{}",
+        list.stdout
+    );
+    let status = root.taskq(&["status"]).ok();
+    assert!(
+        status
+            .stdout
+            .contains("waiting for approval: TASK-001 (approvals/pending/TASK-001.md)"),
+        "{}",
+        status.stdout
+    );
     let why = root.taskq(&["why", "TASK-001"]).ok();
     assert!(
         why.stdout

@@ -89,6 +89,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         ctx.out.json_seq(items)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let approvals = crate::approval::waiting(
+        &ctx.root,
+        order
+            .iter()
+            .filter(|&&i| queue.state[i] == State::Ready)
+            .map(|&i| (i, scan.tasks[i].clone())),
+    );
     let width = order
         .iter()
         .map(|&i| scan.tasks[i].id.len())
@@ -110,6 +117,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
         if let Some(a) = t.effective_assigned(ctx.now) {
             let _ = write!(out, "  @{a}");
+        }
+        if let Some((_, file)) = approvals.iter().find(|(j, _)| *j == i) {
+            let _ = write!(out, "  (waits for approval: {file})");
         }
         if queue.state[i] == State::Blocked {
             let _ = write!(

@@ -145,6 +145,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             );
         }
     }
+    let approvals = crate::approval::waiting(
+        &ctx.root,
+        (0..scan.tasks.len())
+            .filter(|&i| queue.state[i] == State::Ready)
+            .map(|i| (i, scan.tasks[i].clone())),
+    );
+    for (i, file) in &approvals {
+        let _ = writeln!(out, "waiting for approval: {} ({file})", scan.tasks[*i].id);
+    }
     if !spend.by_role.is_empty() {
         let roles: Vec<String> = spend
             .by_role
@@ -175,7 +184,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
     }
     ctx.out.text(out)?;
-    let _ = State::Ready;
     Ok(ExitCode::SUCCESS)
 }
 
