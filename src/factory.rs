@@ -604,11 +604,16 @@ impl Factory {
                         "root" => PathBuf::new(),
                         _ => Path::new("agents").join("workspaces").join(&agent_id),
                     });
-            let resume = if p.review_of.is_none() {
+            let resumed = if p.review_of.is_none() {
                 resume_session(reg, &p.role, &p.task)
             } else {
                 None
             };
+            let workspace = match resumed.as_ref().and_then(|(_, ws)| ws.clone()) {
+                Some(ws) if p.role.settings.workspace == "dir" => PathBuf::from(ws),
+                _ => workspace,
+            };
+            let resume = resumed.map(|(session, _)| session);
             let session = resume.clone().unwrap_or_else(new_session_id);
             let parent = p
                 .review_of
@@ -939,6 +944,11 @@ impl Factory {
                 .replace("{workspace}", &ws_abs.display().to_string())
                 .replace("{root}", &root_abs.display().to_string())
                 .replace("{agent_id}", agent_id);
+            // Config and temp dirs an agent is pointed at must exist (codex
+            // panics on a missing TMPDIR).
+            if (k.ends_with("HOME") || k.ends_with("DIR")) && Path::new(&v).is_absolute() {
+                let _ = std::fs::create_dir_all(&v);
+            }
             extra.push((k.clone(), v));
         }
         extra.extend(line.env.iter().cloned());
@@ -1673,7 +1683,12 @@ async fn supervise(
     mut stop: oneshot::Receiver<()>,
 ) -> Finished {
     let mut rss: Option<u64> = None;
-    let mut sample = tokio::time::interval(Duration::from_millis(500));
+    // First sample after 100 ms (at 0 only the sh wrapper exists), then
+    // every 250 ms: a short run still gets a real figure.
+    let mut sample = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(100),
+        Duration::from_millis(250),
+    );
     let mut timed_out = false;
     let mut stopped = false;
     let exit_code = loop {
@@ -1762,7 +1777,11 @@ fn new_session_id() -> String {
 
 /// The session to resume: the last lost attempt of this task, when the
 /// role allows resuming (claude only).
-fn resume_session(reg: &Registry, role: &Role, task: &str) -> Option<String> {
+///
+/// Returns the session id and the lost agent's workspace: `claude --resume`
+/// finds a session only from the directory it was saved for, so the
+/// resumed agent works where the lost one did.
+fn resume_session(reg: &Registry, role: &Role, task: &str) -> Option<(String, Option<String>)> {
     if !role.settings.resume || role.settings.agent != "claude" {
         return None;
     }
@@ -1770,7 +1789,7 @@ fn resume_session(reg: &Registry, role: &Role, task: &str) -> Option<String> {
         .values()
         .filter(|a| a.task == task && a.status == AgentStatus::Lost)
         .max_by_key(|a| a.spawned)
-        .and_then(|a| a.session_id.clone())
+        .and_then(|a| Some((a.session_id.clone()?, a.workspace.clone())))
 }
 
 fn fallback_role(name: &str) -> Role {

@@ -6,6 +6,7 @@ mod util;
 mod bad_input;
 mod claim;
 mod cli;
+mod e2e;
 mod edits;
 mod factory;
 mod gates;

@@ -54,8 +54,11 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
         return Outcome {
             success: false,
             reason: Some(format!(
-                "no result from claude ({})",
-                exit_reason(exit_code)
+                "no result from claude ({}){}",
+                exit_reason(exit_code),
+                super::last_line(output)
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default()
             )),
             ..Outcome::default()
         };

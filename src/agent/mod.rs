@@ -192,6 +192,17 @@ pub fn summary(text: &str) -> String {
     s
 }
 
+/// The output's last non-empty line (what a CLI said before it failed
+/// without structured output), at most 200 characters.
+pub fn last_line(output: &str) -> Option<String> {
+    output
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(summary)
+}
+
 /// The `exit N` part of a failure reason.
 fn exit_reason(exit_code: Option<i32>) -> String {
     match exit_code {
