@@ -207,6 +207,8 @@ struct Live {
     role: String,
     parent: Option<String>,
     stop: Option<oneshot::Sender<()>>,
+    /// The time limit that applies (the task's, else its role's).
+    timeout: Duration,
 }
 
 struct Factory {
@@ -230,6 +232,8 @@ struct Factory {
     last_spawn: Option<Instant>,
     /// Wake up for the next staggered start.
     stagger_wake: Option<Instant>,
+    /// Hooks still running.
+    hook_threads: Vec<std::thread::JoinHandle<()>>,
     /// Approval files already warned about (stray ones).
     warned: std::collections::HashSet<PathBuf>,
     stats: Stats,
@@ -268,6 +272,7 @@ impl Factory {
             last_spawn: None,
             stagger_wake: None,
             warned: std::collections::HashSet::new(),
+            hook_threads: Vec::new(),
             stats: Stats::default(),
             rng: seed | 1,
         }
@@ -283,6 +288,22 @@ impl Factory {
 
     fn jittered(&mut self, d: Duration) -> Duration {
         d.mul_f64(0.9 + 0.2 * self.random())
+    }
+
+    /// Fires a hook, keeping its thread so the factory waits for it
+    /// before it exits (`--until-idle` would otherwise cut it off).
+    fn hook(&mut self, event: &str, payload: serde_json::Value) {
+        self.hook_threads.retain(|h| !h.is_finished());
+        if let Some(h) = hooks::fire(&self.root, event, payload, self.config.hook_timeout) {
+            self.hook_threads.push(h);
+        }
+    }
+
+    /// Waits for the hooks still running (each is time-limited).
+    fn join_hooks(&mut self) {
+        for h in self.hook_threads.drain(..) {
+            let _ = h.join();
+        }
     }
 
     fn progress(&self, text: impl AsRef<str>) {
@@ -317,6 +338,7 @@ impl Factory {
                     "idle: {} spawned, {} done, {} failed, {} retried",
                     self.stats.spawned, self.stats.done, self.stats.failed, self.stats.retried
                 ));
+                self.join_hooks();
                 return Ok(ExitCode::SUCCESS);
             }
             let far = tokio::time::Instant::now() + Duration::from_secs(86400);
@@ -358,12 +380,8 @@ impl Factory {
             let was_idle = self.is_idle();
             self.step(finished)?;
             if self.is_idle() && !was_idle {
-                hooks::fire(
-                    &self.root,
-                    "on-idle",
-                    json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}),
-                    self.config.hook_timeout,
-                );
+                self.hook("on-idle",
+                    json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}));
             }
         }
     }
@@ -502,6 +520,19 @@ impl Factory {
                 startable += 1;
                 continue;
             }
+            let model = agent::model_for_attempt(&role, None, 1);
+            match self.gate(t, &role, model.as_deref(), reg, spent) {
+                Gate::Go => {}
+                Gate::Wait(_) => continue,
+                Gate::Pause(why) => {
+                    paused = Some(why);
+                    continue;
+                }
+                Gate::Act(action) => {
+                    actions.push((t.id.to_string(), action));
+                    continue;
+                }
+            }
             *used += 1;
             let workspace = reg
                 .agents
@@ -511,7 +542,6 @@ impl Factory {
                     || Path::new("agents").join("workspaces").join(builder),
                     PathBuf::from,
                 );
-            let model = agent::model_for_attempt(&role, None, 1);
             plan.push(Planned {
                 task: t.id.to_string(),
                 role,
@@ -569,12 +599,8 @@ impl Factory {
         match (&paused, &self.paused) {
             (Some(why), None) => {
                 self.progress(format!("paused: {why}"));
-                hooks::fire(
-                    &self.root,
-                    "on-cost-cap",
-                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd}),
-                    self.config.hook_timeout,
-                );
+                self.hook("on-cost-cap",
+                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd}));
             }
             (None, Some(_)) => self.progress("resumed: under the daily cost cap"),
             _ => {}
@@ -688,6 +714,7 @@ impl Factory {
                 )?;
             }
             tag_last(w, &agent_id, None);
+            touch_gate(w, &self.root, &p.task);
             let review = p
                 .review_of
                 .as_deref()
@@ -722,7 +749,7 @@ impl Factory {
                         Some(child),
                         pid,
                         a.pid_start,
-                        deadline,
+                        (deadline, timeout),
                         &role.name,
                         parent,
                     );
@@ -744,13 +771,9 @@ impl Factory {
                             ""
                         }
                     ));
-                    hooks::fire(
-                        &self.root,
-                        "on-spawn",
+                    self.hook("on-spawn",
                         json!({"task": p.task, "agent": agent_id, "role": role.name, "model": model, "status": "active",
-                               "workspace": path_str(&workspace), "log": path_str(&log_path(&agent_id))}),
-                        self.config.hook_timeout,
-                    );
+                               "workspace": path_str(&workspace), "log": path_str(&log_path(&agent_id))}));
                 }
                 Err(reason) => {
                     let a = reg.agents.get_mut(&agent_id).expect("registered above");
@@ -801,14 +824,13 @@ impl Factory {
                 )?;
                 self.stats.failed += 1;
                 self.progress(format!("refused {task}: {reason}"));
-                hooks::fire(
-                    &self.root,
+                self.hook(
                     "on-fail",
                     json!({"task": task, "status": "failed", "reason": reason}),
-                    self.config.hook_timeout,
                 );
             }
             GateAction::Cancel(reason) => {
+                touch_gate(w, &self.root, task);
                 w.set(
                     i,
                     &[
@@ -855,12 +877,8 @@ impl Factory {
                     .display()
                     .to_string();
                 self.progress(format!("{task} waits for approval: {shown}"));
-                hooks::fire(
-                    &self.root,
-                    "on-approval-pending",
-                    json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}),
-                    self.config.hook_timeout,
-                );
+                self.hook("on-approval-pending",
+                    json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}));
             }
         }
         Ok(())
@@ -1026,7 +1044,7 @@ impl Factory {
         child: Option<tokio::process::Child>,
         pid: u32,
         pid_start: Option<u64>,
-        deadline: Instant,
+        (deadline, limit): (Instant, Duration),
         role: &str,
         parent: Option<String>,
     ) {
@@ -1037,6 +1055,7 @@ impl Factory {
                 role: role.to_string(),
                 parent,
                 stop: Some(stop_tx),
+                timeout: limit,
             },
         );
         let tx = self.tx.clone();
@@ -1055,7 +1074,7 @@ impl Factory {
     /// Records one agent's end: registry entry, result file, and the
     /// task's transition (task first, then registry, for crash safety).
     fn finish(&mut self, w: &mut Writer, reg: &mut Registry, f: Finished) -> Result<()> {
-        self.running.remove(&f.agent);
+        let live = self.running.remove(&f.agent);
         let Some(agent) = reg.agents.get(&f.agent).cloned() else {
             tracing::warn!(agent = %f.agent, "finished agent is not in the registry");
             return Ok(());
@@ -1068,7 +1087,10 @@ impl Factory {
                 ..Outcome::default()
             }
         } else if f.timed_out {
-            let role_timeout = self.role(&agent.role).map(|r| r.settings.timeout);
+            let role_timeout = live
+                .as_ref()
+                .map(|l| l.timeout)
+                .or_else(|| self.role(&agent.role).map(|r| r.settings.timeout));
             Outcome {
                 reason: Some(format!(
                     "timed out after {}",
@@ -1129,7 +1151,11 @@ impl Factory {
                 ));
             }
         }
-        if outcome.success {
+        let is_tester = w
+            .scan
+            .get(&agent.task)
+            .is_some_and(|t| t.status == Status::Review);
+        if outcome.success && !is_tester {
             if let Some(text) = &outcome.result {
                 let path = self.root.dir.join(result_path(&agent.task));
                 fsutil::write_atomic(&path, text.as_bytes())?;
@@ -1194,13 +1220,9 @@ impl Factory {
                         "{} built by {}; review by {reviewer}",
                         agent.task, agent.id
                     ));
-                    hooks::fire(
-                        &self.root,
-                        "on-review",
+                    self.hook("on-review",
                         json!({"task": agent.task, "agent": agent.id, "role": agent.role, "reviewer": reviewer,
-                               "status": "review", "cost_usd": outcome.cost_usd, "result": summary}),
-                        self.config.hook_timeout,
-                    );
+                               "status": "review", "cost_usd": outcome.cost_usd, "result": summary}));
                 } else if outcome.success {
                     let mut changes = vec![
                         Change::set("status", "done"),
@@ -1230,14 +1252,10 @@ impl Factory {
                             .map(|c| format!(" (${c:.2})"))
                             .unwrap_or_default()
                     ));
-                    hooks::fire(
-                        &self.root,
-                        "on-done",
+                    self.hook("on-done",
                         json!({"task": agent.task, "agent": agent.id, "role": agent.role, "model": agent.model,
                                "status": "done", "cost_usd": outcome.cost_usd, "result": summary,
-                               "log": agent.log, "workspace": agent.workspace}),
-                        self.config.hook_timeout,
-                    );
+                               "log": agent.log, "workspace": agent.workspace}));
                 } else {
                     let reason = outcome.reason.clone().unwrap_or_else(|| "failed".into());
                     self.fail_attempt(w, i, &role, &reason)?;
@@ -1347,11 +1365,9 @@ impl Factory {
                 "done {id}: {} passed the work of {builder}",
                 agent.id
             ));
-            hooks::fire(
-                &self.root,
+            self.hook(
                 "on-done",
                 json!({"task": id, "agent": builder, "tested_by": agent.id, "status": "done"}),
-                self.config.hook_timeout,
             );
             return Ok(Some((builder, true)));
         }
@@ -1372,17 +1388,16 @@ impl Factory {
                 &[
                     Change::set("status", "failed"),
                     Change::set_raw("review_rounds", rounds.to_string()),
+                    Change::set("assigned", &builder),
                     Change::set("reason", &reason),
                 ],
                 Some(&section),
             )?;
             self.stats.failed += 1;
             self.progress(format!("failed {id}: {reason}"));
-            hooks::fire(
-                &self.root,
+            self.hook(
                 "on-fail",
                 json!({"task": id, "agent": agent.id, "status": "failed", "reason": reason}),
-                self.config.hook_timeout,
             );
         } else {
             w.rewrite_appending(
@@ -1451,6 +1466,10 @@ impl Factory {
             )?;
             self.stats.failed += 1;
             self.progress(format!("failed {id}: {reason}"));
+            self.hook(
+                "on-fail",
+                json!({"task": id, "role": role.name, "status": "failed", "reason": reason}),
+            );
         }
         Ok(())
     }
@@ -1502,12 +1521,8 @@ impl Factory {
             )?;
             self.stats.failed += 1;
             self.progress(format!("failed {id} after {attempts} attempt(s): {reason}"));
-            hooks::fire(
-                &self.root,
-                "on-fail",
-                json!({"task": id, "role": role.name, "status": "failed", "attempts": attempts, "reason": reason}),
-                self.config.hook_timeout,
-            );
+            self.hook("on-fail",
+                json!({"task": id, "role": role.name, "status": "failed", "attempts": attempts, "reason": reason}));
         }
         Ok(())
     }
@@ -1538,7 +1553,7 @@ impl Factory {
                     None,
                     pid,
                     a.pid_start,
-                    deadline,
+                    (deadline, timeout),
                     &a.role,
                     a.parent.clone(),
                 );
@@ -1645,6 +1660,7 @@ impl Factory {
             }
         }
         self.step(finished)?;
+        self.join_hooks();
         self.progress(format!(
             "stopped: {} spawned, {} done, {} failed",
             self.stats.spawned, self.stats.done, self.stats.failed
@@ -1654,13 +1670,22 @@ impl Factory {
 
     fn rotate_history(&mut self) {
         let result = (|| -> Result<()> {
-            let w = Writer::open(&self.root)?;
+            let mut w = Writer::open(&self.root)?;
             let mut reg = Registry::load(&self.root)?;
             let cutoff = w.now
                 - chrono::Duration::from_std(self.config.history_after)
                     .unwrap_or(chrono::Duration::MAX);
-            if reg.rotate(&self.root, cutoff)? > 0 {
+            let moved = reg.rotate(&self.root, cutoff)?;
+            if moved > 0 {
                 reg.save(&self.root, w.now)?;
+                w.touch(Registry::path(&self.root));
+                w.touch(self.root.factory_dir().join("history"));
+                w.notes.push(crate::git::Entry {
+                    line: format!(
+                        "registry: {moved} finished agents moved to agents/factory/history/"
+                    ),
+                    trailers: Vec::new(),
+                });
             }
             Ok(())
         })();
@@ -1743,6 +1768,17 @@ async fn wait_exit(
             }
             spawn::read_exit_file(exit_file)
         }
+    }
+}
+
+/// Puts a task's approval files (a person may have moved them by hand)
+/// into the writer's commit.
+fn touch_gate(w: &mut Writer, root: &Root, task: &str) {
+    if matches!(approval::decision(root, task), Decision::Missing) {
+        return;
+    }
+    for state in ["pending", "approved", "rejected"] {
+        w.touch(root.approvals(state).join(format!("{task}.md")));
     }
 }
 
@@ -1943,7 +1979,7 @@ fn build_review_prompt(
     let _ = writeln!(
         p,
         "\n\nThe builder worked in {} (your working directory): inspect and test the files there.\n\n\
-         End your final message with exactly one line `VERDICT: PASS` or `VERDICT: FAIL`, then your findings.",
+         Your final message must contain exactly one line `VERDICT: PASS` or `VERDICT: FAIL`; put your findings after that line.",
         workspace.display()
     );
     p

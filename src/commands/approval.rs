@@ -60,8 +60,9 @@ pub enum ApprovalCommand {
 /// Runs `taskq approve`.
 pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
     let mut writer = Writer::open(&ctx.root)?;
-    let from = approval::decision(&ctx.root, args.what.trim_end_matches(".md"));
-    let path = approval::decide(&ctx.root, &args.what, true, None, writer.now)?;
+    let what = gate_name(&writer, &ctx.root, &args.what);
+    let from = approval::decision(&ctx.root, &what);
+    let path = approval::decide(&ctx.root, &what, true, None, writer.now)?;
     record_move(&mut writer, &ctx.root, from, &path, "approved");
     let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
     ctx.out.note(format!("approved: {}", shown.display()));
@@ -75,14 +76,9 @@ pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
 /// for (a task gate, not an action request) with the reason.
 pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     let mut writer = Writer::open(&ctx.root)?;
-    let from = approval::decision(&ctx.root, args.what.trim_end_matches(".md"));
-    let path = approval::decide(
-        &ctx.root,
-        &args.what,
-        false,
-        args.reason.as_deref(),
-        writer.now,
-    )?;
+    let what = gate_name(&writer, &ctx.root, &args.what);
+    let from = approval::decision(&ctx.root, &what);
+    let path = approval::decide(&ctx.root, &what, false, args.reason.as_deref(), writer.now)?;
     record_move(&mut writer, &ctx.root, from, &path, "rejected");
     let gate = path
         .file_stem()
@@ -113,6 +109,22 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     ctx.out.note(format!("rejected: {}", shown.display()));
     report(ctx, &writer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the person typed, as a gate name: a path stays a path; `6` or
+/// `task-6` becomes `TASK-006` when that task exists and no gate has the
+/// name as typed.
+fn gate_name(writer: &Writer, root: &crate::store::Root, what: &str) -> String {
+    let name = what.trim_end_matches(".md");
+    if std::path::Path::new(what).is_file()
+        || !matches!(approval::decision(root, name), approval::Decision::Missing)
+    {
+        return what.to_string();
+    }
+    match writer.scan.resolve(name) {
+        Ok(i) => writer.scan.tasks[i].id.to_string(),
+        Err(_) => what.to_string(),
+    }
 }
 
 /// Puts an approval file's move into the writer's commit.

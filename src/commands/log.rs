@@ -45,7 +45,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             let i = scan.resolve(id)?;
             let path = std::fs::canonicalize(ctx.root.task_path(&scan.tasks[i]))
                 .map_err(|e| Error::io(ctx.root.task_path(&scan.tasks[i]), e))?;
+            let id = scan.tasks[i].id.to_string();
+            // --follow can take a similar new task file for a copy of this
+            // one: keep taskq's commits only where they name this task.
             git.log(Some(&path), None)?
+                .into_iter()
+                .filter(|(_, _, subject, body)| {
+                    !subject.starts_with("taskq:") || mentions(subject, &id) || mentions(body, &id)
+                })
+                .collect()
         }
         (None, Some(agent)) => git.log(None, Some(&format!("^Agent: {}$", regex_escape(agent))))?,
         (None, None) => unreachable!("clap requires one"),
@@ -91,6 +99,14 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     ctx.out.text(out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// True when `text` names the task `id` as a whole word.
+fn mentions(text: &str, id: &str) -> bool {
+    text.match_indices(id).any(|(k, _)| {
+        let after = text[k + id.len()..].chars().next();
+        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
 }
 
 fn regex_escape(s: &str) -> String {

@@ -285,6 +285,11 @@ pub fn release(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
         Change::remove("lease_expires"),
         Change::remove("retry_after"),
         Change::remove("reason"),
+        // A person's retry starts the counts afresh.
+        Change::remove("attempts"),
+        Change::remove("review_rounds"),
+        Change::remove("review_errors"),
+        Change::remove("review_role"),
     ];
     writer.set(i, &changes, Status::Ready, "")?;
     finish(ctx, &writer)
