@@ -75,7 +75,7 @@ pub fn waiting(root: &Root, tasks: impl Iterator<Item = (usize, Task)>) -> Vec<(
             Decision::Missing => out.push((
                 i,
                 format!(
-                    "approvals/pending/{}.md (written when the factory runs)",
+                    "approvals/pending/{}.md, written when the factory runs",
                     t.id
                 ),
             )),

@@ -18,7 +18,8 @@ use crate::commands::{
 ///
 /// Exit codes: 0 ok, 1 nothing found / check found problems, 2 usage error
 /// or invalid input, 3 conflict (already claimed, not ready, lock held too
-/// long).
+/// long, a factory already running). `approval wait`: 0 approved, 1
+/// rejected, 3 timed out.
 #[derive(Debug, Parser)]
 #[command(name = "taskq", version, about, long_about, max_term_width = 100)]
 pub struct Cli {

@@ -87,23 +87,30 @@ pub fn find_program(program: &str, path: Option<&str>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The process's start time in clock ticks since boot (field 22 of
-/// /proc/PID/stat); `None` when it does not exist (or is a zombie).
-pub fn start_time(pid: u32) -> Option<u64> {
+/// The state letter and start time (clock ticks since boot, field 22) of
+/// /proc/PID/stat; `None` when the process does not exist.
+fn stat(pid: u32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
 }
 
-/// True when `pid` is running and is the process that started at `start`
-/// (a reused pid is not the agent).
+/// The process's start time in clock ticks since boot; a zombie still has
+/// it (an agent may end before its start is read).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
+}
+
+/// True when `pid` is running (not a zombie) and is the process that
+/// started at `start` (a reused pid is not the agent).
 pub fn is_alive(pid: u32, start: Option<u64>) -> bool {
-    match (start_time(pid), start) {
-        (Some(now), Some(then)) => now == then,
+    match (stat(pid), start) {
+        (Some((state, _)), _) if state == 'Z' || state == 'X' => false,
+        (Some((_, now)), Some(then)) => now == then,
         (Some(_), None) => true,
         (None, _) => false,
     }

@@ -52,6 +52,12 @@ fn a_dropped_file_is_spawned_and_done() {
             .unwrap()
             .any(|e| e.unwrap().file_name() == "hello.md")
     });
+    // The task moves first, the registry entry is finished right after.
+    wait_for("the agent to be recorded", LONG, || {
+        root.agents()
+            .first()
+            .is_some_and(|a| a["status"] == "completed")
+    });
     let t = task_state(&root, "TASK-001");
     assert_eq!(t["status"], "done");
     assert_eq!(t["result"], "Wrote out.txt.");

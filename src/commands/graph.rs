@@ -30,7 +30,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         )
     };
     if ctx.out.json {
-        let nodes: Vec<serde_json::Value> = (0..scan.tasks.len())
+        let mut order: Vec<usize> = (0..scan.tasks.len()).collect();
+        order.sort_by(|&a, &b| crate::task::id_order(&scan.tasks[a].id, &scan.tasks[b].id));
+        let nodes: Vec<serde_json::Value> = order
+            .into_iter()
             .map(|i| {
                 let (state, title) = label(i);
                 serde_json::json!({"id": scan.tasks[i].id.to_string(), "title": title, "state": state})

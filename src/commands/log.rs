@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         .collect();
     if ctx.out.json {
         ctx.out.json(&events)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitCode::from(if events.is_empty() { 1 } else { 0 }));
     }
     if events.is_empty() {
         return Ok(ExitCode::from(1));
