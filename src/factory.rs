@@ -1109,7 +1109,7 @@ impl Factory {
         };
         let status = if stopping {
             AgentStatus::Stopped
-        } else if f.timed_out {
+        } else if f.timed_out || outcome.timed_out {
             AgentStatus::Timeout
         } else if outcome.success {
             AgentStatus::Completed
@@ -1282,6 +1282,10 @@ impl Factory {
         a.cost_usd = outcome.cost_usd;
         a.tokens = outcome.tokens;
         a.num_turns = outcome.num_turns;
+        if let Some(model) = &outcome.model {
+            // The model that answered (a CLI-side fallback may have).
+            a.model = Some(model.clone());
+        }
         if outcome.session_id.is_some() {
             a.session_id = outcome.session_id.clone();
         }

@@ -11,4 +11,5 @@ mod edits;
 mod factory;
 mod gates;
 mod git;
+mod openclaw;
 mod properties;

@@ -125,10 +125,14 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
             .get("session_id")
             .and_then(Value::as_str)
             .map(str::to_string),
+        // Claude Code also uses a small model for side work: name the model
+        // only when a single one answered.
         model: v
             .get("modelUsage")
             .and_then(Value::as_object)
+            .filter(|m| m.len() == 1)
             .and_then(|m| m.keys().next().cloned()),
+        timed_out: false,
     }
 }
 

@@ -138,6 +138,7 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
         num_turns: None,
         session_id: session,
         model: None,
+        timed_out: false,
     }
 }
 

@@ -94,7 +94,13 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
             .get("session_id")
             .and_then(Value::as_str)
             .map(str::to_string),
-        model,
+        // Name the model only when a single one answered.
+        model: model.filter(|_| {
+            v.pointer("/stats/models")
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.len() == 1)
+        }),
+        timed_out: false,
     }
 }
 

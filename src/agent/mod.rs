@@ -85,8 +85,10 @@ pub struct Outcome {
     pub num_turns: Option<u32>,
     /// Session id.
     pub session_id: Option<String>,
-    /// The model that actually answered, where reported.
+    /// The model that actually answered, where the CLI names exactly one.
     pub model: Option<String>,
+    /// The CLI itself stopped on its own time limit.
+    pub timed_out: bool,
 }
 
 /// Builds the command line for a role's adapter.

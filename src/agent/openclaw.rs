@@ -28,7 +28,17 @@ pub fn command(inv: &Invocation<'_>) -> CommandLine {
         }
     }
     args.extend(["--cwd".into(), inv.workspace.display().to_string()]);
-    args.extend(["--timeout".into(), s.timeout.as_secs().max(1).to_string()]);
+    // OpenClaw counts its --timeout from the start of its run (after
+    // seconds of start-up); taskq counts from the spawn. Give OpenClaw the
+    // smaller limit so it ends cleanly, with its envelope, before taskq
+    // has to kill it.
+    let secs = s.timeout.as_secs();
+    let own = if secs > 20 {
+        secs - 10
+    } else {
+        (secs / 2).max(1)
+    };
+    args.extend(["--timeout".into(), own.to_string()]);
     if let Some(config) = &s.config {
         args.extend(["--config".into(), config.clone()]);
     }
@@ -102,6 +112,7 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
             .and_then(Value::as_str)
             .map(str::to_string),
         model,
+        timed_out: status == "timeout",
     }
 }
 

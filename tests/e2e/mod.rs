@@ -14,7 +14,7 @@
 //! `TASKQ_SKIP_AGENT_CLIS=1` skips these tests (see `clis.rs`).
 
 mod clis;
-mod mock;
+pub mod mock;
 mod tests;
 
 use std::path::PathBuf;
