@@ -53,6 +53,9 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// Git: the audit trail.
     pub git: GitConfig,
+    /// No new agent while the agents' resident memory plus the new one's
+    /// expected peak (its role's median) would pass this many MB.
+    pub max_agent_memory_mb: Option<u64>,
 }
 
 /// `git:` settings.
@@ -92,6 +95,7 @@ impl Default for Config {
             max_review_rounds: 2,
             hook_timeout: Duration::from_secs(10),
             git: GitConfig::default(),
+            max_agent_memory_mb: None,
         }
     }
 }

@@ -204,6 +204,8 @@ pub fn gate(
 
 /// An agent this factory watches.
 struct Live {
+    /// The process group leader.
+    pid: u32,
     role: String,
     parent: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -486,6 +488,34 @@ impl Factory {
             *per_role.entry(live.role.clone()).or_default() += 1;
         }
         let spent = reg.spent_today(w.now);
+        // The memory budget: what running agents use now, plus each new
+        // agent's expected peak as it is planned.
+        let budget_kb = self.config.max_agent_memory_mb.map(|mb| mb * 1024);
+        let mut used_kb: u64 = if budget_kb.is_some() {
+            self.running
+                .values()
+                .filter_map(|l| spawn::tree_rss_kb(l.pid))
+                .sum()
+        } else {
+            0
+        };
+        let mut fits = |role: &Role| -> bool {
+            let Some(budget) = budget_kb else { return true };
+            // Expected peak: the role's median past peak; before any run is
+            // measured, 300 MB for a model CLI (measured: 150 MB to 1 GB).
+            let need =
+                reg.median_rss_kb(&role.name)
+                    .unwrap_or(match role.settings.agent.as_str() {
+                        "shell" | "command" => 10 * 1024,
+                        _ => 300 * 1024,
+                    });
+            // With nothing running, one agent always may start.
+            if used_kb > 0 && used_kb + need > budget {
+                return false;
+            }
+            used_kb += need;
+            true
+        };
         let mut plan: Vec<Planned> = Vec::new();
         let mut actions: Vec<(String, GateAction)> = Vec::new();
         let mut startable = 0;
@@ -516,6 +546,7 @@ impl Factory {
             if self.running.len() + plan.len() >= self.config.max_concurrent
                 || *used >= role.settings.max_concurrent
                 || staggered(&plan, self.last_spawn)
+                || !fits(&role)
             {
                 startable += 1;
                 continue;
@@ -560,6 +591,7 @@ impl Factory {
                 let used = per_role.entry(role.name.clone()).or_default();
                 if self.running.len() + plan.len() >= self.config.max_concurrent
                     || *used >= role.settings.max_concurrent
+                    || !fits(role)
                 {
                     startable += 1;
                     continue;
@@ -1052,6 +1084,7 @@ impl Factory {
         self.running.insert(
             agent_id.to_string(),
             Live {
+                pid,
                 role: role.to_string(),
                 parent,
                 stop: Some(stop_tx),

@@ -276,6 +276,21 @@ impl Registry {
         })
     }
 
+    /// The median peak memory (KiB) of past runs of `role`, if measured.
+    pub fn median_rss_kb(&self, role: &str) -> Option<u64> {
+        let mut v: Vec<u64> = self
+            .agents
+            .values()
+            .filter(|a| a.role == role && !a.status.is_live())
+            .filter_map(|a| a.max_rss_kb)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+
     /// Total cost of every agent that worked on `task`.
     pub fn task_cost(&self, task: &str) -> f64 {
         self.agents

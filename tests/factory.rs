@@ -548,3 +548,45 @@ fn the_bundled_shell_factory_runs_end_to_end() {
     let status = root.taskq(&["--json", "status"]).ok().json();
     assert_eq!(status["queue"]["done"], 5);
 }
+
+/// `max_agent_memory_mb`: with no room for a second agent's expected peak,
+/// agents run one at a time even though the slots would allow three.
+#[test]
+fn the_memory_cap_holds_back_new_agents() {
+    let root = TestRoot::new();
+    root.factory("max_agent_memory_mb: 1\n");
+    root.role(
+        "fake",
+        "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 3",
+    );
+    for n in 1..=3 {
+        task(
+            &root,
+            &format!("t{n}"),
+            &format!("id: TASK-00{n}\ntags: [x]"),
+            "x",
+        );
+    }
+    let log = root.path().join("fake.log");
+    let run = root.run_until_idle(&[
+        ("FAKE_AGENT_DELAY_MS", "300"),
+        ("FAKE_AGENT_LOG", log.to_str().unwrap()),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut events: Vec<(u64, i32)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].parse().unwrap(), if f[0] == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort();
+    let (mut now, mut max) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    assert_eq!(max, 1, "one agent at a time under the memory cap:\n{text}");
+    assert_eq!(root.agents().len(), 3);
+}
