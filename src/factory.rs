@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,10 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    let factory = Factory::new(root.clone(), config, roles, out, opts);
+    // Absolute paths: the watcher's events and the writer's paths must
+    // compare equal (the factory tells its own writes by path).
+    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
+    let factory = Factory::new(root, config, roles, out, opts);
     let code = runtime.block_on(factory.main())?;
     drop(lock);
     Ok(code)
@@ -222,7 +224,16 @@ struct Factory {
     running: HashMap<String, Live>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
-    pending: watch::Pending,
+    /// What the watcher saw.
+    seen: watch::Shared,
+    /// Files this factory wrote, with their size and mtime right after:
+    /// an event on one of them that still matches is its own.
+    own: HashMap<PathBuf, Option<(u64, std::time::SystemTime)>>,
+    /// The queue as the last step left it (kept current by its writes),
+    /// reused while no one else changed a file.
+    cache: Option<store::Scan>,
+    /// The registry as this factory last wrote it, and the file's stamp.
+    reg_cache: Option<(Registry, Option<(u64, std::time::SystemTime)>)>,
     /// The earliest retry backoff to wake up for.
     wake_at: Option<Instant>,
     /// Ready, routable tasks left unspawned in the last step (capacity).
@@ -266,7 +277,10 @@ impl Factory {
             running: HashMap::new(),
             tx,
             rx,
-            pending: Arc::new(AtomicBool::new(false)),
+            seen: Arc::new(std::sync::Mutex::new(watch::Seen::default())),
+            own: HashMap::new(),
+            cache: None,
+            reg_cache: None,
             wake_at: None,
             startable: 0,
             shutting_down: false,
@@ -315,12 +329,9 @@ impl Factory {
 
     async fn main(mut self) -> Result<ExitCode> {
         use tokio::signal::unix::{signal, SignalKind};
-        let _watcher = watch::start(
-            &self.root,
-            Arc::clone(&self.pending),
-            self.tx.clone(),
-            || Event::Changed,
-        )?;
+        let _watcher = watch::start(&self.root, Arc::clone(&self.seen), self.tx.clone(), || {
+            Event::Changed
+        })?;
         let mut sigterm =
             signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
         let mut sigint =
@@ -346,39 +357,50 @@ impl Factory {
             let far = tokio::time::Instant::now() + Duration::from_secs(86400);
             let wake = self.wake_at.map_or(far, tokio::time::Instant::from_std);
             let mut finished = Vec::new();
-            let mut changed = false;
+            // Someone else changed a file (or the heartbeat): read the queue
+            // afresh. Events on files this factory just wrote are its own.
+            let mut rescan = false;
+            let mut due = false;
             tokio::select! {
                 ev = self.rx.recv() => match ev {
-                    Some(Event::Changed) => changed = true,
+                    Some(Event::Changed) => rescan |= self.external_change(),
                     Some(Event::Finished(f)) => finished.push(f),
                     None => return Ok(ExitCode::SUCCESS),
                 },
                 () = tokio::time::sleep_until(heartbeat) => {
                     heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
-                    changed = true;
+                    rescan = true;
                     self.rotate_history();
                 }
-                () = tokio::time::sleep_until(wake) => changed = true,
+                () = tokio::time::sleep_until(wake) => due = true,
                 _ = sigterm.recv() => return self.shutdown("SIGTERM").await,
                 _ = sigint.recv() => return self.shutdown("SIGINT").await,
             }
+            if !rescan && !due && finished.is_empty() {
+                continue; // only the echo of this factory's own writes
+            }
             // Debounce: let an editor's save or a `git checkout` settle
-            // (quiet for 5 ms, at most 50 ms), then act once.
+            // (quiet for 5 ms, at most 50 ms); batch agents that end
+            // together (2 ms), then act once.
             let settle = tokio::time::Instant::now() + Duration::from_millis(50);
             loop {
-                let quiet = if changed {
+                let quiet = if rescan {
                     Duration::from_millis(5)
+                } else if !finished.is_empty() {
+                    Duration::from_millis(2)
                 } else {
                     Duration::ZERO
                 };
                 let until = (tokio::time::Instant::now() + quiet).min(settle);
                 match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(Event::Changed)) => changed = true,
+                    Ok(Some(Event::Changed)) => rescan |= self.external_change(),
                     Ok(Some(Event::Finished(f))) => finished.push(f),
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.pending.store(false, Ordering::Release);
+            if rescan {
+                self.cache = None;
+            }
             let was_idle = self.is_idle();
             self.step(finished)?;
             if self.is_idle() && !was_idle {
@@ -388,6 +410,28 @@ impl Factory {
         }
     }
 
+    /// True when the watcher saw a change this factory did not make
+    /// itself (a file it wrote still as it left it is its own echo).
+    fn external_change(&mut self) -> bool {
+        let seen = watch::take(&self.seen);
+        if seen.overflow {
+            return true;
+        }
+        seen.paths.iter().any(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            if name.starts_with(crate::fsutil::TEMP_PREFIX) {
+                return false;
+            }
+            match self.own.get(p) {
+                Some(stamp) => *stamp != file_stamp(p),
+                None => true,
+            }
+        })
+    }
+
     fn is_idle(&self) -> bool {
         self.running.is_empty() && self.startable == 0 && self.wake_at.is_none()
     }
@@ -395,14 +439,52 @@ impl Factory {
     /// One scheduling step under the queue lock: record finished agents,
     /// then spawn what the limits allow.
     fn step(&mut self, finished: Vec<Finished>) -> Result<()> {
-        let mut w = Writer::open(&self.root)?;
-        let mut reg = Registry::load(&self.root)?;
+        // The queue: as the last step left it while no one else changed a
+        // file, else read afresh (with the repairs a writer makes).
+        let fresh = self.cache.is_none();
+        let mut w = match self.cache.take() {
+            Some(scan) => Writer::with_scan(&self.root, scan)?,
+            None => Writer::open(&self.root)?,
+        };
+        // The registry: as this factory last wrote it, unless someone
+        // (`taskq stop`) changed the file since.
+        let path = Registry::path(&self.root);
+        let mut reg = match self.reg_cache.take() {
+            Some((reg, stamp)) if stamp == file_stamp(&path) => reg,
+            _ => Registry::load(&self.root)?,
+        };
+        let result = self.step_with(&mut w, &mut reg, finished, fresh);
+        // Remember what this step wrote, so its echo is not a "change".
+        if fresh {
+            self.own.clear();
+        }
+        for p in &w.changed {
+            self.own.insert(p.clone(), file_stamp(p));
+        }
+        // After an error, read both afresh: what is in memory may not have
+        // reached the files.
+        if result.is_ok() {
+            self.reg_cache = Some((reg, file_stamp(&path)));
+            self.cache = Some(std::mem::take(&mut w.scan));
+        }
+        result
+    }
+
+    fn step_with(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        finished: Vec<Finished>,
+        fresh: bool,
+    ) -> Result<()> {
         let mut dirty = false;
         for f in finished {
-            self.finish(&mut w, &mut reg, f)?;
+            self.finish(w, reg, f)?;
             dirty = true;
         }
-        self.reload_roles();
+        if fresh {
+            self.reload_roles();
+        }
         let strays = approval::stray(&self.root, |task| {
             w.scan.get(task).map(|t| {
                 (t.folder == Folder::Done || t.status.is_closed()).then(|| {
@@ -423,7 +505,7 @@ impl Factory {
             }
         }
         if !self.shutting_down {
-            dirty |= self.spawn_ready(&mut w, &mut reg)?;
+            dirty |= self.spawn_ready(w, reg)?;
         }
         if dirty {
             reg.max_concurrent = self.config.max_concurrent;
@@ -440,7 +522,7 @@ impl Factory {
                 ));
             }
         }
-        self.schedule_wake(&w);
+        self.schedule_wake(w);
         Ok(())
     }
 
@@ -1774,7 +1856,7 @@ async fn supervise(
         }
     };
     // What the agent left running in its group goes too.
-    if !spawn::group_members(pid).is_empty() {
+    if spawn::group_alive(pid) {
         let _ = tokio::task::spawn_blocking(move || spawn::terminate_group(pid, grace)).await;
     }
     Finished {
@@ -1817,6 +1899,12 @@ fn touch_gate(w: &mut Writer, root: &Root, task: &str) {
     for state in ["pending", "approved", "rejected"] {
         w.touch(root.approvals(state).join(format!("{task}.md")));
     }
+}
+
+/// A file's size and mtime, or `None` when it does not exist.
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 /// Names the agent (and cost) of the writer's last transition, for the

@@ -177,6 +177,11 @@ pub struct Registry {
     /// The factory's global concurrency limit when it last ran.
     #[serde(rename = "maxConcurrent", default)]
     pub max_concurrent: usize,
+    /// The serialized line of each finished agent, by id, with the state
+    /// it was made from (finished agents rarely change; at 100,000 agents
+    /// re-serializing them on every save would dominate the factory).
+    #[serde(skip)]
+    lines: std::collections::HashMap<String, (AgentStatus, Option<String>, bool, String)>,
 }
 
 impl Default for Registry {
@@ -187,6 +192,7 @@ impl Default for Registry {
             agents: BTreeMap::new(),
             next_id: 1,
             max_concurrent: 0,
+            lines: std::collections::HashMap::new(),
         }
     }
 }
@@ -219,11 +225,45 @@ impl Registry {
     }
 
     /// Writes the registry atomically. Call only under the queue lock.
+    ///
+    /// The seed's shape, one agent per line: readable, and a `git diff` of
+    /// a transition is the lines of the agents it touched.
     pub fn save(&mut self, root: &Root, now: Timestamp) -> Result<()> {
         self.updated = Some(now);
-        let mut text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::io(Registry::path(root), e.into()))?;
-        text.push('\n');
+        let err = |e: serde_json::Error| Error::io(Registry::path(root), e.into());
+        let mut text = String::with_capacity(64 + self.agents.len() * 512);
+        text.push_str("{\n  \"version\": ");
+        text.push_str(&serde_json::to_string(&self.version).map_err(err)?);
+        text.push_str(",\n  \"updated\": ");
+        text.push_str(&serde_json::to_string(&self.updated).map_err(err)?);
+        text.push_str(",\n  \"agents\": {");
+        let mut first = true;
+        for (id, agent) in &self.agents {
+            let key = (agent.status, agent.test_status.clone(), agent.cancel_task);
+            let line = match self.lines.get(id) {
+                Some((status, test, cancel, line)) if (*status, test.clone(), *cancel) == key => {
+                    line.clone()
+                }
+                _ => {
+                    let line = serde_json::to_string(agent).map_err(err)?;
+                    if !agent.status.is_live() {
+                        self.lines
+                            .insert(id.clone(), (key.0, key.1, key.2, line.clone()));
+                    }
+                    line
+                }
+            };
+            text.push_str(if first { "\n    " } else { ",\n    " });
+            first = false;
+            text.push_str(&serde_json::to_string(id).map_err(err)?);
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        text.push_str(if first { "},\n" } else { "\n  },\n" });
+        text.push_str(&format!(
+            "  \"nextId\": {},\n  \"maxConcurrent\": {}\n}}\n",
+            self.next_id, self.max_concurrent
+        ));
         fsutil::write_atomic(&Registry::path(root), text.as_bytes())
     }
 
@@ -336,6 +376,7 @@ impl Registry {
         }
         for id in &old {
             self.agents.remove(id);
+            self.lines.remove(id);
         }
         Ok(old.len())
     }
@@ -402,7 +443,9 @@ mod tests {
         r.save(&root, now).unwrap();
         let text = std::fs::read_to_string(Registry::path(&root)).unwrap();
         assert!(
-            text.contains("\"nextId\": 2") && text.contains("\"type\": \"builder\""),
+            text.contains("\"nextId\": 2")
+                && text.contains("\"type\":\"builder\"")
+                && text.lines().filter(|l| l.starts_with("    \"BLD-")).count() == 3,
             "{text}"
         );
         let mut back = Registry::load(&root).unwrap();

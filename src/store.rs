@@ -716,6 +716,23 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Takes the queue lock over a scan the caller already holds and knows
+    /// to be current (the factory, between its own writes), skipping the
+    /// re-read and the repairs.
+    pub fn with_scan(root: &Root, scan: Scan) -> Result<Writer> {
+        let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
+        Ok(Writer {
+            root: root.clone(),
+            scan,
+            now: now(),
+            transitions: Vec::new(),
+            notes: Vec::new(),
+            changed: std::collections::BTreeSet::new(),
+            git: git_for(root),
+            _lock: lock,
+        })
+    }
+
     fn repair(&mut self) -> Result<()> {
         // Adopt id-less files in todo/, oldest name first.
         let orphans: Vec<usize> = (0..self.scan.tasks.len())

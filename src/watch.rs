@@ -1,14 +1,14 @@
 //! notify → the factory's event channel.
 //!
-//! The notify callback never blocks: it sets a "changed" flag and sends one
-//! wake-up only when the flag was clear, so a `git checkout` of thousands
-//! of files is one message, not thousands. An event means "rescan", never
-//! "apply this change": events can be missed (inotify overflow), so the
-//! factory's heartbeat rescans too.
+//! The notify callback never blocks for long: it records the event's paths
+//! and sends one wake-up only when none is in flight, so a `git checkout`
+//! of thousands of files is one message, not thousands. The factory uses
+//! the paths only to tell its own writes from anyone else's; any other
+//! change means "rescan", never "apply this change": events can be missed
+//! (inotify overflow), so the factory's heartbeat rescans too.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
@@ -16,30 +16,72 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::{Error, Result};
 use crate::store::Root;
 
-/// Set while a wake-up is in flight; the factory clears it before it
-/// rescans.
-pub type Pending = Arc<AtomicBool>;
+/// What the watcher saw since the factory last looked: the changed paths
+/// (so the factory can tell its own writes from anyone else's), and
+/// whether a wake-up is in flight.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Paths of the events, up to [`MAX_PATHS`].
+    pub paths: Vec<PathBuf>,
+    /// More events than that, or an event without a path: rescan.
+    pub overflow: bool,
+    /// A wake-up was sent and not yet taken.
+    pub pending: bool,
+}
+
+/// Shared between the notify callback and the factory.
+pub type Shared = Arc<Mutex<Seen>>;
+
+/// Beyond this many paths an event burst is just "rescan".
+pub const MAX_PATHS: usize = 4096;
+
+/// Takes what was seen, clearing it (and the in-flight flag).
+pub fn take(shared: &Shared) -> Seen {
+    let mut seen = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    std::mem::take(&mut *seen)
+}
 
 /// Watches `tasks/`, `approvals/` and `agents/templates/` (created if
 /// missing). Keep the returned watcher alive.
 pub fn start<E: Send + 'static>(
     root: &Root,
-    pending: Pending,
+    shared: Shared,
     tx: UnboundedSender<E>,
     make: fn() -> E,
 ) -> Result<RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) => {
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) => {
+                if matches!(event.kind, EventKind::Access(_)) {
+                    return;
+                }
+                let wake = {
+                    let mut seen = shared
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if event.paths.is_empty() || seen.paths.len() + event.paths.len() > MAX_PATHS {
+                        seen.overflow = true;
+                        seen.paths.clear();
+                    } else if !seen.overflow {
+                        seen.paths.extend(event.paths);
+                    }
+                    !std::mem::replace(&mut seen.pending, true)
+                };
+                if wake {
+                    let _ = tx.send(make());
+                }
             }
-            if !pending.swap(true, Ordering::AcqRel) {
-                let _ = tx.send(make());
+            Err(e) => {
+                tracing::warn!(error = %e, "file watcher error; rescanning");
+                let mut seen = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                seen.overflow = true;
             }
-        }
-        Err(e) => tracing::warn!(error = %e, "file watcher error; the heartbeat keeps the queue going"),
-    })
-    .map_err(|e| watch_error(&root.dir, e))?;
+        })
+        .map_err(|e| watch_error(&root.dir, e))?;
     for dir in watch_dirs(root) {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         watcher
