@@ -247,6 +247,8 @@ struct Factory {
     stagger_wake: Option<Instant>,
     /// Hooks still running.
     hook_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Programs already found on a PATH (looked up once, not per agent).
+    found: std::collections::HashSet<(String, Option<String>)>,
     /// Approval files already warned about (stray ones).
     warned: std::collections::HashSet<PathBuf>,
     stats: Stats,
@@ -289,6 +291,7 @@ impl Factory {
             stagger_wake: None,
             warned: std::collections::HashSet::new(),
             hook_threads: Vec::new(),
+            found: std::collections::HashSet::new(),
             stats: Stats::default(),
             rng: seed | 1,
         }
@@ -1013,7 +1016,8 @@ impl Factory {
         resuming: bool,
         review: Option<(&str, Option<Agent>)>,
     ) -> std::result::Result<Started, String> {
-        let root_abs = std::fs::canonicalize(&self.root.dir).map_err(|e| e.to_string())?;
+        // `run` made the root absolute and canonical.
+        let root_abs = self.root.dir.clone();
         let ws_abs = root_abs.join(workspace);
         let mut worktree = None;
         if role.settings.workspace == "worktree" && review.is_none() {
@@ -1035,7 +1039,10 @@ impl Factory {
         } else {
             format!("{}\n\n---\n\n{prompt}", role.soul.trim())
         };
-        fsutil::write_atomic(&prompt_file, full.as_bytes()).map_err(|e| e.to_string())?;
+        // The shell adapter runs the task's own sh blocks: no prompt to keep.
+        if role.settings.agent != "shell" {
+            fsutil::write_atomic(&prompt_file, full.as_bytes()).map_err(|e| e.to_string())?;
+        }
         let inv = Invocation {
             role,
             task_id: &task.id,
@@ -1089,8 +1096,12 @@ impl Factory {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_str());
-        if spawn::find_program(&line.program, path).is_none() {
-            return Err(format!("`{}` not found on PATH", line.program));
+        let key = (line.program.clone(), path.map(str::to_string));
+        if !self.found.contains(&key) {
+            if spawn::find_program(&line.program, path).is_none() {
+                return Err(format!("`{}` not found on PATH", line.program));
+            }
+            self.found.insert(key);
         }
         let spec = spawn::Spec {
             program: line.program,
