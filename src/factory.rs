@@ -75,6 +75,7 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // Absolute paths: the watcher's events and the writer's paths must
     // compare equal (the factory tells its own writes by path).
     let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
+    fsutil::defer_dir_syncs();
     let factory = Factory::new(root, config, roles, out, opts);
     let code = runtime.block_on(factory.main())?;
     drop(lock);
@@ -457,6 +458,8 @@ impl Factory {
             _ => Registry::load(&self.root)?,
         };
         let result = self.step_with(&mut w, &mut reg, finished, fresh);
+        // The renames of this step become durable together, under the lock.
+        fsutil::flush_dir_syncs();
         // Remember what this step wrote, so its echo is not a "change".
         if fresh {
             self.own.clear();
