@@ -24,7 +24,7 @@
 //!    cost of one rescan (what each file event and each heartbeat costs).
 //!
 //! ```text
-//! cargo bench --bench factory                              # full (~3 min after the build)
+//! cargo bench --bench factory                              # full (~1.5 min after the build)
 //! TASKQ_FACTORY_BENCH_QUICK=1 cargo bench --bench factory  # short form for CI (~15 s)
 //! cargo bench --bench factory -- --only latency --keep /tmp/fb
 //! ```
