@@ -266,7 +266,7 @@ pub fn wait(root: &Root, path: &Path, timeout: Option<Duration>) -> Result<u8> {
 
 /// A scalar field of an approval file's frontmatter.
 pub fn read_field(path: &Path, key: &str) -> Option<String> {
-    frontmatter::scalar_field(&std::fs::read(path).ok()?, key)
+    frontmatter::scalar_field(&crate::fsutil::read(path).ok()?, key)
 }
 
 /// Every file in `approved/` that names a task that does not exist, or

@@ -12,7 +12,7 @@
 //! the ones that ended while it was down (their exit code is in
 //! `agents/logs/<id>.exit`), and marks the rest `lost`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,10 +76,18 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // compare equal (the factory tells its own writes by path).
     let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
     fsutil::defer_dir_syncs();
+    // Rewrites swap inodes with spare files instead of creating and freeing
+    // one per write (see fsutil). Only this process uses the directory: it
+    // holds the run lock.
+    let spare_dir = root.dir.join("agents").join("factory").join(".spare");
+    if let Err(e) = fsutil::keep_spares(&spare_dir) {
+        tracing::warn!("{e} (writing without spare files)");
+    }
     let factory = Factory::new(root, config, roles, out, opts);
-    let code = runtime.block_on(factory.main())?;
+    let code = runtime.block_on(factory.main());
+    fsutil::release_spares();
     drop(lock);
-    Ok(code)
+    code
 }
 
 /// What the event loop reacts to.
@@ -217,6 +225,9 @@ struct Live {
 }
 
 struct Factory {
+    /// Agents that ended and whose end this step has yet to record (their
+    /// tasks are not free yet).
+    ending: HashSet<String>,
     root: Root,
     config: Config,
     roles: Vec<Role>,
@@ -272,6 +283,7 @@ impl Factory {
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32;
         Factory {
+            ending: HashSet::new(),
             root,
             config,
             roles,
@@ -384,29 +396,37 @@ impl Factory {
                 continue; // only the echo of this factory's own writes
             }
             // Debounce: let an editor's save or a `git checkout` settle
-            // (quiet for 5 ms, at most 50 ms); batch agents that end
-            // together (2 ms), then act once.
+            // (quiet for 5 ms, at most 50 ms); take the agents that have
+            // ended meanwhile too (without waiting for more: a step is
+            // slower than a short job, so ends pile up on their own), then
+            // act once.
             let settle = tokio::time::Instant::now() + Duration::from_millis(50);
             loop {
-                let quiet = if rescan {
-                    Duration::from_millis(5)
-                } else if !finished.is_empty() {
-                    Duration::from_millis(2)
+                let event = if rescan {
+                    let until =
+                        (tokio::time::Instant::now() + Duration::from_millis(5)).min(settle);
+                    tokio::time::timeout_at(until, self.rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 } else {
-                    Duration::ZERO
+                    // What is already there, without a timer (tokio's
+                    // round up to the next millisecond).
+                    self.rx.try_recv().ok()
                 };
-                let until = (tokio::time::Instant::now() + quiet).min(settle);
-                match tokio::time::timeout_at(until, self.rx.recv()).await {
-                    Ok(Some(Event::Changed)) => rescan |= self.external_change(),
-                    Ok(Some(Event::Finished(f))) => finished.push(f),
-                    Ok(None) | Err(_) => break,
+                match event {
+                    Some(Event::Changed) => rescan |= self.external_change(),
+                    Some(Event::Finished(f)) => finished.push(f),
+                    None => break,
                 }
             }
             if rescan {
                 self.cache = None;
             }
             let was_idle = self.is_idle();
+            let (ended, began) = (finished.len(), std::time::Instant::now());
             self.step(finished)?;
+            tracing::debug!(ended, running = self.running.len(), took = ?began.elapsed(), "step");
             if self.is_idle() && !was_idle {
                 self.hook("on-idle",
                     json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}));
@@ -457,7 +477,14 @@ impl Factory {
             Some((reg, stamp)) if stamp == file_stamp(&path) => reg,
             _ => Registry::load(&self.root)?,
         };
-        let result = self.step_with(&mut w, &mut reg, finished, fresh);
+        // The step's writes are staged and written together (see fsutil):
+        // before any agent starts, and at the end, under the lock.
+        fsutil::stage();
+        let mut result = self.step_with(&mut w, &mut reg, finished, fresh);
+        let committed = fsutil::commit();
+        if result.is_ok() {
+            result = committed;
+        }
         // The renames of this step become durable together, under the lock.
         fsutil::flush_dir_syncs();
         // Remember what this step wrote, so its echo is not a "change".
@@ -483,11 +510,18 @@ impl Factory {
         finished: Vec<Finished>,
         fresh: bool,
     ) -> Result<()> {
-        let mut dirty = false;
-        for f in finished {
-            self.finish(w, reg, f)?;
-            dirty = true;
-        }
+        // Agents that ended free their slots at once: their successors
+        // start first, then the ends are recorded while those run (a step
+        // is longer than a short job; this keeps the cores busy).
+        self.ending.clear();
+        let ended: Vec<(Finished, Option<Live>)> = finished
+            .into_iter()
+            .map(|f| {
+                let live = self.running.remove(&f.agent);
+                self.ending.insert(f.agent.clone());
+                (f, live)
+            })
+            .collect();
         if fresh {
             self.reload_roles();
         }
@@ -510,7 +544,21 @@ impl Factory {
                 self.progress(format!("warning: {shown} {why}"));
             }
         }
-        if !self.shutting_down {
+        let mut dirty = false;
+        // Under a daily cost cap, what the ended agents cost counts before
+        // anything new starts: then the ends are recorded first.
+        let early = !self.shutting_down && self.config.daily_cost_cap_usd.is_none();
+        if early {
+            dirty |= self.spawn_ready(w, reg)?;
+        }
+        let any_ended = !ended.is_empty();
+        for (f, live) in ended {
+            self.ending.remove(&f.agent);
+            self.finish(w, reg, f, live)?;
+            dirty = true;
+        }
+        // What the ends made runnable (retries, reviews, dependents).
+        if !self.shutting_down && (any_ended || !early) {
             dirty |= self.spawn_ready(w, reg)?;
         }
         if dirty {
@@ -624,8 +672,8 @@ impl Factory {
                 continue;
             };
             let assigned = t.assigned.as_deref().unwrap_or("");
-            if self.running.contains_key(assigned) {
-                continue; // its tester is at work
+            if self.running.contains_key(assigned) || self.ending.contains(assigned) {
+                continue; // its tester is at work, or its end not yet recorded
             }
             let Some(role) = self.role(review_role).cloned() else {
                 continue;
@@ -802,8 +850,8 @@ impl Factory {
         }
         reg.save(&self.root, w.now)?;
         w.touch(Registry::path(&self.root));
-        // 2. Mark the tasks, 3. start the children, 4. record pids.
-        for (agent_id, p, workspace, session, resuming) in spawns {
+        // 2. Mark the tasks.
+        for (agent_id, p, ..) in &spawns {
             let i = w.scan.position(&p.task).expect("still in the scan");
             let role = &p.role;
             let model = p.model.as_deref();
@@ -815,7 +863,7 @@ impl Factory {
             if p.review_of.is_some() {
                 w.set(
                     i,
-                    &[Change::set("assigned", &agent_id)],
+                    &[Change::set("assigned", agent_id)],
                     Status::Review,
                     &format!("review by {note}"),
                 )?;
@@ -824,7 +872,7 @@ impl Factory {
                     i,
                     &[
                         Change::set("status", "running"),
-                        Change::set("assigned", &agent_id),
+                        Change::set("assigned", agent_id),
                         Change::set("started", &format_timestamp(w.now)),
                         Change::remove("retry_after"),
                         Change::remove("lease_expires"),
@@ -833,15 +881,27 @@ impl Factory {
                     &note,
                 )?;
             }
-            tag_last(w, &agent_id, None);
-            touch_gate(w, &self.root, &p.task);
+            tag_last(w, agent_id, None);
+            if approval::needs_approval(&w.scan.tasks[i], Some(role), &self.config) {
+                touch_gate(w, &self.root, &p.task);
+            }
+        }
+        // The registry, then the tasks, are on disk before any agent
+        // starts (written as one batch, see `step`).
+        fsutil::commit()?;
+        // 3. Start the children, 4. record their pids.
+        for (agent_id, p, workspace, session, resuming) in spawns {
+            let i = w.scan.position(&p.task).expect("still in the scan");
+            let role = &p.role;
+            let model = p.model.as_deref();
             let review = p
                 .review_of
                 .as_deref()
                 .map(|b| (b, reg.agents.get(b).cloned()));
-            match self.start_agent(
+            let started = self.start_agent(
                 w, i, &agent_id, role, model, &workspace, &session, resuming, review,
-            ) {
+            );
+            match started {
                 Ok(Started {
                     child,
                     pid,
@@ -923,6 +983,8 @@ impl Factory {
                 }
             }
         }
+        // The rest of the step is written as one batch again.
+        fsutil::stage();
         Ok(true)
     }
 
@@ -965,7 +1027,7 @@ impl Factory {
             GateAction::RequestApproval { role, model } => {
                 let t = &w.scan.tasks[i];
                 let title = store::display_title(&self.root, t);
-                let file = std::fs::read(self.root.task_path(t)).unwrap_or_default();
+                let file = fsutil::read(&self.root.task_path(t)).unwrap_or_default();
                 let (_, body) = task_body_and_command(&file);
                 let prompt = build_prompt(
                     &self.root,
@@ -1028,7 +1090,7 @@ impl Factory {
         }
         std::fs::create_dir_all(&ws_abs).map_err(|e| format!("{}: {e}", ws_abs.display()))?;
         let task = &w.scan.tasks[i];
-        let file = std::fs::read(self.root.task_path(task)).map_err(|e| e.to_string())?;
+        let file = fsutil::read(&self.root.task_path(task)).map_err(|e| e.to_string())?;
         let (fields_cmd, body) = task_body_and_command(&file);
         let prompt = match &review {
             None => build_prompt(&self.root, w, i, &body, &ws_abs),
@@ -1138,7 +1200,7 @@ impl Factory {
         ws_abs: &Path,
     ) -> std::result::Result<(String, PathBuf), String> {
         let t = &w.scan.tasks[i];
-        let file = std::fs::read(self.root.task_path(t)).map_err(|e| e.to_string())?;
+        let file = fsutil::read(&self.root.task_path(t)).map_err(|e| e.to_string())?;
         let repo_dir =
             raw_field(&file, "repo").map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
         let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {
@@ -1202,8 +1264,13 @@ impl Factory {
 
     /// Records one agent's end: registry entry, result file, and the
     /// task's transition (task first, then registry, for crash safety).
-    fn finish(&mut self, w: &mut Writer, reg: &mut Registry, f: Finished) -> Result<()> {
-        let live = self.running.remove(&f.agent);
+    fn finish(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        f: Finished,
+        live: Option<Live>,
+    ) -> Result<()> {
         let Some(agent) = reg.agents.get(&f.agent).cloned() else {
             tracing::warn!(agent = %f.agent, "finished agent is not in the registry");
             return Ok(());
@@ -1803,7 +1870,9 @@ impl Factory {
 
     fn rotate_history(&mut self) {
         let result = (|| -> Result<()> {
-            let mut w = Writer::open(&self.root)?;
+            // The lock and a git commit, not the queue: the step after the
+            // heartbeat reads that afresh anyway.
+            let mut w = Writer::with_scan(&self.root, store::Scan::default())?;
             let mut reg = Registry::load(&self.root)?;
             let cutoff = w.now
                 - chrono::Duration::from_std(self.config.history_after)

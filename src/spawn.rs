@@ -40,14 +40,19 @@ const WRAPPER: &str = r#""$@"; rc=$?; printf '%s\n' "$rc" > "$TASKQ_EXIT_FILE"; 
 /// it: then taskq knows the cause itself).
 const EXIT_TRAP: &str = r#"trap 'printf "%s\n" "$?" > "$TASKQ_EXIT_FILE"' EXIT"#;
 
-/// `(flags, script)` when the agent is `sh [flags] -c SCRIPT`.
+/// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
+/// script can carry the EXIT trap: not one that may `exec` (the shell it
+/// replaces takes its trap along; then the wrapper records the code).
 fn inline_script(spec: &Spec) -> Option<(&[String], &str)> {
     if spec.program != "sh" {
         return None;
     }
     match spec.args.as_slice() {
         [flags @ .., c, script] if c == "-c" && flags.iter().all(|f| f.starts_with('-')) => {
-            Some((flags, script))
+            let execs = script
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == "exec");
+            (!execs).then_some((flags, script.as_str()))
         }
         _ => None,
     }
@@ -301,6 +306,32 @@ mod tests {
             "a different start time is another process"
         );
         assert!(!is_alive(4_000_000, None));
+    }
+
+    #[test]
+    fn the_exit_code_is_recorded_even_when_the_script_execs() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (script, code) in [
+            ("exit 4", 4),
+            ("exec sh -c 'exit 3'", 3),
+            ("echo hi; exec true", 0),
+        ] {
+            let spec = Spec {
+                program: "sh".into(),
+                args: vec!["-e".into(), "-c".into(), script.into()],
+                env: vec![("PATH".into(), std::env::var("PATH").unwrap())],
+                cwd: dir.path().to_path_buf(),
+                log: dir.path().join("job.log"),
+                exit_file: dir.path().join("job.exit"),
+            };
+            let status = rt.block_on(async { start(&spec).unwrap().wait().await.unwrap() });
+            assert_eq!(status.code(), Some(code), "{script}");
+            assert_eq!(read_exit_file(&spec.exit_file), Some(code), "{script}");
+        }
     }
 
     #[test]

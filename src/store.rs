@@ -148,7 +148,14 @@ impl Scan {
     fn reindex(&mut self) {
         let tasks = &self.tasks;
         let mut index: Vec<u32> = (0..tasks.len() as u32).collect();
-        index.sort_by(|&a, &b| tasks[a as usize].id.cmp(&tasks[b as usize].id));
+        // Unstable (in place, no scratch buffer), with the position
+        // breaking ties so equal ids keep their order.
+        index.sort_unstable_by(|&a, &b| {
+            tasks[a as usize]
+                .id
+                .cmp(&tasks[b as usize].id)
+                .then(a.cmp(&b))
+        });
         self.index = index;
     }
 }
@@ -834,9 +841,9 @@ impl Writer {
     /// Allocates the next task id: one more than the largest ever used.
     pub fn allocate_id(&mut self) -> Result<String> {
         let path = self.root.last_id_file();
-        let stored = fs::read_to_string(&path)
+        let stored = fsutil::read(&path)
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<u64>().ok())
             .unwrap_or(0);
         let seen = self
             .scan
@@ -941,7 +948,7 @@ impl Writer {
         let from = self.root.task_path(t);
         let done = self.root.folder(Folder::Done);
         let mut rel = t.rel.to_string();
-        if done.join(&rel).exists() {
+        if fsutil::exists(&done.join(&rel)) {
             let stem = task::file_stem(&rel).to_string();
             let dir = rel
                 .rsplit_once('/')

@@ -7,6 +7,7 @@
 //! change means "rescan", never "apply this change": events can be missed
 //! (inotify overflow), so the factory's heartbeat rescans too.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +22,8 @@ use crate::store::Root;
 /// whether a wake-up is in flight.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Paths of the events, up to [`MAX_PATHS`].
-    pub paths: Vec<PathBuf>,
+    /// Paths of the events (each once), up to [`MAX_PATHS`].
+    pub paths: HashSet<PathBuf>,
     /// More events than that, or an event without a path: rescan.
     pub overflow: bool,
     /// A wake-up was sent and not yet taken.
