@@ -1168,13 +1168,16 @@ impl Factory {
             }
             self.found.insert(key);
         }
+        // A recycled empty file as the log, when there is one: no new inode.
+        fsutil::place_empty(&root_abs.join(log_path(agent_id)));
         let spec = spawn::Spec {
             program: line.program,
             args: line.args,
             env,
             cwd: ws_abs,
             log: root_abs.join(log_path(agent_id)),
-            exit_file: root_abs.join(exit_path(agent_id)),
+            exit_file: root_abs.join(EXIT_CODES),
+            exit_tag: agent_id.to_string(),
         };
         let child = spawn::start(&spec).map_err(|e| e.to_string())?;
         let pid = child
@@ -1251,7 +1254,7 @@ impl Factory {
         );
         let tx = self.tx.clone();
         let grace = self.config.stop_grace;
-        let exit_file = self.root.dir.join(exit_path(agent_id));
+        let exit_file = self.root.dir.join(EXIT_CODES);
         let agent = agent_id.to_string();
         tokio::spawn(async move {
             let finished = supervise(
@@ -1492,6 +1495,12 @@ impl Factory {
             outcome.reason
         };
         a.max_rss_kb = f.max_rss_kb.or(a.max_rss_kb);
+        // An agent that printed nothing: its log's inode goes to the next
+        // agent's log, and the log becomes a link to a shared empty file
+        // (no inode made or freed per job; see fsutil).
+        if output.is_empty() {
+            fsutil::recycle_empty(&self.root.dir.join(log_path(&agent.id)));
+        }
         // The task's cost: every attempt and review, summed.
         let total = reg.task_cost(&agent.task);
         if total > 0.0 {
@@ -1739,6 +1748,17 @@ impl Factory {
         let mut finished = Vec::new();
         let mut lost = Vec::new();
         let live: Vec<Agent> = reg.live().cloned().collect();
+        let mut codes = spawn::exit_codes(&self.root.dir.join(EXIT_CODES));
+        for a in &live {
+            // Agents started by a taskq before 0.2 wrote `<id>.exit`.
+            let old = self.root.dir.join(log_path(&a.id)).with_extension("exit");
+            if let Some(code) = std::fs::read_to_string(old)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                codes.entry(a.id.clone()).or_insert(code);
+            }
+        }
         for a in live {
             let alive = a.pid.is_some_and(|pid| spawn::is_alive(pid, a.pid_start));
             if alive {
@@ -1761,8 +1781,7 @@ impl Factory {
                     "adopted {} (pid {pid}) still working on {}",
                     a.id, a.task
                 ));
-            } else if let Some(code) = spawn::read_exit_file(&self.root.dir.join(exit_path(&a.id)))
-            {
+            } else if let Some(&code) = codes.get(&a.id) {
                 finished.push(Finished {
                     agent: a.id.clone(),
                     exit_code: Some(code),
@@ -1869,6 +1888,17 @@ impl Factory {
     }
 
     fn rotate_history(&mut self) {
+        // With no agent alive, every exit record is in the registry: the
+        // shared record file starts over (it grows ~15 bytes per agent).
+        if self.running.is_empty() {
+            let path = self.root.dir.join(EXIT_CODES);
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&path);
+            }
+        }
         let result = (|| -> Result<()> {
             // The lock and a git commit, not the queue: the step after the
             // heartbeat reads that afresh anyway.
@@ -1920,7 +1950,7 @@ async fn supervise(
     let mut stopped = false;
     let exit_code = loop {
         tokio::select! {
-            code = wait_exit(&mut child, pid, pid_start, &exit_file) => break code,
+            code = wait_exit(&mut child, pid, pid_start, &exit_file, &agent) => break code,
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)), if !timed_out && !stopped => {
                 timed_out = true;
                 let _ = tokio::task::spawn_blocking(move || spawn::terminate_group(pid, grace)).await;
@@ -1958,6 +1988,7 @@ async fn wait_exit(
     pid: u32,
     pid_start: Option<u64>,
     exit_file: &Path,
+    agent: &str,
 ) -> Option<i32> {
     match child {
         Some(c) => match c.wait().await {
@@ -1968,7 +1999,7 @@ async fn wait_exit(
             while spawn::is_alive(pid, pid_start) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            spawn::read_exit_file(exit_file)
+            spawn::read_exit_file(exit_file, agent)
         }
     }
 }
@@ -2056,11 +2087,8 @@ pub fn log_path(agent: &str) -> PathBuf {
         .join(format!("{agent}.log"))
 }
 
-fn exit_path(agent: &str) -> PathBuf {
-    Path::new("agents")
-        .join("logs")
-        .join(format!("{agent}.exit"))
-}
+/// Where agents' wrappers append `<agent-id> <exit code>` (see spawn).
+const EXIT_CODES: &str = "agents/logs/exit-codes";
 
 fn prompt_path(agent: &str) -> PathBuf {
     Path::new("agents")

@@ -425,6 +425,8 @@ pub fn commit() -> Result<()> {
 struct Spares {
     dir: PathBuf,
     free: Vec<PathBuf>,
+    /// Empty ones (names `e<n>`), for files that must start empty: logs.
+    empty: Vec<PathBuf>,
     /// For new names.
     next: u64,
     /// Directories the spares cannot be exchanged into (another
@@ -442,19 +444,31 @@ pub fn keep_spares(dir: &Path) -> Result<()> {
         fs::write(&ignore, "*\n").map_err(|e| Error::io(&ignore, e))?;
     }
     let mut free = Vec::new();
+    let mut empty = Vec::new();
     let mut next = 0;
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
-        let Some(n) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(name) = name.to_str() else { continue };
+        let (is_empty, digits) = match name.strip_prefix('e') {
+            Some(d) => (true, d),
+            None => (false, name),
+        };
+        let Ok(n) = digits.parse::<u64>() else {
             continue;
         };
         next = next.max(n + 1);
-        free.push(entry.path());
+        let size = entry.metadata().map_or(1, |m| m.len());
+        if is_empty && size == 0 {
+            empty.push(entry.path());
+        } else {
+            free.push(entry.path());
+        }
     }
     SPARES.set(Some(Spares {
         dir: dir.to_path_buf(),
         free,
+        empty,
         next,
         refused: Vec::new(),
     }));
@@ -471,6 +485,126 @@ pub fn release_spares() {
     }
 }
 
+/// Puts an empty spare file at `path`, which must not exist yet, so that a
+/// log opened there next needs no new inode. False when no empty spare is
+/// kept (or `path` exists): then opening it creates it as usual.
+pub fn place_empty(path: &Path) -> bool {
+    let Some(spare) = SPARES.with_borrow_mut(|s| s.as_mut().and_then(|s| s.empty.pop())) else {
+        return false;
+    };
+    if rename_noreplace(&spare, path).is_ok() {
+        sync_dir(&parent_of(path));
+        return true;
+    }
+    SPARES.with_borrow_mut(|s| {
+        if let Some(s) = s.as_mut() {
+            s.empty.push(spare);
+        }
+    });
+    false
+}
+
+/// Takes the inode of the empty file `path` (a log an agent left empty)
+/// back as an empty spare, and leaves in its place a hard link to one
+/// shared, read-only empty file: the log still exists, and no inode is
+/// made or freed per job. Not done when some process still has the file
+/// open for writing (a read lease is refused then: a process that outlived
+/// its agent could still write). True when it was done.
+pub fn recycle_empty(path: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Some(dir) = SPARES.with_borrow(|s| s.as_ref().map(|s| s.dir.clone())) else {
+            return false;
+        };
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
+        if !file
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == 0 && !m.permissions().readonly())
+        {
+            return false;
+        }
+        let fd = file.as_raw_fd();
+        // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
+        if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
+            return false;
+        }
+        let swapped = swap_for_shared_empty(&dir, path);
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        match swapped {
+            Some(spare) => {
+                SPARES.with_borrow_mut(|s| {
+                    if let Some(s) = s.as_mut() {
+                        s.empty.push(spare);
+                    }
+                });
+                sync_dir(&parent_of(path));
+                true
+            }
+            None => false,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// Links the shared empty file in `dir` (made, read-only, when missing or
+/// full of links) beside `path`, exchanges the link with `path`, and moves
+/// what was at `path` into `dir` as a new empty spare, returned.
+#[cfg(target_os = "linux")]
+fn swap_for_shared_empty(dir: &Path, path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let link = temp_path(&parent_of(path));
+    // The shared file in use (each takes 65,000 links on ext4).
+    static SHARED: AtomicU64 = AtomicU64::new(0);
+    let mut linked = false;
+    let first = SHARED.load(Ordering::Relaxed);
+    for n in first..first + 4 {
+        let shared = dir.join(format!("empty-{n}"));
+        if !shared.exists() {
+            let made = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&shared)
+                .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o444)));
+            if made.is_err() {
+                continue;
+            }
+        }
+        // EMLINK past 65,000 links: the next one.
+        if fs::hard_link(&shared, &link).is_ok() {
+            SHARED.store(n, Ordering::Relaxed);
+            linked = true;
+            break;
+        }
+    }
+    if !linked {
+        return None;
+    }
+    if exchange(&link, path).is_err() {
+        let _ = fs::remove_file(&link);
+        return None;
+    }
+    let spare = SPARES.with_borrow_mut(|s| {
+        let s = s.as_mut()?;
+        s.next += 1;
+        Some(dir.join(format!("e{}", s.next - 1)))
+    })?;
+    if rename_noreplace(&link, &spare).is_err() {
+        // Keep the log as it was.
+        let _ = exchange(&link, path);
+        let _ = fs::remove_file(&link);
+        return None;
+    }
+    Some(spare)
+}
+
 /// A spare file to write into, if spares are kept and work for `dir` (a
 /// new name when none is free: the file is created when it is written).
 fn take_spare(dir: &Path) -> Option<PathBuf> {
@@ -479,7 +613,7 @@ fn take_spare(dir: &Path) -> Option<PathBuf> {
         if s.refused.iter().any(|d| d == dir) {
             return None;
         }
-        Some(s.free.pop().unwrap_or_else(|| {
+        Some(s.free.pop().or_else(|| s.empty.pop()).unwrap_or_else(|| {
             let p = s.dir.join(s.next.to_string());
             s.next += 1;
             p
@@ -506,6 +640,11 @@ fn refuse_spares(dir: &Path) {
 /// Atomically swaps two paths on one filesystem.
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+#[cfg(target_os = "linux")]
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let a = CString::new(a.as_os_str().as_bytes())?;
@@ -517,7 +656,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
             a.as_ptr(),
             libc::AT_FDCWD,
             b.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {
@@ -530,6 +669,20 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Renames `a` to `b` unless `b` exists.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<()> {
+    renameat2(a, b, libc::RENAME_NOREPLACE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<()> {
+    if b.exists() {
+        return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+    }
+    fs::rename(a, b)
 }
 
 /// Directories whose fsync is deferred (see [`defer_dir_syncs`]).
@@ -625,6 +778,42 @@ mod tests {
         write_atomic(&path, b"classic").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"classic");
         assert_eq!(names(&dir.path().join("tasks")), ["a.md"]);
+    }
+
+    #[test]
+    fn empty_logs_give_their_inodes_to_the_next_logs() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        keep_spares(&dir.path().join("spare")).unwrap();
+        let logs = dir.path().join("logs");
+        fs::create_dir_all(&logs).unwrap();
+        let (a, b, c) = (logs.join("A.log"), logs.join("B.log"), logs.join("C.log"));
+        // Still open for writing (a process outlived its agent): kept.
+        let writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a)
+            .unwrap();
+        let ino_a = fs::metadata(&a).unwrap().ino();
+        assert!(!recycle_empty(&a));
+        drop(writer);
+        assert!(recycle_empty(&a));
+        // The log is still there, empty and read-only; its inode is spare.
+        let m = fs::metadata(&a).unwrap();
+        assert_eq!(m.len(), 0);
+        assert!(m.permissions().readonly());
+        assert_ne!(m.ino(), ino_a);
+        assert!(!recycle_empty(&a), "the shared file is never taken");
+        assert!(place_empty(&b));
+        assert_eq!(fs::metadata(&b).unwrap().ino(), ino_a);
+        assert!(!place_empty(&c), "only one spare so far");
+        let mut f = OpenOptions::new().append(true).open(&b).unwrap();
+        f.write_all(b"output").unwrap();
+        assert!(!recycle_empty(&b), "not empty");
+        assert_eq!(fs::read(&a).unwrap(), b"");
+        // No temp files are left beside the logs.
+        assert_eq!(names(&logs), ["A.log", "B.log"]);
+        release_spares();
     }
 
     #[test]

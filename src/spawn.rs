@@ -2,12 +2,14 @@
 //! still the same process, stop it (TERM, grace, KILL) with everything it
 //! started.
 //!
-//! Every agent runs under a tiny `sh` wrapper that writes the agent's exit
-//! code to `agents/logs/<id>.exit` when it ends. The factory normally learns
-//! the code from `wait`, but after a factory crash a restarted factory
-//! adopts agents that are not its children; the file is how it still learns
-//! whether they succeeded, so a task that already succeeded never runs
-//! again.
+//! Every agent runs under a tiny `sh` wrapper (or an EXIT trap) that
+//! appends `<agent-id> <exit code>` to `agents/logs/exit-codes` when it
+//! ends. The factory normally learns the code from `wait`, but after a
+//! factory crash a restarted factory adopts agents that are not its
+//! children; the record is how it still learns whether they succeeded, so a
+//! task that already succeeded never runs again. One shared file, appended
+//! with one short write each (atomic with O_APPEND), instead of a file per
+//! agent: no inode is created per job.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -29,16 +31,23 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// stdout and stderr go here (appended).
     pub log: PathBuf,
-    /// The wrapper writes the exit code here.
+    /// The wrapper appends `<exit_tag> <code>` here.
     pub exit_file: PathBuf,
+    /// Names the agent in the exit record (an agent id: letters, digits,
+    /// `-`).
+    pub exit_tag: String,
 }
 
 /// The wrapper script: run the agent, record its exit code, exit with it.
-const WRAPPER: &str = r#""$@"; rc=$?; printf '%s\n' "$rc" > "$TASKQ_EXIT_FILE"; exit "$rc""#;
+fn wrapper(tag: &str) -> String {
+    format!(r#""$@"; rc=$?; printf '{tag} %s\n' "$rc" >> "$TASKQ_EXIT_FILE"; exit "$rc""#)
+}
 
 /// Records the shell's exit status when it exits (not when a signal kills
 /// it: then taskq knows the cause itself).
-const EXIT_TRAP: &str = r#"trap 'printf "%s\n" "$?" > "$TASKQ_EXIT_FILE"' EXIT"#;
+fn exit_trap(tag: &str) -> String {
+    format!(r#"trap 'printf "{tag} %s\n" "$?" >> "$TASKQ_EXIT_FILE"' EXIT"#)
+}
 
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it
@@ -66,7 +75,10 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
-    let _ = fs::remove_file(&spec.exit_file);
+    debug_assert!(spec
+        .exit_tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -81,12 +93,12 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         Some((flags, script)) => {
             cmd.args(flags)
                 .arg("-c")
-                .arg(format!("{EXIT_TRAP}\n{script}"));
+                .arg(format!("{}\n{script}", exit_trap(&spec.exit_tag)));
         }
         // `sh -c SCRIPT prog prog args`: "$@" is the agent.
         None => {
             cmd.arg("-c")
-                .arg(WRAPPER)
+                .arg(wrapper(&spec.exit_tag))
                 .arg(&spec.program)
                 .arg(&spec.program)
                 .args(&spec.args);
@@ -217,8 +229,19 @@ pub fn terminate_group(pgid: u32, grace: Duration) -> bool {
 }
 
 /// The exit code the wrapper recorded, if it finished.
-pub fn read_exit_file(path: &Path) -> Option<i32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+pub fn read_exit_file(path: &Path, tag: &str) -> Option<i32> {
+    exit_codes(path).remove(tag)
+}
+
+/// Every exit record in `path` (the last one of each agent).
+pub fn exit_codes(path: &Path) -> std::collections::HashMap<String, i32> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (tag, code) = l.split_once(' ')?;
+            Some((tag.to_string(), code.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Resident memory (KiB) of a process and all its descendants, from
@@ -326,12 +349,19 @@ mod tests {
                 env: vec![("PATH".into(), std::env::var("PATH").unwrap())],
                 cwd: dir.path().to_path_buf(),
                 log: dir.path().join("job.log"),
-                exit_file: dir.path().join("job.exit"),
+                exit_file: dir.path().join("exit-codes"),
+                exit_tag: format!("SH-{code}"),
             };
             let status = rt.block_on(async { start(&spec).unwrap().wait().await.unwrap() });
             assert_eq!(status.code(), Some(code), "{script}");
-            assert_eq!(read_exit_file(&spec.exit_file), Some(code), "{script}");
+            assert_eq!(
+                read_exit_file(&spec.exit_file, &spec.exit_tag),
+                Some(code),
+                "{script}"
+            );
         }
+        let all = exit_codes(&dir.path().join("exit-codes"));
+        assert_eq!(all.len(), 3, "{all:?}");
     }
 
     #[test]
