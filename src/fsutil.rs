@@ -66,6 +66,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_of(path);
     ensure_dir(&dir)?;
     let mut pending = prepare(path, &dir, bytes)?;
+    if remembering() {
+        pending.bytes = bytes.to_vec();
+    }
     pending.sync()?;
     pending.place()
 }
@@ -89,6 +92,11 @@ pub fn create_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
         .write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(&tmp, e));
+    WRITTEN.with_borrow_mut(|w| {
+        if let Some(w) = w.as_mut() {
+            w.remove(path);
+        }
+    });
     let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -122,6 +130,16 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
     let to_dir = parent_of(to);
     ensure_dir(&to_dir)?;
     fs::rename(from, to).map_err(|e| Error::io(from, e))?;
+    WRITTEN.with_borrow_mut(|w| {
+        if let Some(w) = w.as_mut() {
+            let known = w.remove(from);
+            w.insert(from.to_path_buf(), None);
+            match known.flatten() {
+                Some(entry) => w.insert(to.to_path_buf(), Some(entry)),
+                None => w.remove(to),
+            };
+        }
+    });
     sync_dir(&to_dir);
     sync_dir(&parent_of(from));
     Ok(())
@@ -136,8 +154,80 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
             let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
             Err(Error::io(path, gone))
         }
-        None => fs::read(path).map_err(|e| Error::io(path, e)),
+        None => match remembered(path) {
+            Some(bytes) => Ok(bytes),
+            None => fs::read(path).map_err(|e| Error::io(path, e)),
+        },
     }
+}
+
+/// A file's identity for [`remember_writes`]: size, mtime, inode.
+type Stamp = (u64, std::time::SystemTime, u64);
+
+fn stamp(m: &fs::Metadata) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// What this thread last wrote to each path: the bytes and the file's
+/// stamp then, or `None` when it moved the file away.
+type Written = std::collections::HashMap<PathBuf, Option<(Vec<u8>, Stamp)>>;
+
+thread_local! {
+    /// While [`remember_writes`] is on.
+    static WRITTEN: RefCell<Option<Written>> = const { RefCell::new(None) };
+}
+
+/// From now on, remember what this thread writes: [`read`] answers from
+/// memory while the file is still as written (same size, mtime and inode:
+/// one `stat`, no open, no read), and [`written_stamp`] tells this
+/// thread's own writes from anyone else's without a `stat`. For the
+/// factory, which rereads the task files it wrote the step before.
+pub fn remember_writes() {
+    WRITTEN.with_borrow_mut(|w| {
+        w.get_or_insert_with(Default::default);
+    });
+}
+
+/// Drops what was remembered (the factory does on every rescan).
+pub fn forget_writes() {
+    WRITTEN.with_borrow_mut(|w| {
+        if let Some(w) = w.as_mut() {
+            w.clear();
+        }
+    });
+}
+
+fn remembering() -> bool {
+    WRITTEN.with_borrow(Option::is_some)
+}
+
+fn remember(path: &Path, entry: Option<(Vec<u8>, Stamp)>) {
+    WRITTEN.with_borrow_mut(|w| {
+        if let Some(w) = w.as_mut() {
+            // Bounded: a step writes a few dozen files.
+            if w.len() >= 4096 {
+                w.clear();
+            }
+            w.insert(path.to_path_buf(), entry);
+        }
+    });
+}
+
+fn remembered(path: &Path) -> Option<Vec<u8>> {
+    let (bytes, was) = WRITTEN.with_borrow(|w| w.as_ref()?.get(path)?.clone())?;
+    let now = fs::metadata(path).ok().and_then(|m| stamp(&m))?;
+    (now == was).then_some(bytes)
+}
+
+/// Size and mtime of `path` as this thread last left it: `Some(None)`
+/// when it moved the file away, `None` when it does not know (see
+/// [`remember_writes`]).
+pub fn written_stamp(path: &Path) -> Option<Option<(u64, std::time::SystemTime)>> {
+    WRITTEN.with_borrow(|w| {
+        let entry = w.as_ref()?.get(path)?;
+        Some(entry.as_ref().map(|(_, (len, mtime, _))| (*len, *mtime)))
+    })
 }
 
 /// What staged writes make of `path`: `Some(Some(bytes))` its content,
@@ -171,20 +261,8 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Directories known to exist: `create_dir_all` is a syscall per
-/// component, and the factory writes into the same few directories.
-static KNOWN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
 fn ensure_dir(dir: &Path) -> Result<()> {
-    if locked(&KNOWN_DIRS).iter().any(|d| d == dir) {
-        return Ok(());
-    }
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut known = locked(&KNOWN_DIRS);
-    if known.len() < 64 {
-        known.push(dir.to_path_buf());
-    }
-    Ok(())
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
 fn temp_path(dir: &Path) -> PathBuf {
@@ -206,20 +284,68 @@ struct Pending {
     tmp: PathBuf,
 }
 
+impl Pending {
+    /// After an exchange, `spare` holds the file's previous version: the
+    /// next write to the file starts from it (see [`prepare`]).
+    fn note_previous(&self, spare: &Path) {
+        SPARES.with_borrow_mut(|s| {
+            if let Some(s) = s.as_mut() {
+                // Bounded (a twin only helps a file rewritten often).
+                if s.twin.len() >= 64 {
+                    s.twin.clear();
+                }
+                s.twin.insert(self.path.clone(), spare.to_path_buf());
+            }
+        });
+    }
+
+    /// Remembers the file as placed (see [`remember_writes`]).
+    fn remember_placed(&self) {
+        if !remembering() {
+            return;
+        }
+        if self.dest != self.path {
+            remember(&self.path, None);
+        }
+        let entry = self
+            .file
+            .metadata()
+            .ok()
+            .and_then(|m| stamp(&m))
+            .map(|s| (self.bytes.clone(), s));
+        remember(&self.dest, entry);
+    }
+}
+
 /// Writes `bytes` into a spare (when spares are kept and work for `dir`)
 /// or a new temp file beside `path`; not yet synced.
 fn prepare(path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
-    if let Some(spare) = take_spare(dir) {
+    if let Some(spare) = take_spare(dir, path) {
         let written = (|| -> std::io::Result<File> {
-            let mut file = OpenOptions::new()
+            use std::io::Read;
+            use std::os::unix::fs::FileExt;
+            let file = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&spare)?;
-            // Overwrite, then cut: a file of the same few blocks keeps them
-            // (truncating to zero would free and reallocate them).
-            file.write_all(bytes)?;
-            file.set_len(bytes.len() as u64)?;
+            // Overwrite from the first byte that differs from what the
+            // spare holds (often an earlier version of this same file),
+            // then cut: a big file changed near its end (the registry)
+            // dirties, and syncs, a page or two instead of all of them, and
+            // a small one keeps its block (truncating to zero would free
+            // and reallocate it). Read, not assumed: the spare may hold
+            // anything.
+            let mut old = Vec::with_capacity(bytes.len() + 1);
+            (&file).take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
+            let from = old.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+            if from < bytes.len() {
+                file.write_all_at(&bytes[from..], from as u64)?;
+            }
+            if old.len() != bytes.len() {
+                file.set_len(bytes.len() as u64)?;
+            }
             Ok(file)
         })();
         match written {
@@ -292,6 +418,7 @@ impl Pending {
         let placed = match self.spare.take() {
             Some(spare) => match exchange(&spare, &self.path) {
                 Ok(()) => {
+                    self.note_previous(&spare);
                     put_spare(spare);
                     Ok(())
                 }
@@ -305,8 +432,10 @@ impl Pending {
                     // now on, temp files in this directory.
                     put_spare(spare);
                     refuse_spares(&self.dir);
-                    let mut again = prepare(&self.path, &self.dir, &self.bytes_or_read())?;
+                    let bytes = self.bytes_or_read();
+                    let mut again = prepare(&self.path, &self.dir, &bytes)?;
                     again.dest.clone_from(&self.dest);
+                    again.bytes = bytes;
                     again.sync()?;
                     return again.place();
                 }
@@ -321,6 +450,7 @@ impl Pending {
         if self.dest != self.path {
             rename(&self.path, &self.dest)?;
         }
+        self.remember_placed();
         Ok(())
     }
 
@@ -432,6 +562,8 @@ struct Spares {
     /// Directories the spares cannot be exchanged into (another
     /// filesystem, or no RENAME_EXCHANGE there).
     refused: Vec<PathBuf>,
+    /// The free spare holding the previous version of a file.
+    twin: std::collections::HashMap<PathBuf, PathBuf>,
 }
 
 /// From now on, writes go through spare files kept in `dir` (created, with
@@ -471,6 +603,7 @@ pub fn keep_spares(dir: &Path) -> Result<()> {
         empty,
         next,
         refused: Vec::new(),
+        twin: Default::default(),
     }));
     Ok(())
 }
@@ -492,8 +625,8 @@ pub fn place_empty(path: &Path) -> bool {
     let Some(spare) = SPARES.with_borrow_mut(|s| s.as_mut().and_then(|s| s.empty.pop())) else {
         return false;
     };
+    // No directory sync: where a log is matters only while it runs.
     if rename_noreplace(&spare, path).is_ok() {
-        sync_dir(&parent_of(path));
         return true;
     }
     SPARES.with_borrow_mut(|s| {
@@ -541,7 +674,6 @@ pub fn recycle_empty(path: &Path) -> bool {
                         s.empty.push(spare);
                     }
                 });
-                sync_dir(&parent_of(path));
                 true
             }
             None => false,
@@ -607,17 +739,28 @@ fn swap_for_shared_empty(dir: &Path, path: &Path) -> Option<PathBuf> {
 
 /// A spare file to write into, if spares are kept and work for `dir` (a
 /// new name when none is free: the file is created when it is written).
-fn take_spare(dir: &Path) -> Option<PathBuf> {
+/// Prefers the spare that holds `path`'s previous version (when the last
+/// write to it exchanged one in).
+fn take_spare(dir: &Path, path: &Path) -> Option<PathBuf> {
     SPARES.with_borrow_mut(|spares| {
         let s = spares.as_mut()?;
         if s.refused.iter().any(|d| d == dir) {
             return None;
         }
-        Some(s.free.pop().or_else(|| s.empty.pop()).unwrap_or_else(|| {
-            let p = s.dir.join(s.next.to_string());
-            s.next += 1;
-            p
-        }))
+        let twin = s
+            .twin
+            .remove(path)
+            .and_then(|t| s.free.iter().position(|f| *f == t))
+            .map(|i| s.free.swap_remove(i));
+        let spare = twin
+            .or_else(|| s.free.pop())
+            .or_else(|| s.empty.pop())
+            .unwrap_or_else(|| {
+                let p = s.dir.join(s.next.to_string());
+                s.next += 1;
+                p
+            });
+        Some(spare)
     })
 }
 
@@ -813,6 +956,49 @@ mod tests {
         assert_eq!(fs::read(&a).unwrap(), b"");
         // No temp files are left beside the logs.
         assert_eq!(names(&logs), ["A.log", "B.log"]);
+        release_spares();
+    }
+
+    #[test]
+    fn partial_rewrites_of_known_spares_always_give_the_whole_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        keep_spares(&dir.path().join("spare")).unwrap();
+        remember_writes();
+        let paths = [dir.path().join("q/a.json"), dir.path().join("q/b.md")];
+        // A deterministic mix: shared prefixes, growing, shrinking, equal,
+        // a prefix of the old text, and someone else's edits in between.
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for round in 0..300 {
+            let path = &paths[next() % 2];
+            let base = "x".repeat(next() % 5000);
+            let text = match next() % 4 {
+                0 => base.clone(),
+                1 => format!("{base}{round}"),
+                2 => format!("{}{round}", &base[..base.len() / 2]),
+                _ => format!("{round}{base}"),
+            };
+            if next() % 10 == 0 && path.exists() {
+                // An edit by someone else, same size: never trusted.
+                let old = fs::read(path).unwrap();
+                fs::write(path, vec![b'y'; old.len()]).unwrap();
+            }
+            if next() % 3 == 0 {
+                stage();
+                write_atomic(path, text.as_bytes()).unwrap();
+                commit().unwrap();
+            } else {
+                write_atomic(path, text.as_bytes()).unwrap();
+            }
+            assert_eq!(fs::read_to_string(path).unwrap(), text, "round {round}");
+            assert_eq!(read(path).unwrap(), text.as_bytes(), "round {round}");
+        }
+        forget_writes();
         release_spares();
     }
 

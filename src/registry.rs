@@ -232,10 +232,11 @@ impl Registry {
         self.updated = Some(now);
         let err = |e: serde_json::Error| Error::io(Registry::path(root), e.into());
         let mut text = String::with_capacity(64 + self.agents.len() * 512);
+        // `updated` goes last: what changes between two saves is then at
+        // the end of the file (new and recent agents, the counters), and a
+        // rewrite touches only the end (see fsutil).
         text.push_str("{\n  \"version\": ");
         text.push_str(&serde_json::to_string(&self.version).map_err(err)?);
-        text.push_str(",\n  \"updated\": ");
-        text.push_str(&serde_json::to_string(&self.updated).map_err(err)?);
         text.push_str(",\n  \"agents\": {");
         let mut first = true;
         for (id, agent) in &self.agents {
@@ -261,8 +262,10 @@ impl Registry {
         }
         text.push_str(if first { "},\n" } else { "\n  },\n" });
         text.push_str(&format!(
-            "  \"nextId\": {},\n  \"maxConcurrent\": {}\n}}\n",
-            self.next_id, self.max_concurrent
+            "  \"nextId\": {},\n  \"maxConcurrent\": {},\n  \"updated\": {}\n}}\n",
+            self.next_id,
+            self.max_concurrent,
+            serde_json::to_string(&self.updated).map_err(err)?
         ));
         fsutil::write_atomic(&Registry::path(root), text.as_bytes())
     }
