@@ -228,6 +228,9 @@ struct Live {
 }
 
 struct Factory {
+    /// The watched files as the last heartbeat saw them (see
+    /// [`watch::fingerprint`]).
+    fingerprint: Option<u64>,
     /// Agents that ended and whose end this step has yet to record (their
     /// tasks are not free yet).
     ending: HashSet<String>,
@@ -286,6 +289,7 @@ impl Factory {
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32;
         Factory {
+            fingerprint: None,
             ending: HashSet::new(),
             root,
             config,
@@ -388,7 +392,13 @@ impl Factory {
                 },
                 () = tokio::time::sleep_until(heartbeat) => {
                     heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
-                    rescan = true;
+                    // Reread the queue if anything changed that the watcher
+                    // may have missed; step anyway (leases and backoffs run
+                    // out with time, not with files).
+                    let fingerprint = watch::fingerprint(&self.root);
+                    rescan = self.fingerprint != Some(fingerprint);
+                    self.fingerprint = Some(fingerprint);
+                    due = true;
                     self.rotate_history();
                 }
                 () = tokio::time::sleep_until(wake) => due = true,
@@ -494,6 +504,9 @@ impl Factory {
         // Remember what this step wrote, so its echo is not a "change".
         if fresh {
             self.own.clear();
+            // The queue as read: what the next heartbeat compares with
+            // (after the step, so it delays no agent).
+            self.fingerprint = Some(watch::fingerprint(&self.root));
         }
         for p in &w.changed {
             let stamp = fsutil::written_stamp(p).unwrap_or_else(|| file_stamp(p));

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::frontmatter::{self, Layout};
-use crate::fsutil;
 use crate::queue::Queue;
 use crate::store::display_title;
 use crate::task::{format_timestamp, Priority};
@@ -32,12 +31,24 @@ struct ShowJson {
 
 /// Runs `taskq show`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let scan = scan_and_warn(ctx);
-    let i = scan.resolve(&args.id)?;
+    let mut scan = scan_and_warn(ctx);
+    let mut tries = 0;
+    let (i, bytes) = loop {
+        let i = scan.resolve(&args.id)?;
+        let path = ctx.root.task_path(&scan.tasks[i]);
+        match std::fs::read(&path) {
+            Ok(bytes) => break (i, bytes),
+            // Moved (a factory finished it) between the scan and the read:
+            // look again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {
+                tries += 1;
+                scan = crate::store::scan(&ctx.root);
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    };
     let queue = Queue::new(&scan, ctx.now);
     let t = &scan.tasks[i];
-    let path = ctx.root.task_path(t);
-    let bytes = fsutil::read(&path)?;
     let body = match frontmatter::split(&bytes, true) {
         Some(Layout::Header { body, .. } | Layout::None { body }) => {
             String::from_utf8_lossy(&bytes[body..]).into_owned()
