@@ -590,3 +590,93 @@ fn the_memory_cap_holds_back_new_agents() {
     assert_eq!(max, 1, "one agent at a time under the memory cap:\n{text}");
     assert_eq!(root.agents().len(), 3);
 }
+
+/// A role running the tasks' `sh` blocks (no model).
+fn shell_role(root: &TestRoot) {
+    root.write(
+        "agents/templates/job.md",
+        "---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: 1\nworkspace: root\nenv: [PATH, HOME]\n---\n",
+    );
+}
+
+/// An agent that printed nothing keeps a log (a link to a shared empty
+/// file; its inode goes to the next log), unless a process it left behind
+/// still writes to it: then the log stays its own, and what comes late
+/// lands there, never in another agent's log.
+#[test]
+fn logs_stay_with_their_agents_even_when_a_leftover_process_writes_late() {
+    use std::os::unix::fs::MetadataExt;
+    let root = TestRoot::new();
+    root.factory("");
+    shell_role(&root);
+    std::fs::create_dir_all(root.path().join("scratch")).unwrap();
+    // The escapee leaves the agent's process group (setsid), so the
+    // factory does not stop it when the agent ends; the agent waits until
+    // it runs.
+    task(
+        &root,
+        "a",
+        "id: TASK-001\ntags: [job]",
+        "```sh\nsetsid sh -c 'touch scratch/up; sleep 1; echo late' &\nwhile [ ! -f scratch/up ]; do sleep 0.01; done\n```",
+    );
+    task(&root, "b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
+    task(&root, "c", "id: TASK-003\ntags: [job]", "```sh\ntrue\n```");
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_for("the late line", LONG, || {
+        std::fs::read_to_string(root.path().join("agents/logs/JOB-001.log"))
+            .is_ok_and(|t| t.contains("late"))
+    });
+    let log = |id: &str| root.path().join(format!("agents/logs/{id}.log"));
+    assert_eq!(std::fs::metadata(log("JOB-001")).unwrap().nlink(), 1);
+    for id in ["JOB-002", "JOB-003"] {
+        let m = std::fs::metadata(log(id)).unwrap();
+        assert_eq!(m.len(), 0, "{id}: nothing printed, nothing written");
+        assert!(m.nlink() >= 2, "{id}: a link to the shared empty file");
+    }
+    assert_eq!(
+        std::fs::read_to_string(log("JOB-001")).unwrap(),
+        "late\n",
+        "the late line is in the log of the agent that left the writer"
+    );
+    for a in root.agents() {
+        assert_eq!(a["status"], "completed", "{a:?}");
+        assert_eq!(
+            a["log"],
+            format!("agents/logs/{}.log", a["id"].as_str().unwrap())
+        );
+    }
+}
+
+/// A `command:` that ends by `exec`-ing its program still records its exit
+/// code: after a `kill -9` of the factory, the restarted one finishes the
+/// task from the record instead of running it again.
+#[test]
+fn an_exec_command_that_ends_while_the_factory_is_down_is_not_run_again() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.write(
+        "agents/templates/cmd.md",
+        "---\nprefix: CMD\nagent: command\ncommand: \"echo run >> scratch/runs; exec sh -c 'while [ ! -f scratch/go ]; do sleep 0.02; done'\"\ntags: [cmd]\nworkspace: root\nenv: [PATH, HOME]\n---\n",
+    );
+    std::fs::create_dir_all(root.path().join("scratch")).unwrap();
+    task(&root, "a", "id: TASK-001\ntags: [cmd]", "x");
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the agent to start", LONG, || {
+        root.agents().iter().any(|a| a["status"] == "active")
+    });
+    let pid = root.agents()[0]["pid"].as_u64().unwrap() as u32;
+    daemon.signal("KILL");
+    let _ = daemon.wait(LONG);
+    // The agent ends (exit 0) while no factory watches.
+    root.write("scratch/go", "");
+    wait_for("the agent to end", LONG, || !crate::util::pid_alive(pid));
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(task_state(&root, "TASK-001")["status"], "done");
+    assert_eq!(root.read("scratch/runs"), "run\n", "ran once");
+    let agents = root.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(agents[0]["status"], "completed");
+    assert_eq!(agents[0]["exit_code"], 0);
+}
