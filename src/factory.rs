@@ -1,5 +1,6 @@
 //! `taskq run`: the factory. It watches the files, and on every change
-//! (debounced) or heartbeat rescans the queue and spawns role agents for
+//! (debounced) rescans the queue (on a heartbeat, when a stat walk says
+//! something changed) and spawns role agents for
 //! ready tasks within the global and per-role limits; it monitors them,
 //! records everything in the task files and the registry, retries with
 //! backoff and fallback models, enforces timeouts, and survives its own
@@ -10,7 +11,11 @@
 //! registry `active` with pid and process start time; on exit, task first,
 //! then registry. A restarted factory adopts agents still alive, finishes
 //! the ones that ended while it was down (their exit code is in
-//! `agents/logs/<id>.exit`), and marks the rest `lost`.
+//! `agents/logs/exit-codes`), and marks the rest `lost`.
+//!
+//! A step's writes go out in batches (see `fsutil::stage`): the registry
+//! and the claimed tasks before any agent starts, then the ends of the
+//! agents they replace while the new ones start.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

@@ -234,15 +234,12 @@ pub fn written_stamp(path: &Path) -> Option<Option<(u64, std::time::SystemTime)>
 /// `Some(None)` gone (renamed away), `None` as on disk.
 fn staged_state(path: &Path) -> Option<Option<Vec<u8>>> {
     STAGE.with_borrow(|stage| {
-        for s in stage.iter().flatten() {
-            if s.dest == path {
-                return Some(Some(s.bytes.clone()));
-            }
-            if s.path == path {
-                return Some(None);
-            }
+        let list = stage.as_ref()?;
+        // A file written there (perhaps after another was moved away).
+        if let Some(s) = list.iter().find(|s| s.dest == path) {
+            return Some(Some(s.bytes.clone()));
         }
-        None
+        list.iter().any(|s| s.path == path).then_some(None)
     })
 }
 
@@ -330,6 +327,12 @@ fn prepare(path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
                 .create(true)
                 .truncate(false)
                 .open(&spare)?;
+            // An old file with another name elsewhere (a hard-linked backup
+            // of the queue): not ours to write. Dropping our name leaves it
+            // intact and frees no inode.
+            if std::os::unix::fs::MetadataExt::nlink(&file.metadata()?) > 1 {
+                return Err(std::io::Error::other("linked elsewhere"));
+            }
             // Overwrite from the first byte that differs from what the
             // spare holds (often an earlier version of this same file),
             // then cut: a big file changed near its end (the registry)
@@ -653,10 +656,11 @@ pub fn recycle_empty(path: &Path) -> bool {
         let Ok(file) = File::open(path) else {
             return false;
         };
-        if !file
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.len() == 0 && !m.permissions().readonly())
-        {
+        // Only a plain empty log with no other name.
+        if !file.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_file() && m.len() == 0 && m.nlink() == 1 && !m.permissions().readonly()
+        }) {
             return false;
         }
         let fd = file.as_raw_fd();
@@ -999,6 +1003,23 @@ mod tests {
             assert_eq!(read(path).unwrap(), text.as_bytes(), "round {round}");
         }
         forget_writes();
+        release_spares();
+    }
+
+    #[test]
+    fn a_hard_linked_copy_of_a_replaced_file_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        keep_spares(&dir.path().join("spare")).unwrap();
+        let path = dir.path().join("q/a.md");
+        write_atomic(&path, b"one").unwrap();
+        let backup = dir.path().join("backup-a.md");
+        fs::hard_link(&path, &backup).unwrap();
+        for n in 0..6 {
+            write_atomic(&path, format!("version {n}").as_bytes()).unwrap();
+            write_atomic(&dir.path().join("q/b.md"), format!("b {n}").as_bytes()).unwrap();
+        }
+        assert_eq!(fs::read(&backup).unwrap(), b"one");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "version 5");
         release_spares();
     }
 
