@@ -232,7 +232,14 @@ struct Live {
     timeout: Duration,
 }
 
+/// How long the transitions of fast steps may wait for their git commit.
+const GIT_BATCH: Duration = Duration::from_millis(200);
+
 struct Factory {
+    /// When this factory last committed to git, and whether transitions
+    /// wait for the next commit (see `step`).
+    last_commit: Option<Instant>,
+    git_deferred: bool,
     /// The watched files as the last heartbeat saw them (see
     /// [`watch::fingerprint`]).
     fingerprint: Option<u64>,
@@ -294,6 +301,8 @@ impl Factory {
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32;
         Factory {
+            last_commit: None,
+            git_deferred: false,
             fingerprint: None,
             ending: HashSet::new(),
             root,
@@ -516,6 +525,29 @@ impl Factory {
         for p in &w.changed {
             let stamp = fsutil::written_stamp(p).unwrap_or_else(|| file_stamp(p));
             self.own.insert(p.clone(), stamp);
+        }
+        // Git: a commit per step, unless steps come faster than that is
+        // worth (a commit is two git processes, 20-40 ms): then the step's
+        // transitions wait in git's pending file and go in the next commit,
+        // at most GIT_BATCH later (a crash loses nothing; see git::defer).
+        if w.in_git() {
+            let recent = self.last_commit.is_some_and(|t| t.elapsed() < GIT_BATCH);
+            if recent && !self.shutting_down && !w.changed.is_empty() {
+                w.git_mode = store::GitMode::Defer;
+                self.git_deferred = true;
+            } else if !w.changed.is_empty() || self.git_deferred {
+                if self.git_deferred {
+                    w.git_mode = store::GitMode::Flush;
+                }
+                self.last_commit = Some(Instant::now());
+                self.git_deferred = false;
+            }
+            if self.git_deferred {
+                let at = self
+                    .last_commit
+                    .map_or_else(Instant::now, |t| t + GIT_BATCH);
+                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+            }
         }
         // After an error, read both afresh: what is in memory may not have
         // reached the files.

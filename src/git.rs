@@ -160,16 +160,39 @@ impl Git {
         }
     }
 
+    /// Queues `paths` and `entries` for the next commit instead of
+    /// committing now (the factory, when its steps come faster than a
+    /// commit is worth: see `Factory::step`). Kept in the same
+    /// `<git-dir>/taskq-pending` as commits git was too busy for, so a
+    /// crash loses nothing: the next commit by any taskq takes them.
+    pub fn defer(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
+        let (mut all, mut entries_all) = self.read_pending();
+        all.extend(
+            paths
+                .iter()
+                .map(|p| p.strip_prefix(&self.top).unwrap_or(p).to_path_buf()),
+        );
+        entries_all.extend(entries.iter().cloned());
+        self.save_pending(&all, &entries_all);
+    }
+
     fn pending_path(&self) -> PathBuf {
         self.git_dir.join("taskq-pending")
     }
 
     fn take_pending(&self) -> (BTreeSet<PathBuf>, Vec<Entry>) {
+        let pending = self.read_pending();
+        if !pending.1.is_empty() || !pending.0.is_empty() {
+            let _ = std::fs::remove_file(self.pending_path());
+        }
+        pending
+    }
+
+    fn read_pending(&self) -> (BTreeSet<PathBuf>, Vec<Entry>) {
         let path = self.pending_path();
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Default::default();
         };
-        let _ = std::fs::remove_file(&path);
         let mut paths = BTreeSet::new();
         let mut entries = Vec::new();
         for line in text.lines() {

@@ -652,8 +652,30 @@ pub struct Writer {
     pub notes: Vec<crate::git::Entry>,
     /// Every file this writer changed (committed when it is dropped).
     pub changed: std::collections::BTreeSet<PathBuf>,
+    /// What to do with the commit when dropped (the factory sets it).
+    pub git_mode: GitMode,
     git: Option<crate::git::Git>,
     _lock: LockGuard,
+}
+
+/// What a [`Writer`] does with its changes in git when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GitMode {
+    /// Commit them (with anything queued before).
+    #[default]
+    Commit,
+    /// Queue them for the next commit.
+    Defer,
+    /// Commit, and commit what is queued even when this writer changed
+    /// nothing.
+    Flush,
+}
+
+impl Writer {
+    /// Whether this writer's changes go to git.
+    pub fn in_git(&self) -> bool {
+        self.git.is_some()
+    }
 }
 
 impl Drop for Writer {
@@ -664,16 +686,23 @@ impl Drop for Writer {
         let Some(git) = &self.git else {
             return;
         };
-        if self.changed.is_empty() {
-            return;
-        }
         let mut entries: Vec<crate::git::Entry> =
             self.transitions.iter().map(Transition::entry).collect();
         entries.extend(self.notes.iter().cloned());
-        if entries.is_empty() {
+        let nothing = self.changed.is_empty() || entries.is_empty();
+        if nothing && self.git_mode != GitMode::Flush {
             return;
         }
-        if let Err(e) = git.commit(&self.changed, &entries) {
+        if self.git_mode == GitMode::Defer {
+            git.defer(&self.changed, &entries);
+            return;
+        }
+        let (paths, entries) = if nothing {
+            (std::collections::BTreeSet::new(), Vec::new())
+        } else {
+            (std::mem::take(&mut self.changed), entries)
+        };
+        if let Err(e) = git.commit(&paths, &entries) {
             tracing::warn!("git commit: {e}");
         }
     }
@@ -711,6 +740,7 @@ impl Writer {
             transitions: Vec::new(),
             notes: Vec::new(),
             changed: std::collections::BTreeSet::new(),
+            git_mode: GitMode::Commit,
             git: git_for(root),
             _lock: lock,
         };
@@ -730,6 +760,7 @@ impl Writer {
             transitions: Vec::new(),
             notes: Vec::new(),
             changed: std::collections::BTreeSet::new(),
+            git_mode: GitMode::Commit,
             git: git_for(root),
             _lock: lock,
         })

@@ -241,3 +241,60 @@ fn a_worktree_role_leaves_a_branch_and_no_worktree() {
     );
     user_changes_untouched(&root);
 }
+
+/// Many short jobs: steps come faster than commits are worth, so their
+/// transitions share commits, and every one of them still reaches git
+/// before `taskq run --until-idle` exits, with nothing left queued.
+#[test]
+fn fast_steps_share_commits_and_every_transition_lands() {
+    let root = repo();
+    root.factory("");
+    root.write(
+        "agents/templates/job.md",
+        "---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: 4\nworkspace: root\nenv: [PATH, HOME]\n---\n",
+    );
+    for n in 1..=40 {
+        root.write(
+            &format!("tasks/todo/t{n}.md"),
+            format!("---\nid: TASK-{n:03}\ntags: [job]\n---\n```sh\ntrue\n```\n"),
+        );
+    }
+    git(
+        &root,
+        &["add", "agents", "tasks", "approvals", ".gitignore"],
+    );
+    git(
+        &root,
+        &[
+            "commit",
+            "-q",
+            "-m",
+            "setup",
+            "--",
+            "agents",
+            "tasks",
+            "approvals",
+            ".gitignore",
+        ],
+    );
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    user_changes_untouched(&root);
+    assert!(
+        !root.path().join(".git/taskq-pending").exists(),
+        "nothing left queued"
+    );
+    let log = git(&root, &["log", "--format=%B%x00"]);
+    for n in 1..=40 {
+        assert!(
+            log.contains(&format!("TASK-{n:03} ready → running")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("TASK-{n:03} running → done")),
+            "{log}"
+        );
+    }
+    let out = root.taskq(&["log", "TASK-007"]).ok();
+    assert!(out.stdout.contains("running → done"), "{}", out.stdout);
+}
