@@ -236,6 +236,13 @@ struct Live {
 const GIT_BATCH: Duration = Duration::from_millis(200);
 
 struct Factory {
+    /// Paths others changed since the last step; whether only a full read
+    /// of the queue will do; whether the cached queue was patched with
+    /// them; whether the role templates changed (see `absorb_changes`).
+    external_paths: Vec<PathBuf>,
+    full_rescan: bool,
+    patched: bool,
+    roles_stale: bool,
     /// When this factory last committed to git, and whether transitions
     /// wait for the next commit (see `step`).
     last_commit: Option<Instant>,
@@ -301,6 +308,10 @@ impl Factory {
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32;
         Factory {
+            external_paths: Vec::new(),
+            full_rescan: false,
+            patched: false,
+            roles_stale: false,
             last_commit: None,
             git_deferred: false,
             fingerprint: None,
@@ -411,6 +422,7 @@ impl Factory {
                     // out with time, not with files).
                     let fingerprint = watch::fingerprint(&self.root);
                     rescan = self.fingerprint != Some(fingerprint);
+                    self.full_rescan |= rescan;
                     self.fingerprint = Some(fingerprint);
                     due = true;
                     self.rotate_history();
@@ -448,8 +460,7 @@ impl Factory {
                 }
             }
             if rescan {
-                self.cache = None;
-                fsutil::forget_writes();
+                self.absorb_changes();
             }
             let was_idle = self.is_idle();
             let (ended, began) = (finished.len(), std::time::Instant::now());
@@ -467,21 +478,63 @@ impl Factory {
     fn external_change(&mut self) -> bool {
         let seen = watch::take(&self.seen);
         if seen.overflow {
+            self.full_rescan = true;
             return true;
         }
-        seen.paths.iter().any(|p| {
+        let mut any = false;
+        for p in seen.paths {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default();
             if name.starts_with(crate::fsutil::TEMP_PREFIX) {
-                return false;
+                continue;
             }
-            match self.own.get(p) {
-                Some(stamp) => *stamp != file_stamp(p),
+            let external = match self.own.get(&p) {
+                Some(stamp) => *stamp != file_stamp(&p),
                 None => true,
+            };
+            if external {
+                any = true;
+                self.external_paths.push(p);
             }
-        })
+        }
+        any
+    }
+
+    /// What the changes others made mean for the queue in memory: the task
+    /// files that changed are read again (a new file in a queue of 10,000
+    /// is one read, not 10,000), or, after a watcher overflow, a heartbeat
+    /// that found a change, or a change a patch cannot follow (see
+    /// `Scan::refresh`), the whole queue.
+    fn absorb_changes(&mut self) {
+        let paths = std::mem::take(&mut self.external_paths);
+        fsutil::forget_writes();
+        let templates = self.root.dir.join("agents").join("templates");
+        if paths.iter().any(|p| p.starts_with(&templates)) {
+            self.roles_stale = true;
+        }
+        if std::mem::take(&mut self.full_rescan) {
+            self.cache = None;
+            return;
+        }
+        let tasks = self.root.dir.join("tasks");
+        let task_paths: Vec<PathBuf> = paths
+            .into_iter()
+            .filter(|p| p.starts_with(&tasks))
+            .collect();
+        if task_paths.is_empty() {
+            return; // approvals are read from the files at every step
+        }
+        let refreshed = self
+            .cache
+            .as_mut()
+            .is_some_and(|scan| scan.refresh(&self.root, &task_paths));
+        if refreshed {
+            self.patched = true;
+        } else {
+            self.cache = None;
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -494,10 +547,16 @@ impl Factory {
         // The queue: as the last step left it while no one else changed a
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();
+        let patched = std::mem::take(&mut self.patched);
         let mut w = match self.cache.take() {
             Some(scan) => Writer::with_scan(&self.root, scan)?,
             None => Writer::open(&self.root)?,
         };
+        // Files read again: the repairs a full read makes (adoption of
+        // id-less files above all).
+        if patched {
+            w.repair()?;
+        }
         // The registry: as this factory last wrote it, unless someone
         // (`taskq stop`) changed the file since.
         let path = Registry::path(&self.root);
@@ -518,6 +577,8 @@ impl Factory {
         // Remember what this step wrote, so its echo is not a "change".
         if fresh {
             self.own.clear();
+        }
+        if fresh || patched {
             // The queue as read: what the next heartbeat compares with
             // (after the step, so it delays no agent).
             self.fingerprint = Some(watch::fingerprint(&self.root));
@@ -579,7 +640,7 @@ impl Factory {
                 (f, live)
             })
             .collect();
-        if fresh {
+        if fresh || std::mem::take(&mut self.roles_stale) {
             self.reload_roles();
         }
         let strays = approval::stray(&self.root, |task| {

@@ -266,26 +266,124 @@ fn scan_with(root: &Root, detail: Detail) -> Scan {
         scan.tasks[i].broken = true;
     }
     for t in &scan.tasks {
-        if t.folder == Folder::Done && t.status != Status::Done && t.has_id {
-            scan.problems.push(
-                Problem::new(
-                    root.rel_path(t.folder, &t.rel),
-                    format!("`{}` is in done/ but its status is `{}`", t.id, t.status),
-                )
-                .hint("set `status: done`, or move it back to tasks/todo/"),
-            );
-        }
-        if !t.has_id && !t.broken {
-            let p = Problem::new(
+        task_problems(root, t, &mut scan.problems);
+    }
+    scan
+}
+
+/// What is wrong with one task as it stands in the queue (besides its
+/// file's own problems and duplicate ids).
+fn task_problems(root: &Root, t: &Task, out: &mut Vec<Problem>) {
+    if t.folder == Folder::Done && t.status != Status::Done && t.has_id {
+        out.push(
+            Problem::new(
+                root.rel_path(t.folder, &t.rel),
+                format!("`{}` is in done/ but its status is `{}`", t.id, t.status),
+            )
+            .hint("set `status: done`, or move it back to tasks/todo/"),
+        );
+    }
+    if !t.has_id && !t.broken {
+        out.push(
+            Problem::new(
                 root.rel_path(t.folder, &t.rel),
                 format!("no `id` yet: listed as `{}`", t.id),
             )
             .hint("`taskq adopt` (or any writing command) gives it the next id")
-            .warning();
-            scan.problems.push(p);
-        }
+            .warning(),
+        );
     }
-    scan
+}
+
+impl Scan {
+    /// Brings a full scan up to date with the files at `paths` (absolute;
+    /// the watcher's events): each task file among them is read again, or
+    /// dropped when it is gone; other files are ignored as a full scan
+    /// ignores them. False when that cannot be exact and the whole queue
+    /// must be read again: a directory changed (a folder moved in or out),
+    /// a name is not UTF-8, or ids are duplicated (before or after).
+    pub fn refresh(&mut self, root: &Root, paths: &[PathBuf]) -> bool {
+        if self.has_duplicates() {
+            return false;
+        }
+        let mut buf = Vec::with_capacity(8192);
+        for path in paths {
+            let meta = fs::symlink_metadata(path).ok();
+            if meta.as_ref().is_some_and(fs::Metadata::is_dir) {
+                return false;
+            }
+            let located = [Folder::Todo, Folder::Done].into_iter().find_map(|folder| {
+                let rel = path.strip_prefix(root.folder(folder)).ok()?;
+                Some((folder, rel))
+            });
+            let Some((folder, rel)) = located else {
+                // tasks/ itself, tasks/todo or tasks/done: a folder.
+                if path.starts_with(root.dir.join("tasks")) && meta.is_none() {
+                    return false;
+                }
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                return false;
+            };
+            let rel = rel.replace(std::path::MAIN_SEPARATOR, "/");
+            if rel.is_empty() {
+                return false;
+            }
+            // A folder that vanished (moved away whole) held tasks.
+            let prefix = format!("{rel}/");
+            if meta.is_none()
+                && self
+                    .tasks
+                    .iter()
+                    .any(|t| t.folder == folder && t.rel.starts_with(&prefix))
+            {
+                return false;
+            }
+            // What the walk skips: hidden names, README.md, not `.md`.
+            let name = rel.rsplit('/').next().unwrap_or(&rel);
+            let listed = !rel.split('/').any(|c| c.starts_with('.'))
+                && name.ends_with(".md")
+                && !name.eq_ignore_ascii_case("README.md");
+            if !listed {
+                continue;
+            }
+            let shown = root.rel_path(folder, &rel);
+            self.tasks
+                .retain(|t| !(t.folder == folder && *t.rel == *rel));
+            self.problems.retain(|p| p.path != shown);
+            let Some(meta) = meta else { continue };
+            let mut problems = Vec::new();
+            if let Some(t) = read_task(
+                root,
+                folder,
+                &rel,
+                meta.file_type().is_symlink(),
+                &mut buf,
+                &mut problems,
+            ) {
+                // Read through the fallback (moved to done/ meanwhile):
+                // that path's own event brings it.
+                if t.folder == folder {
+                    task_problems(root, &t, &mut problems);
+                    self.tasks.push(t);
+                }
+            }
+            self.problems.extend(problems);
+        }
+        self.tasks
+            .sort_unstable_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
+        self.tasks
+            .dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
+        self.reindex();
+        !self.has_duplicates()
+    }
+
+    fn has_duplicates(&self) -> bool {
+        self.index
+            .windows(2)
+            .any(|w| self.tasks[w[0] as usize].id == self.tasks[w[1] as usize].id)
+    }
 }
 
 /// Lists the `*.md` files of one folder (recursively), sorted by name.
@@ -766,7 +864,9 @@ impl Writer {
         })
     }
 
-    fn repair(&mut self) -> Result<()> {
+    /// The repairs every writer makes when it reads the queue: adopts
+    /// id-less files, returns expired leases, finishes a half-done move.
+    pub fn repair(&mut self) -> Result<()> {
         // Adopt id-less files in todo/, oldest name first.
         let orphans: Vec<usize> = (0..self.scan.tasks.len())
             .filter(|&i| {
@@ -1028,6 +1128,113 @@ mod tests {
         fs::create_dir_all(dir.path().join("tasks/todo")).unwrap();
         let root = Root::new(dir.path());
         (dir, root)
+    }
+
+    /// What a scan holds, comparable: each task's place and header, and
+    /// the problems as printed.
+    fn summary(scan: &Scan) -> (Vec<String>, Vec<String>) {
+        let mut tasks: Vec<String> = scan
+            .tasks
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:?} {} {} {} {} {} {:?} {:?} {:?} {:?}",
+                    t.folder,
+                    t.rel,
+                    t.id,
+                    t.has_id,
+                    t.status,
+                    t.broken,
+                    t.dependencies,
+                    t.tags,
+                    t.priority,
+                    t.title
+                )
+            })
+            .collect();
+        tasks.sort();
+        let mut problems: Vec<String> = scan.problems.iter().map(ToString::to_string).collect();
+        problems.sort();
+        (tasks, problems)
+    }
+
+    /// After any mix of file changes, refreshing a scan with the changed
+    /// paths gives what a full scan gives (or says it cannot).
+    #[test]
+    fn refresh_with_the_changed_paths_equals_a_full_scan() {
+        let (d, root) = root_with(&[
+            ("tasks/todo/a.md", "---\nid: TASK-001\n---\nbody"),
+            (
+                "tasks/todo/b.md",
+                "---\nid: TASK-002\ndependencies: [TASK-001]\n---\n",
+            ),
+            ("tasks/done/c.md", "---\nid: TASK-003\nstatus: done\n---\n"),
+        ]);
+        let mut cached = scan(&root);
+        let mut seed = 11u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let names = [
+            "tasks/todo/a.md",
+            "tasks/todo/b.md",
+            "tasks/todo/sub/e.md",
+            "tasks/done/c.md",
+            "tasks/done/a.md",
+            "tasks/todo/README.md",
+            "tasks/todo/.swap.md",
+            "tasks/todo/notes.txt",
+        ];
+        let contents = [
+            "---\nid: TASK-010\nstatus: ready\n---\nx",
+            "---\nid: TASK-011\nstatus: done\n---\n",
+            "---\nid: TASK-012\ndependencies: [TASK-010]\npriority: high\n---\n",
+            "# no header, no id\n",
+            "---\nid: TASK-013\nstatus: bogus\n---\n",
+            "---\nid: [not, a, string]\n---\n",
+            "---\nunterminated\n",
+        ];
+        let (mut refreshed, mut fallbacks) = (0, 0);
+        for round in 0..400 {
+            let mut changed = Vec::new();
+            for _ in 0..1 + next(3) {
+                let name = names[next(names.len())];
+                let path = d.path().join(name);
+                match next(4) {
+                    0 => {
+                        let _ = fs::remove_file(&path);
+                    }
+                    1 => {
+                        // A move within tasks/: both names change.
+                        let to = d.path().join(names[next(names.len())]);
+                        if path.exists() && fs::rename(&path, &to).is_ok() {
+                            changed.push(to);
+                        }
+                    }
+                    _ => {
+                        fs::create_dir_all(path.parent().unwrap()).unwrap();
+                        fs::write(&path, contents[next(contents.len())]).unwrap();
+                    }
+                }
+                changed.push(path);
+            }
+            let full = scan(&root);
+            if cached.refresh(&root, &changed) {
+                refreshed += 1;
+                assert_eq!(
+                    summary(&cached),
+                    summary(&full),
+                    "round {round}: {changed:?}"
+                );
+            } else {
+                fallbacks += 1;
+                cached = full;
+            }
+        }
+        assert!(refreshed > 100, "{refreshed} refreshed, {fallbacks} full");
     }
 
     #[test]
