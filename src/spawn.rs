@@ -33,21 +33,18 @@ pub struct Spec {
     pub log: PathBuf,
     /// The wrapper appends `<exit_tag> <code>` here.
     pub exit_file: PathBuf,
-    /// Names the agent in the exit record (an agent id: letters, digits,
-    /// `-`).
+    /// Names the agent in the exit record (its id; no spaces).
     pub exit_tag: String,
 }
 
 /// The wrapper script: run the agent, record its exit code, exit with it.
-fn wrapper(tag: &str) -> String {
-    format!(r#""$@"; rc=$?; printf '{tag} %s\n' "$rc" >> "$TASKQ_EXIT_FILE"; exit "$rc""#)
-}
+const WRAPPER: &str =
+    r#""$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE"; exit "$rc""#;
 
 /// Records the shell's exit status when it exits (not when a signal kills
 /// it: then taskq knows the cause itself).
-fn exit_trap(tag: &str) -> String {
-    format!(r#"trap 'printf "{tag} %s\n" "$?" >> "$TASKQ_EXIT_FILE"' EXIT"#)
-}
+const EXIT_TRAP: &str =
+    r#"trap 'printf "%s %s\n" "$TASKQ_EXIT_TAG" "$?" >> "$TASKQ_EXIT_FILE"' EXIT"#;
 
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it
@@ -75,10 +72,6 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
-    debug_assert!(spec
-        .exit_tag
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -93,12 +86,12 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         Some((flags, script)) => {
             cmd.args(flags)
                 .arg("-c")
-                .arg(format!("{}\n{script}", exit_trap(&spec.exit_tag)));
+                .arg(format!("{EXIT_TRAP}\n{script}"));
         }
         // `sh -c SCRIPT prog prog args`: "$@" is the agent.
         None => {
             cmd.arg("-c")
-                .arg(wrapper(&spec.exit_tag))
+                .arg(WRAPPER)
                 .arg(&spec.program)
                 .arg(&spec.program)
                 .args(&spec.args);
@@ -107,6 +100,7 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
     cmd.env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("TASKQ_EXIT_FILE", &spec.exit_file)
+        .env("TASKQ_EXIT_TAG", &spec.exit_tag)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
