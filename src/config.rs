@@ -122,7 +122,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let config: Config = serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1))?;
+        let config: Config =
+            serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1, text))?;
         if config.max_concurrent == 0 {
             return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
         }
@@ -140,12 +141,31 @@ impl Config {
 
 /// A serde_yaml error as a problem at `shown:line:column`, the YAML having
 /// started at file line `first_line`.
-pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize) -> Problem {
+pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize, text: &str) -> Problem {
     let message = e.to_string();
     let message = match message.find(" at line ") {
         Some(i) => message[..i].to_string(),
         None => message,
     };
+    // serde_yaml puts a duplicate key at the start of its mapping: point at
+    // the second occurrence instead.
+    let duplicate = message
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|key| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.trim_start()
+                        .strip_prefix(key)
+                        .is_some_and(|after| after.trim_start().starts_with(':'))
+                })
+                .nth(1)
+                .map(|(i, _)| i + 1)
+        });
+    if let Some(line) = duplicate {
+        return Problem::at(shown, line + first_line - 1, message);
+    }
     match e.location() {
         Some(loc) => {
             Problem::at(shown, loc.line() + first_line - 1, message).column(Some(loc.column()))
@@ -222,5 +242,16 @@ mod tests {
         assert!(e.to_string().contains("heartbaet"), "{e}");
         let e = Config::parse("heartbeat: soon\n", Path::new("c.yaml")).unwrap_err();
         assert!(e.to_string().contains("invalid duration"), "{e}");
+        // A key given twice: the line of the second one.
+        let e = Config::parse(
+            "max_concurrent: 2\nheartbeat: 5s\nmax_concurrent: 3\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("c.yaml:3:"), "{e}");
+        assert!(
+            e.to_string().contains("duplicate field `max_concurrent`"),
+            "{e}"
+        );
     }
 }

@@ -173,8 +173,8 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
         .into());
     }
     // The frontmatter starts on line 2 of the file.
-    let settings: Settings =
-        serde_yaml::from_str(&parsed.matter).map_err(|e| yaml_problem(shown, &e, 2))?;
+    let settings: Settings = serde_yaml::from_str(&parsed.matter)
+        .map_err(|e| yaml_problem(shown, &e, 2, &parsed.matter))?;
     if !ADAPTERS.contains(&settings.agent.as_str()) {
         return Err(
             Problem::new(shown, format!("unknown agent `{}`", settings.agent))
