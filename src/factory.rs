@@ -17,7 +17,7 @@
 //! and the claimed tasks before any agent starts, then the ends of the
 //! agents they replace while the new ones start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -250,9 +250,6 @@ struct Factory {
     /// The watched files as the last heartbeat saw them (see
     /// [`watch::fingerprint`]).
     fingerprint: Option<u64>,
-    /// Agents that ended and whose end this step has yet to record (their
-    /// tasks are not free yet).
-    ending: HashSet<String>,
     root: Root,
     config: Config,
     roles: Vec<Role>,
@@ -315,7 +312,6 @@ impl Factory {
             last_commit: None,
             git_deferred: false,
             fingerprint: None,
-            ending: HashSet::new(),
             root,
             config,
             roles,
@@ -631,12 +627,10 @@ impl Factory {
         // Agents that ended free their slots at once: their successors
         // start first, then the ends are recorded while those run (a step
         // is longer than a short job; this keeps the cores busy).
-        self.ending.clear();
         let mut ended: Vec<(Finished, Option<Live>)> = finished
             .into_iter()
             .map(|f| {
                 let live = self.running.remove(&f.agent);
-                self.ending.insert(f.agent.clone());
                 (f, live)
             })
             .collect();
@@ -672,7 +666,6 @@ impl Factory {
             dirty |= self.spawn_ready(w, reg, &mut ended)?;
         }
         for (f, live) in ended {
-            self.ending.remove(&f.agent);
             self.finish(w, reg, f, live)?;
         }
         // What the ends made runnable (retries, reviews, dependents).
@@ -796,7 +789,8 @@ impl Factory {
                 continue;
             };
             let assigned = t.assigned.as_deref().unwrap_or("");
-            if self.running.contains_key(assigned) || self.ending.contains(assigned) {
+            if self.running.contains_key(assigned) || ended.iter().any(|(f, _)| f.agent == assigned)
+            {
                 continue; // its tester is at work, or its end not yet recorded
             }
             let Some(role) = self.role(review_role).cloned() else {
@@ -1045,7 +1039,6 @@ impl Factory {
                 // written as one batch.
                 fsutil::stage();
                 for (f, live) in ended.drain(..) {
-                    self.ending.remove(&f.agent);
                     recorded = self.finish(w, reg, f, live);
                     if recorded.is_err() {
                         break;

@@ -830,18 +830,7 @@ impl Writer {
     /// files, expire leases, finish interrupted moves).
     pub fn open(root: &Root) -> Result<Writer> {
         let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
-        let scan = scan(root);
-        let mut writer = Writer {
-            root: root.clone(),
-            scan,
-            now: now(),
-            transitions: Vec::new(),
-            notes: Vec::new(),
-            changed: std::collections::BTreeSet::new(),
-            git_mode: GitMode::Commit,
-            git: git_for(root),
-            _lock: lock,
-        };
+        let mut writer = Writer::locked(root, scan(root), lock);
         writer.repair()?;
         Ok(writer)
     }
@@ -851,7 +840,11 @@ impl Writer {
     /// re-read and the repairs.
     pub fn with_scan(root: &Root, scan: Scan) -> Result<Writer> {
         let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
-        Ok(Writer {
+        Ok(Writer::locked(root, scan, lock))
+    }
+
+    fn locked(root: &Root, scan: Scan, lock: LockGuard) -> Writer {
+        Writer {
             root: root.clone(),
             scan,
             now: now(),
@@ -861,7 +854,7 @@ impl Writer {
             git_mode: GitMode::Commit,
             git: git_for(root),
             _lock: lock,
-        })
+        }
     }
 
     /// The repairs every writer makes when it reads the queue: adopts

@@ -591,14 +591,6 @@ fn the_memory_cap_holds_back_new_agents() {
     assert_eq!(root.agents().len(), 3);
 }
 
-/// A role running the tasks' `sh` blocks (no model).
-fn shell_role(root: &TestRoot) {
-    root.write(
-        "agents/templates/job.md",
-        "---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: 1\nworkspace: root\nenv: [PATH, HOME]\n---\n",
-    );
-}
-
 /// An agent that printed nothing keeps a log (a link to a shared empty
 /// file; its inode goes to the next log), unless a process it left behind
 /// still writes to it: then the log stays its own, and what comes late
@@ -608,7 +600,7 @@ fn logs_stay_with_their_agents_even_when_a_leftover_process_writes_late() {
     use std::os::unix::fs::MetadataExt;
     let root = TestRoot::new();
     root.factory("");
-    shell_role(&root);
+    root.shell_role(1);
     std::fs::create_dir_all(root.path().join("scratch")).unwrap();
     // The escapee leaves the agent's process group (setsid), so the
     // factory does not stop it when the agent ends; the agent waits until

@@ -38,6 +38,17 @@ fn repo() -> TestRoot {
     root
 }
 
+/// The templates, config and tasks are the user's files: commits them
+/// first (the user's other changes stay as they are).
+fn commit_setup(root: &TestRoot) {
+    let paths = ["agents", "tasks", "approvals", ".gitignore"];
+    git(root, &[&["add", "--"][..], &paths[..]].concat());
+    git(
+        root,
+        &[&["commit", "-q", "-m", "setup", "--"][..], &paths[..]].concat(),
+    );
+}
+
 fn user_changes_untouched(root: &TestRoot) {
     let status = git(root, &["status", "--porcelain"]);
     let mut lines: Vec<&str> = status.lines().collect();
@@ -109,25 +120,7 @@ fn a_factory_run_commits_its_steps_and_leaves_status_clean() {
             format!("---\nid: TASK-00{n}\ntags: [w]\n---\nx\n"),
         );
     }
-    // The templates and config are the user's files: commit them first.
-    git(
-        &root,
-        &["add", "agents", "tasks", "approvals", ".gitignore"],
-    );
-    git(
-        &root,
-        &[
-            "commit",
-            "-q",
-            "-m",
-            "setup",
-            "--",
-            "agents",
-            "tasks",
-            "approvals",
-            ".gitignore",
-        ],
-    );
+    commit_setup(&root);
     let run = root.run_until_idle(&[("FAKE_AGENT_COST", "0.42")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     user_changes_untouched(&root);
@@ -249,34 +242,14 @@ fn a_worktree_role_leaves_a_branch_and_no_worktree() {
 fn fast_steps_share_commits_and_every_transition_lands() {
     let root = repo();
     root.factory("");
-    root.write(
-        "agents/templates/job.md",
-        "---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: 4\nworkspace: root\nenv: [PATH, HOME]\n---\n",
-    );
+    root.shell_role(3);
     for n in 1..=40 {
         root.write(
             &format!("tasks/todo/t{n}.md"),
             format!("---\nid: TASK-{n:03}\ntags: [job]\n---\n```sh\ntrue\n```\n"),
         );
     }
-    git(
-        &root,
-        &["add", "agents", "tasks", "approvals", ".gitignore"],
-    );
-    git(
-        &root,
-        &[
-            "commit",
-            "-q",
-            "-m",
-            "setup",
-            "--",
-            "agents",
-            "tasks",
-            "approvals",
-            ".gitignore",
-        ],
-    );
+    commit_setup(&root);
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     user_changes_untouched(&root);

@@ -196,6 +196,15 @@ impl TestRoot {
         );
     }
 
+    /// Writes role `job` (prefix JOB, tag `job`): the `shell` adapter
+    /// running the tasks' `sh` blocks in the root, no model.
+    pub fn shell_role(&self, max_concurrent: u32) {
+        self.write(
+            "agents/templates/job.md",
+            format!("---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: {max_concurrent}\nworkspace: root\nenv: [PATH, HOME]\n---\n"),
+        );
+    }
+
     /// Starts `taskq run` in the background with `env`.
     pub fn daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut all = vec!["run"];
