@@ -575,6 +575,37 @@ pub fn scalar_field(bytes: &[u8], key: &str) -> Option<String> {
         })
 }
 
+/// The 1-based file line where `key`'s value names `item` (the item's own
+/// line in a block list), else the key's line; `None` when the header has no
+/// such key. For messages about one value of a field (`dependencies`).
+pub fn value_line(bytes: &[u8], key: &str, item: &str) -> Option<usize> {
+    let Some(Layout::Header { start, end, .. }) = split(bytes, true) else {
+        return None;
+    };
+    let header = std::str::from_utf8(&bytes[start..end]).ok()?;
+    let fields = parse(header).ok()?;
+    let k = fields.iter().position(|f| f.key == key)?;
+    let first = fields[k].line;
+    let last = fields.get(k + 1).map_or(usize::MAX, |f| f.line);
+    let at = header
+        .split('\n')
+        .enumerate()
+        .skip(first)
+        .take_while(|(n, _)| *n < last)
+        .find(|(_, line)| names(line, item))
+        .map_or(first, |(n, _)| n);
+    Some(at + Layout::FIRST_LINE)
+}
+
+/// True when `line` holds `word` with no id character on either side.
+fn names(line: &str, word: &str) -> bool {
+    let id_char =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    line.match_indices(word).any(|(k, _)| {
+        !id_char(line[..k].chars().next_back()) && !id_char(line[k + word.len()..].chars().next())
+    })
+}
+
 /// Formats a string as a YAML scalar: plain when that reads back as the same
 /// string, double-quoted otherwise.
 pub fn yaml_str(s: &str) -> String {
@@ -865,6 +896,21 @@ mod tests {
             Layout::Header { start, end, .. } => &text[start..end],
             other => panic!("no header: {other:?}"),
         }
+    }
+
+    #[test]
+    fn value_line_finds_the_item_then_the_key() {
+        let block = b"---\nid: T-1\ndependencies:\n  - T-10\n  - T-1\ntags: [T-1]\n---\nT-1\n";
+        // The item's own line, a whole word (T-10 is not T-1).
+        assert_eq!(value_line(block, "dependencies", "T-1"), Some(5));
+        assert_eq!(value_line(block, "dependencies", "T-10"), Some(4));
+        // Not named under the key (only in a later field or the body): the
+        // key's line.
+        assert_eq!(value_line(block, "dependencies", "T-2"), Some(3));
+        let flow = b"---\nid: T-1\ndependencies: [T-2, T-3]\n---\n";
+        assert_eq!(value_line(flow, "dependencies", "T-3"), Some(3));
+        assert_eq!(value_line(flow, "tags", "T-3"), None);
+        assert_eq!(value_line(b"no header", "dependencies", "T-3"), None);
     }
 
     #[test]

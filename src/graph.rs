@@ -205,11 +205,19 @@ pub fn problems(
 ) -> Vec<crate::error::Problem> {
     use crate::error::Problem;
     let mut out = Vec::new();
+    // The line that names the dependency (read again: the scan keeps no
+    // lines but the id's, and these problems are rare).
+    let line = |t: &Task, dep: &str| {
+        crate::fsutil::read(&root.task_path(t))
+            .ok()
+            .and_then(|bytes| crate::frontmatter::value_line(&bytes, "dependencies", dep))
+            .unwrap_or(t.id_line.max(1) as usize)
+    };
     for (i, missing) in &graph.missing {
         let t = &scan.tasks[*i];
         out.push(Problem::at(
             root.rel_path(t.folder, &t.rel),
-            t.id_line.max(1) as usize,
+            line(t, missing),
             format!("`{}` depends on `{missing}`, which does not exist", t.id),
         ));
     }
@@ -220,7 +228,7 @@ pub fn problems(
         out.push(
             Problem::at(
                 root.rel_path(first.folder, &first.rel),
-                first.id_line.max(1) as usize,
+                line(first, ids[1]),
                 format!("dependency cycle: {}", ids.join(" → ")),
             )
             .hint("remove one of these dependencies; no task of a cycle can ever run"),

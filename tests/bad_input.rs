@@ -232,7 +232,7 @@ fn cases() -> Vec<Case> {
         err("self-dep.md", 4, "`TASK-131` depends on itself").refuses("TASK-131"),
         err(
             "unknown-dep.md",
-            2,
+            4,
             "depends on `TASK-999`, which does not exist",
         )
         .claim_refused("TASK-132"),
@@ -240,7 +240,7 @@ fn cases() -> Vec<Case> {
             &["cycle-a.md", "cycle-b.md", "cycle-c.md"],
             "cycle-a.md",
             Expect::Error {
-                line: Some(2),
+                line: Some(4),
                 contains: "dependency cycle: TASK-141 → TASK-142 → TASK-143 → TASK-141",
             },
         )

@@ -273,14 +273,14 @@ fn check_reports_cycles_and_unknown_dependencies_compiler_style() {
     let run = root.taskq(&["check"]).code(1);
     assert!(
         run.stdout.contains(
-            "tasks/todo/a.md:2: dependency cycle: TASK-001 → TASK-002 → TASK-003 → TASK-001"
+            "tasks/todo/a.md:3: dependency cycle: TASK-001 → TASK-002 → TASK-003 → TASK-001"
         ),
         "{}",
         run.stdout
     );
     assert!(
         run.stdout
-            .contains("tasks/todo/c.md:2: `TASK-003` depends on `TASK-404`, which does not exist"),
+            .contains("tasks/todo/c.md:3: `TASK-003` depends on `TASK-404`, which does not exist"),
         "{}",
         run.stdout
     );

@@ -62,6 +62,8 @@ fn a_dropped_file_is_spawned_and_done() {
     assert_eq!(t["status"], "done");
     assert_eq!(t["result"], "Wrote out.txt.");
     assert_eq!(t["assigned"], "FAK-001");
+    // The agent's cost is summed into the task file, and `show` reports it.
+    assert_eq!(t["cost_usd"], 0.25, "{t}");
     let agents = root.agents();
     assert_eq!(agents.len(), 1);
     let a = &agents[0];

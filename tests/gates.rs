@@ -155,6 +155,12 @@ fn tester_gate_pass() {
     assert_eq!(t["status"], "done", "{t}");
     let file = root.read("tasks/done/a.md");
     assert!(file.contains("tested_by: TST-002"), "{file}");
+    // `show` reports the review fields as written in the file.
+    assert_eq!(t["tested_by"], "TST-002", "{t}");
+    assert_eq!(t["builder"], "BLD-001", "{t}");
+    assert_eq!(t["review_rounds"], 0, "{t}");
+    let text = root.taskq(&["show", "TASK-001"]).ok().stdout;
+    assert!(text.contains("tested by:   TST-002"), "{text}");
     let reg = root.registry();
     assert_eq!(reg["agents"]["BLD-001"]["test_status"], "passed");
     assert_eq!(reg["agents"]["BLD-001"]["tested_by"], "TST-002");
@@ -183,6 +189,8 @@ fn tester_gate_fail_then_pass() {
         "{file}"
     );
     assert!(file.contains("tested_by: TST-004"), "{file}");
+    assert_eq!(t["review_rounds"], 1, "{t}");
+    assert_eq!(t["tested_by"], "TST-004", "{t}");
     let agents: Vec<String> = root
         .agents()
         .iter()

@@ -41,10 +41,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     })?;
     let records = match (&args.id, &args.agent) {
         (Some(id), _) => {
-            let scan = store::scan(&ctx.root);
-            let i = scan.resolve(id)?;
-            let path = std::fs::canonicalize(ctx.root.task_path(&scan.tasks[i]))
-                .map_err(|e| Error::io(ctx.root.task_path(&scan.tasks[i]), e))?;
+            let (scan, i, path) = super::open_task(ctx, store::scan(&ctx.root), id, |p| {
+                std::fs::canonicalize(p)
+            })?;
             let id = scan.tasks[i].id.to_string();
             // --follow can take a similar new task file for a copy of this
             // one: keep taskq's commits only where they name this task.

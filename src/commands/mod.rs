@@ -123,6 +123,31 @@ pub fn scan_and_warn(ctx: &Ctx) -> Scan {
     scan
 }
 
+/// Resolves `id` and applies `open` to its file. A factory can move the
+/// file to done/ between the scan and `open`: then the queue is scanned
+/// again and the file looked up anew (a few times), so the caller never
+/// reports a task that exists as missing.
+pub fn open_task<T>(
+    ctx: &Ctx,
+    mut scan: Scan,
+    id: &str,
+    open: impl Fn(&std::path::Path) -> std::io::Result<T>,
+) -> Result<(Scan, usize, T)> {
+    let mut tries = 0;
+    loop {
+        let i = scan.resolve(id)?;
+        let path = ctx.root.task_path(&scan.tasks[i]);
+        match open(&path) {
+            Ok(v) => return Ok((scan, i, v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {
+                tries += 1;
+                scan = store::scan(&ctx.root);
+            }
+            Err(e) => return Err(crate::error::Error::io(path, e)),
+        }
+    }
+}
+
 /// [`scan_and_warn`] keeping less of each finished task (for commands
 /// that only order and label the queue).
 pub fn scan_lean_and_warn(ctx: &Ctx) -> Scan {

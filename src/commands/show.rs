@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::context::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::frontmatter::{self, Layout};
 use crate::queue::Queue;
 use crate::store::display_title;
 use crate::task::{format_timestamp, Priority};
 
-use super::{scan_and_warn, TaskJson};
+use super::{open_task, scan_and_warn, TaskJson};
 
 /// Arguments of `taskq show`.
 #[derive(Debug, clap::Args)]
@@ -26,27 +26,24 @@ struct ShowJson {
     #[serde(flatten)]
     task: TaskJson,
     unblocks: u32,
+    /// `cost_usd:` the task's agents' total cost so far.
+    cost_usd: Option<f64>,
+    /// `review_role:` the role that reviews the work.
+    review_role: Option<String>,
+    /// `builder:` the agent whose work is (or was) under review.
+    builder: Option<String>,
+    /// `tested_by:` the tester agent that passed it.
+    tested_by: Option<String>,
+    /// `review_rounds:` times a tester sent it back.
+    review_rounds: u32,
+    /// `review_errors:` tester runs that gave no verdict.
+    review_errors: u32,
     body: String,
 }
 
 /// Runs `taskq show`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let mut scan = scan_and_warn(ctx);
-    let mut tries = 0;
-    let (i, bytes) = loop {
-        let i = scan.resolve(&args.id)?;
-        let path = ctx.root.task_path(&scan.tasks[i]);
-        match std::fs::read(&path) {
-            Ok(bytes) => break (i, bytes),
-            // Moved (a factory finished it) between the scan and the read:
-            // look again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {
-                tries += 1;
-                scan = crate::store::scan(&ctx.root);
-            }
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    };
+    let (scan, i, bytes) = open_task(ctx, scan_and_warn(ctx), &args.id, |p| std::fs::read(p))?;
     let queue = Queue::new(&scan, ctx.now);
     let t = &scan.tasks[i];
     let body = match frontmatter::split(&bytes, true) {
@@ -57,15 +54,27 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     };
     let title = display_title(&ctx.root, t);
     let unblocks = queue.unblocks(i, &mut vec![0; scan.tasks.len()], 1);
+    let e = t.extra();
+    // Fields only this command shows: read from the bytes at hand, not kept
+    // by the scan.
+    let cost_usd =
+        frontmatter::scalar_field(&bytes, "cost_usd").and_then(|c| c.parse::<f64>().ok());
+    let tested_by = frontmatter::scalar_field(&bytes, "tested_by");
+    let text = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
     if ctx.out.json {
         ctx.out.json(&ShowJson {
             task: TaskJson::new(&ctx.root, &queue, i, title),
             unblocks,
+            cost_usd,
+            review_role: text(&e.review_role),
+            builder: text(&e.builder),
+            tested_by,
+            review_rounds: e.review_rounds,
+            review_errors: e.review_errors,
             body,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
-    let e = t.extra();
     let mut out = String::new();
     let _ = writeln!(out, "{}  {}", t.id, title);
     let _ = writeln!(
@@ -129,6 +138,23 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     field("completed", e.completed.map(format_timestamp));
     field("result", e.result.as_deref().map(str::to_string));
     field("reason", e.reason.as_deref().map(str::to_string));
+    field("result file", e.result_file.as_deref().map(str::to_string));
+    field("cost", cost_usd.map(|c| format!("${c:.4}")));
+    field(
+        "reviewed by",
+        e.review_role.as_deref().map(|r| format!("the {r} role")),
+    );
+    field("builder", e.builder.as_deref().map(str::to_string));
+    field("tested by", tested_by);
+    field(
+        "review",
+        (e.review_rounds + e.review_errors > 0).then(|| {
+            format!(
+                "{} round(s) sent back, {} without a verdict",
+                e.review_rounds, e.review_errors
+            )
+        }),
+    );
     if !body.trim().is_empty() {
         out.push('\n');
         out.push_str(body.trim_end());
