@@ -64,7 +64,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Ok(());
     }
     let dir = parent_of(path);
-    ensure_dir(&dir)?;
     let mut pending = prepare(path, &dir, bytes)?;
     if remembering() {
         pending.bytes = bytes.to_vec();
@@ -81,13 +80,11 @@ pub fn create_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
         return Ok(false);
     }
     let dir = parent_of(path);
-    ensure_dir(&dir)?;
     let tmp = temp_path(&dir);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
+    let mut file = in_dir(&dir, || {
+        OpenOptions::new().write(true).create_new(true).open(&tmp)
+    })
+    .map_err(|e| Error::io(&tmp, e))?;
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -128,8 +125,7 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
         return Ok(());
     }
     let to_dir = parent_of(to);
-    ensure_dir(&to_dir)?;
-    fs::rename(from, to).map_err(|e| Error::io(from, e))?;
+    in_dir(&to_dir, || fs::rename(from, to)).map_err(|e| Error::io(from, e))?;
     WRITTEN.with_borrow_mut(|w| {
         if let Some(w) = w.as_mut() {
             let known = w.remove(from);
@@ -258,8 +254,18 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+/// Runs `op`, which creates a file in `dir`; when it fails because `dir`
+/// is missing, creates `dir` and runs `op` once more. Cheaper than making
+/// sure of the directory before every write: the common case costs no
+/// system call.
+fn in_dir<T>(dir: &Path, mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    match op() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
+            fs::create_dir_all(dir)?;
+            op()
+        }
+        result => result,
+    }
 }
 
 fn temp_path(dir: &Path) -> PathBuf {
@@ -370,7 +376,9 @@ fn prepare(path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
     }
     let tmp = temp_path(dir);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = in_dir(dir, || {
+            OpenOptions::new().write(true).create_new(true).open(&tmp)
+        })?;
         file.write_all(bytes)?;
         Ok(file)
     })();
@@ -428,7 +436,8 @@ impl Pending {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Nothing to exchange with: a new file (the spare is
                     // used up).
-                    fs::rename(&spare, &self.path).map_err(|e| Error::io(&self.path, e))
+                    in_dir(&self.dir, || fs::rename(&spare, &self.path))
+                        .map_err(|e| Error::io(&self.path, e))
                 }
                 Err(_) => {
                     // Another filesystem, or no RENAME_EXCHANGE here: from
@@ -514,7 +523,7 @@ pub fn commit() -> Result<()> {
     let mut failed = None;
     for s in list {
         let dir = parent_of(&s.path);
-        match ensure_dir(&dir).and_then(|()| prepare(&s.path, &dir, &s.bytes)) {
+        match prepare(&s.path, &dir, &s.bytes) {
             Ok(mut p) => {
                 p.dest = s.dest;
                 p.bytes = s.bytes;
@@ -889,6 +898,17 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+        // A missing directory is made when a file goes there: by a rename,
+        // and by a staged write.
+        let moved = dir.path().join("done/deeper/a.md");
+        rename(&path, &moved).unwrap();
+        assert_eq!(fs::read(&moved).unwrap(), b"two");
+        stage();
+        let staged = dir.path().join("later/c.md");
+        write_atomic(&staged, b"c").unwrap();
+        assert!(!staged.exists());
+        commit().unwrap();
+        assert_eq!(fs::read(&staged).unwrap(), b"c");
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -59,7 +59,12 @@ impl Out {
     /// A confirmation on stderr (`TASK-006: ready → running`), unless quiet.
     pub fn note(&self, text: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", text.as_ref());
+            // One write per line: stderr is unbuffered, and `eprintln!`
+            // would write the newline on its own.
+            let mut line = String::with_capacity(text.as_ref().len() + 1);
+            line.push_str(text.as_ref());
+            line.push('\n');
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
 

@@ -240,25 +240,38 @@ impl Registry {
         text.push_str(",\n  \"agents\": {");
         let mut first = true;
         for (id, agent) in &self.agents {
-            let key = (agent.status, agent.test_status.clone(), agent.cancel_task);
-            let line = match self.lines.get(id) {
-                Some((status, test, cancel, line)) if (*status, test.clone(), *cancel) == key => {
-                    line.clone()
+            text.push_str(if first { "\n    " } else { ",\n    " });
+            first = false;
+            // Agent ids are plain (`BLD-004`); anything else is escaped.
+            if id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                text.push('"');
+                text.push_str(id);
+                text.push('"');
+            } else {
+                text.push_str(&serde_json::to_string(id).map_err(err)?);
+            }
+            text.push_str(": ");
+            match self.lines.get(id) {
+                Some((status, test, cancel, line))
+                    if *status == agent.status
+                        && *test == agent.test_status
+                        && *cancel == agent.cancel_task =>
+                {
+                    text.push_str(line);
                 }
                 _ => {
                     let line = serde_json::to_string(agent).map_err(err)?;
+                    text.push_str(&line);
+                    // A finished agent's line no longer changes: keep it.
                     if !agent.status.is_live() {
-                        self.lines
-                            .insert(id.clone(), (key.0, key.1, key.2, line.clone()));
+                        let key = (agent.status, agent.test_status.clone(), agent.cancel_task);
+                        self.lines.insert(id.clone(), (key.0, key.1, key.2, line));
                     }
-                    line
                 }
-            };
-            text.push_str(if first { "\n    " } else { ",\n    " });
-            first = false;
-            text.push_str(&serde_json::to_string(id).map_err(err)?);
-            text.push_str(": ");
-            text.push_str(&line);
+            }
         }
         text.push_str(if first { "},\n" } else { "\n  },\n" });
         text.push_str(&format!(

@@ -68,15 +68,18 @@ fn inline_script(spec: &Spec) -> Option<(&[String], &str)> {
 /// stdin from /dev/null (`claude -p` and `codex exec` wait for EOF on an
 /// open stdin) and stdout+stderr appended to the log.
 pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
-    if let Some(dir) = spec.log.parent() {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let open_log = || OpenOptions::new().create(true).append(true).open(&spec.log);
+    let log = match open_log() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = spec.log.parent() {
+                fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            open_log()
+        }
+        log => log,
     }
-    fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .map_err(|e| Error::io(&spec.log, e))?;
+    .map_err(|e| Error::io(&spec.log, e))?;
+
     let log2 = log.try_clone().map_err(|e| Error::io(&spec.log, e))?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     match inline_script(spec) {
@@ -108,8 +111,17 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         .process_group(0)
         .kill_on_drop(false);
     // The wrapper's `"$@"` needs $0 then the program: `sh -c SCRIPT prog prog args`.
-    cmd.spawn()
-        .map_err(|e| Error::io(PathBuf::from(&spec.program), e))
+    match cmd.spawn() {
+        // The factory makes the workspace before it prepares the agent, but
+        // a process can remove it in between: make it again rather than
+        // fail as if the program were missing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !spec.cwd.is_dir() => {
+            fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
+            cmd.spawn()
+        }
+        spawned => spawned,
+    }
+    .map_err(|e| Error::io(PathBuf::from(&spec.program), e))
 }
 
 /// Checks that `program` can be found on `path` (or is a path that exists),

@@ -806,22 +806,44 @@ impl Drop for Writer {
     }
 }
 
-/// The git work tree of a root, when autocommit applies (detected once per
-/// process and root).
+/// The git work tree of a root, when autocommit applies (the work tree is
+/// detected once per process and root; the config's `git.autocommit` is
+/// read again only when the config file changed, which the factory, with a
+/// writer per step, would otherwise parse each time).
 fn git_for(root: &Root) -> Option<crate::git::Git> {
+    use std::os::unix::fs::MetadataExt;
     use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<crate::git::Git>>>> = OnceLock::new();
-    let config = crate::config::Config::load(root).unwrap_or_default();
-    if config.git.autocommit == Some(false) {
-        return None;
+    type Stamp = Option<(u64, i64, i64, u64)>;
+    struct Known {
+        /// Detected when first needed.
+        git: Option<Option<crate::git::Git>>,
+        config: Stamp,
+        autocommit_off: bool,
     }
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
+    let stamp: Stamp = fs::metadata(crate::config::Config::path(root))
+        .ok()
+        .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut cache = cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache
-        .entry(root.dir.clone())
-        .or_insert_with(|| crate::git::Git::detect(&root.dir))
+    let known = cache.entry(root.dir.clone()).or_insert(Known {
+        git: None,
+        config: None,
+        autocommit_off: false,
+    });
+    if stamp.is_none() || known.config != stamp {
+        let config = crate::config::Config::load(root).unwrap_or_default();
+        known.autocommit_off = config.git.autocommit == Some(false);
+        known.config = stamp;
+    }
+    if known.autocommit_off {
+        return None;
+    }
+    known
+        .git
+        .get_or_insert_with(|| crate::git::Git::detect(&root.dir))
         .clone()
 }
 
