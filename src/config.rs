@@ -22,6 +22,10 @@ pub struct Config {
     /// without file events (±10% jitter).
     #[serde(with = "dur")]
     pub heartbeat: Duration,
+    /// Watch the files with inotify (notify). Off: only the heartbeat
+    /// notices changes (for file systems whose changes inotify does not
+    /// see: NFS and other network mounts, some container bind mounts).
+    pub watch: bool,
     /// SIGTERM, then SIGKILL after this long.
     #[serde(with = "dur")]
     pub stop_grace: Duration,
@@ -83,6 +87,7 @@ impl Default for Config {
             max_concurrent: 3,
             default_role: None,
             heartbeat: Duration::from_secs(30),
+            watch: true,
             stop_grace: Duration::from_secs(10),
             retry_backoff: Duration::from_secs(30),
             history_after: Duration::from_secs(7 * 86400),

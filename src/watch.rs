@@ -130,6 +130,11 @@ pub fn watch_dirs(root: &Root) -> Vec<PathBuf> {
     ]
 }
 
+/// True when `path` (absolute) is under one of [`watch_dirs`].
+pub fn is_watched(root: &Root, path: &std::path::Path) -> bool {
+    watch_dirs(root).iter().any(|dir| path.starts_with(dir))
+}
+
 fn watch_error(path: &std::path::Path, e: notify::Error) -> Error {
     let limit = matches!(&e.kind, notify::ErrorKind::MaxFilesWatch)
         || matches!(&e.kind, notify::ErrorKind::Io(io) if matches!(io.raw_os_error(), Some(28) | Some(24)));

@@ -674,3 +674,36 @@ fn an_exec_command_that_ends_while_the_factory_is_down_is_not_run_again() {
     assert_eq!(agents[0]["status"], "completed");
     assert_eq!(agents[0]["exit_code"], 0);
 }
+
+/// With `watch: false` (file systems inotify cannot see, like NFS) the
+/// heartbeat alone finds new task files: after the factory's own writes,
+/// and after heartbeats that found nothing to do.
+#[test]
+fn without_the_watcher_the_heartbeat_finds_new_files() {
+    let root = TestRoot::new();
+    root.factory("watch: false\n");
+    root.shell_role(2);
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the factory to start", LONG, || {
+        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
+            .is_ok_and(|s| !s.trim().is_empty())
+    });
+    let done = |name: &str| root.path().join(format!("tasks/done/{name}.md")).is_file();
+    task(&root, "a", "tags: [job]", "```sh\ntrue\n```");
+    wait_for("a to be done", LONG, || done("a"));
+    task(&root, "b", "tags: [job]", "```sh\ntrue\n```");
+    wait_for("b to be done", LONG, || done("b"));
+    // Two heartbeats (2 s each) with nothing new: the next file is found by
+    // comparing the files' stat digest with the last one.
+    std::thread::sleep(Duration::from_secs(5));
+    task(&root, "c", "tags: [job]", "```sh\ntrue\n```");
+    wait_for("c to be done", LONG, || done("c"));
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let agents = root.agents();
+    assert_eq!(agents.len(), 3, "{agents:?}");
+    assert!(
+        agents.iter().all(|a| a["status"] == "completed"),
+        "{agents:?}"
+    );
+}
