@@ -3,10 +3,9 @@
 //! waits on conditions, never on sleeps, and its `Daemon` guard kills every
 //! process group it started.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::util::{pid_alive, wait_for, TestRoot};
+use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -145,32 +144,10 @@ fn concurrency_limits_are_never_exceeded() {
     ); // + README
        // Replay the log: +1 at start, -1 at end, per model (role) and overall.
     let text = std::fs::read_to_string(&log).unwrap();
-    let mut events = Vec::new();
-    let mut model_of = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (t, pid): (u64, &str) = (f[1].parse().unwrap(), f[2]);
-        match f[0] {
-            "start" => {
-                model_of.insert(pid.to_string(), f[3].to_string());
-                events.push((t, 1i32, f[3].to_string()));
-            }
-            "end" => events.push((t, -1, model_of[pid].clone())),
-            other => panic!("bad log line {other}"),
-        }
-    }
-    events.sort_by_key(|(t, d, _)| (*t, *d)); // ends before starts at the same ms
-    let (mut all, mut max_all) = (0, 0);
-    let mut per: HashMap<String, i32> = HashMap::new();
-    let mut max_per: HashMap<String, i32> = HashMap::new();
-    for (_, d, m) in events {
-        all += d;
-        max_all = max_all.max(all);
-        let c = per.entry(m.clone()).or_default();
-        *c += d;
-        let mx = max_per.entry(m).or_default();
-        *mx = (*mx).max(*c);
-    }
+    let FakeAgentOverlap {
+        all: max_all,
+        per_model: max_per,
+    } = fake_agent_overlap(&text);
     assert_eq!(text.lines().filter(|l| l.starts_with("start")).count(), 12);
     assert!(max_all <= 3, "global limit 3 exceeded: {max_all}");
     assert!(
@@ -576,19 +553,7 @@ fn the_memory_cap_holds_back_new_agents() {
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let text = std::fs::read_to_string(&log).unwrap();
-    let mut events: Vec<(u64, i32)> = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[1].parse().unwrap(), if f[0] == "start" { 1 } else { -1 })
-        })
-        .collect();
-    events.sort();
-    let (mut now, mut max) = (0, 0);
-    for (_, d) in events {
-        now += d;
-        max = max.max(now);
-    }
+    let max = fake_agent_overlap(&text).all;
     assert_eq!(max, 1, "one agent at a time under the memory cap:\n{text}");
     assert_eq!(root.agents().len(), 3);
 }

