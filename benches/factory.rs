@@ -44,10 +44,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-const TASKQ: &str = env!("CARGO_BIN_EXE_taskq");
+mod common;
+use common::{env, median, sync_all, End, Launcher, Replies, LAUNCHER_FLAG, TASKQ};
 
-/// The hidden first argument that turns this binary into the launcher.
-const LAUNCHER_FLAG: &str = "--internal-launcher";
 /// The hidden first argument that turns this binary into the probe agent.
 const STAMP_FLAG: &str = "--internal-stamp";
 /// Marks a directory made by this benchmark (so `--keep` may replace it).
@@ -89,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("  work dir: {} ({})", dir.display(), fs_type(&dir));
+    println!("  work dir: {} ({})", dir.display(), common::fs_type(&dir));
     println!();
     let mut launcher = match Launcher::start() {
         Ok(l) => l,
@@ -202,18 +201,11 @@ struct Opts {
     keep: Option<PathBuf>,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|s| !s.trim().is_empty())
-}
-
+/// The count `s` given in the environment variable `name`; it must be at
+/// least `min`.
 fn number(name: &str, s: &str, min: usize) -> Result<usize, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.strip_suffix(['k', 'K']) {
-        Some(d) => (d, 1_000),
-        None => (t, 1),
-    };
-    match digits.replace('_', "").parse::<usize>() {
-        Ok(n) if n * mult >= min => Ok(n * mult),
+    match common::parse_count(s) {
+        Some(n) if n >= min => Ok(n),
         _ => Err(format!("bad {name} `{s}` (want a number >= {min})")),
     }
 }
@@ -241,28 +233,12 @@ impl Opts {
             None => vec![Part::Latency, Part::Throughput, Part::Memory],
         };
         let mut keep = env("TASKQ_FACTORY_BENCH_KEEP").map(PathBuf::from);
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |name: &str| {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
+        let mut args = common::Args::new(USAGE);
+        while let Some(flag) = args.next_flag() {
             match flag.as_str() {
-                // cargo bench passes `--bench` to harness = false targets.
-                "--bench" => {}
                 "--quick" => quick = true,
-                "--only" => only = parse_only(&value("--only")?)?,
-                "--keep" => keep = Some(PathBuf::from(value("--keep")?)),
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
+                "--only" => only = parse_only(&args.value("--only")?)?,
+                "--keep" => keep = Some(PathBuf::from(args.value("--keep")?)),
                 other => eprintln!("factory bench: ignoring argument `{other}`"),
             }
         }
@@ -292,55 +268,22 @@ impl Opts {
 // ---------------------------------------------------------------------------
 // Machine and work directory
 
+/// Prints the report's header: the binary, the source it was built from,
+/// the machine and its load, and the settings of this run.
 fn print_machine(opts: &Opts) {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "?".into());
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "?".into(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
-        );
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let output = |prog: &str, arg: &str| {
-        Command::new(prog)
-            .arg(arg)
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_else(|e| format!("(cannot run {prog}: {e})"))
-    };
-    println!(
-        "taskq factory benchmark{}",
-        if opts.quick { " (quick)" } else { "" }
-    );
-    println!("  binary:  {TASKQ}");
-    println!("  version: {}", output(TASKQ, "--version"));
-    println!("  source:  {}", source_commit());
-    println!("  git:     {}", output("git", "--version"));
-    println!("  load:    {} (1, 5, 15 min; at the start)", loadavg());
-    println!(
-        "  machine: nproc={nproc}, {cpu}, {mem} RAM, Linux {}",
-        kernel.trim()
+    common::print_header(
+        &format!(
+            "taskq factory benchmark{}",
+            if opts.quick { " (quick)" } else { "" }
+        ),
+        &[
+            ("source:", source_commit()),
+            ("git:", common::first_line_of("git", "--version")),
+            (
+                "load:",
+                format!("{} (1, 5, 15 min; at the start)", loadavg()),
+            ),
+        ],
     );
     println!(
         "  settings: {} latency samples ({} ms apart, {} blocked tasks around); {} tasks x {} rounds (git run: {}); {} queued, {} s idle",
@@ -386,46 +329,11 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// The file-system type of `dir`, for the report.
-fn fs_type(dir: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return "?".into();
-    };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out
-    // pointer for the duration of the call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return "?".into();
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    match magic {
-        0xEF53 => "ext4".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        0x6969 => "nfs".into(),
-        0x6573_5546 => "fuse".into(),
-        other => format!("fs type {other:#x}"),
-    }
-}
-
 fn work_dir(opts: &Opts) -> io::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match &opts.keep {
         Some(dir) => {
             let root = dir.join("factory-bench");
-            if root.exists() {
-                if !root.join(MARKER).exists() {
-                    return Err(io::Error::other(format!(
-                        "{} exists and was not made by this benchmark; not touching it",
-                        root.display()
-                    )));
-                }
-                fs::remove_dir_all(&root)?;
-            }
-            fs::create_dir_all(&root)?;
+            common::recreate_kept_dir(&root, MARKER)?;
             fs::write(root.join(MARKER), "made by benches/factory.rs\n")?;
             let root = fs::canonicalize(&root)?;
             Ok((root, None))
@@ -461,11 +369,6 @@ fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), String> {
     fs::write(path, text).map_err(|e| io_err(path.display(), e))
 }
 
-fn sync_all() {
-    // SAFETY: sync() has no preconditions.
-    unsafe { libc::sync() };
-}
-
 /// Nearest-rank percentile (`q` in 0..=1) of sorted values.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -473,19 +376,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        (xs[m - 1] + xs[m]) / 2.0
-    }
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -913,23 +803,11 @@ fn tail(path: &Path, max: usize) -> String {
 // ---------------------------------------------------------------------------
 // 2. Throughput
 
+/// A root with `n` ready jobs `TASK-0001` ... for the throughput run, in
+/// a git repository (everything committed) when `git` is set.
 fn throughput_root(root: &Path, n: usize, git: bool) -> Result<(), String> {
     base_root(root, &[("job", job_role())])?;
-    let todo = root.join("tasks/todo");
-    for i in 1..=n {
-        let id = format!("TASK-{i:04}");
-        write(
-            &todo.join(format!("{id}-job-{i}.md")),
-            task_text(
-                &id,
-                &format!("Job {i}"),
-                "ready",
-                "job",
-                None,
-                "\n# Job\n\n```sh\ntrue\n```\n",
-            ),
-        )?;
-    }
+    write_jobs(root, "TASK", 4, 1..=n, "job", None)?;
     write(&root.join("agents/factory/last-task-id"), format!("{n}\n"))?;
     check_root(root)?;
     if git {
@@ -1266,10 +1144,9 @@ fn queued_root(root: &Path, q: usize) -> Result<(), String> {
 /// `q` tasks `PREFIX-00001` ... in tasks/todo: the first on hold, every
 /// other one ready but depending on it, so none can run.
 fn write_blocked(root: &Path, prefix: &str, q: usize, tag: &str) -> Result<(), String> {
-    let todo = root.join("tasks/todo");
     let first = format!("{prefix}-00001");
     write(
-        &todo.join(format!("{first}-gate.md")),
+        &root.join("tasks/todo").join(format!("{first}-gate.md")),
         task_text(
             &first,
             "Gate, everything waits for this",
@@ -1279,18 +1156,33 @@ fn write_blocked(root: &Path, prefix: &str, q: usize, tag: &str) -> Result<(), S
             "\n# Gate\n\nOn hold: the rest of the queue depends on it.\n\n```sh\ntrue\n```\n",
         ),
     )?;
-    for i in 2..=q {
-        let id = format!("{prefix}-{i:05}");
-        write(
-            &todo.join(format!("{id}-job-{i}.md")),
-            task_text(
-                &id,
-                &format!("Job {i} after the gate"),
-                "ready",
-                tag,
-                Some(&first),
+    write_jobs(root, prefix, 5, 2..=q, tag, Some(&first))
+}
+
+/// Ready jobs in tasks/todo, one for each number `i` in `numbers`: id
+/// `PREFIX-i` (`i` zero-padded to `width` digits), file `PREFIX-i-job-i.md`,
+/// tagged `tag`; each runs `true`, after the task `gate` when there is one.
+fn write_jobs(
+    root: &Path,
+    prefix: &str,
+    width: usize,
+    numbers: std::ops::RangeInclusive<usize>,
+    tag: &str,
+    gate: Option<&str>,
+) -> Result<(), String> {
+    let todo = root.join("tasks/todo");
+    for i in numbers {
+        let id = format!("{prefix}-{i:0width$}");
+        let (title, body) = match gate {
+            None => (format!("Job {i}"), "\n# Job\n\n```sh\ntrue\n```\n"),
+            Some(_) => (
+                format!("Job {i} after the gate"),
                 "\n# Job\n\nWaits for the gate, then runs:\n\n```sh\ntrue\n```\n",
             ),
+        };
+        write(
+            &todo.join(format!("{id}-job-{i}.md")),
+            task_text(&id, &title, "ready", tag, gate, body),
         )?;
     }
     Ok(())
@@ -1551,22 +1443,13 @@ fn measure_running(
 // ---------------------------------------------------------------------------
 // The launcher
 
-/// A small helper process (this binary re-executed) that starts every
-/// measured command and reaps it with `wait4`, one at a time. It answers a
-/// request with two lines: the pid once the command started, then its
-/// exit status and resource usage once it ended. In between, the benchmark
-/// may signal the pid (it stays unreaped, so it cannot be reused).
-///
-/// Why not spawn from the benchmark itself: Linux counts in a child's
-/// `ru_maxrss` the peak RSS of the address space it replaced at `exec`,
-/// which for a `vfork`/`posix_spawn`ed child is the parent's memory. The
-/// launcher stays at a few MB.
-struct Launcher {
-    child: std::process::Child,
-    to: Option<std::process::ChildStdin>,
-    from: io::BufReader<std::process::ChildStdout>,
-}
+// The launcher ([`Launcher`]) answers this bench's request with two lines:
+// the pid once the command started ([`Begun`]), then its exit status and
+// resource usage once it ended ([`Reply`]). In between, the benchmark may
+// signal the pid (it stays unreaped, so it cannot be reused).
 
+/// What this bench asks the launcher: run one command (stdin and stdout on
+/// /dev/null) and say how it went.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Request {
     program: PathBuf,
@@ -1578,12 +1461,14 @@ struct Request {
     timeout_ms: u64,
 }
 
+/// The launcher's first answer: the command's pid, or why it did not start.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Begun {
     pid: i32,
     error: Option<String>,
 }
 
+/// The launcher's last answer: how the command ended, and what it used.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Reply {
     wall_ns: u64,
@@ -1596,6 +1481,8 @@ struct Reply {
 }
 
 impl Reply {
+    /// `Ok` when the command `what` exited with a code in `ok`; else what
+    /// went wrong.
     fn check_exit(&self, what: &str, ok: &[i32]) -> Result<(), String> {
         if let Some(e) = &self.error {
             return Err(format!("{what}: {e}"));
@@ -1610,96 +1497,9 @@ impl Reply {
             _ => Err(format!("{what}: unknown end")),
         }
     }
-}
 
-impl Launcher {
-    fn start() -> io::Result<Launcher> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg(LAUNCHER_FLAG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let to = child.stdin.take();
-        let from = io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Launcher { child, to, from })
-    }
-
-    fn line<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
-        use io::BufRead;
-        let mut line = String::new();
-        match self.from.read_line(&mut line) {
-            Ok(0) => Err("launcher died".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("launcher: {e}")),
-            Err(e) => Err(format!("launcher: {e}")),
-        }
-    }
-
-    /// Starts a command; returns its pid. Call [`Launcher::end`] next.
-    fn begin(&mut self, req: &Request) -> Result<i32, String> {
-        use io::Write;
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-        line.push('\n');
-        let to = self.to.as_mut().ok_or("launcher stopped")?;
-        to.write_all(line.as_bytes())
-            .and_then(|()| to.flush())
-            .map_err(|e| format!("launcher: {e}"))?;
-        let begun: Begun = self.line()?;
-        match begun.error {
-            Some(e) => {
-                // The launcher still sends its (empty) end reply.
-                let _: Reply = self.line()?;
-                Err(format!("{}: {e}", req.program.display()))
-            }
-            None => Ok(begun.pid),
-        }
-    }
-
-    /// Waits for the command started by [`Launcher::begin`] to end.
-    fn end(&mut self) -> Result<Reply, String> {
-        self.line()
-    }
-
-    fn run(&mut self, req: &Request) -> Result<Reply, String> {
-        self.begin(req)?;
-        self.end()
-    }
-
-    fn stop(mut self) {
-        drop(self.to.take());
-        let _ = self.child.wait();
-    }
-}
-
-fn launcher_main() -> ExitCode {
-    use io::{BufRead, Write};
-    let stdin = io::stdin();
-    let mut out = io::stdout().lock();
-    let mut send = |text: String| writeln!(out, "{text}").and_then(|()| out.flush()).is_ok();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let (begun, reply) = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => launch(&req, &mut send),
-            Err(e) => (
-                Some(Begun {
-                    pid: 0,
-                    error: Some(format!("bad request: {e}")),
-                }),
-                Reply::failed(String::new()),
-            ),
-        };
-        if let Some(b) = begun {
-            if !send(serde_json::to_string(&b).expect("serializes")) {
-                break;
-            }
-        }
-        if !send(serde_json::to_string(&reply).expect("serializes")) {
-            break;
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-impl Reply {
+    /// The reply for a command that could not be measured; `e` is empty
+    /// when [`Begun`] already said why.
     fn failed(e: String) -> Reply {
         Reply {
             wall_ns: 0,
@@ -1713,10 +1513,66 @@ impl Reply {
     }
 }
 
-/// Starts the request's command, announces its pid through `send`, waits
+impl Launcher {
+    /// Starts a command; returns its pid. Call [`Launcher::end`] next.
+    fn begin(&mut self, req: &Request) -> Result<i32, String> {
+        self.send(req)?;
+        let begun: Begun = self.receive()?;
+        match begun.error {
+            Some(e) => {
+                // The launcher still sends its (empty) end reply.
+                let _: Reply = self.receive()?;
+                Err(format!("{}: {e}", req.program.display()))
+            }
+            None => Ok(begun.pid),
+        }
+    }
+
+    /// Waits for the command started by [`Launcher::begin`] to end.
+    fn end(&mut self) -> Result<Reply, String> {
+        self.receive()
+    }
+
+    /// Runs a command to its end.
+    fn run(&mut self, req: &Request) -> Result<Reply, String> {
+        self.begin(req)?;
+        self.end()
+    }
+}
+
+/// The launcher's loop: for each request, a [`Begun`] line (sent by
+/// [`launch`] once the command started, or here when it did not), then a
+/// [`Reply`] line.
+fn launcher_main() -> ExitCode {
+    common::serve(|request: Result<Request, String>, out| {
+        let (begun, reply) = match request {
+            Ok(req) => launch(&req, out),
+            Err(e) => not_started(e),
+        };
+        if let Some(b) = begun {
+            if !out.send(&b) {
+                return false;
+            }
+        }
+        out.send(&reply)
+    })
+}
+
+/// The answers for a command that did not start, for the reason `error`.
+fn not_started(error: String) -> (Option<Begun>, Reply) {
+    (
+        Some(Begun {
+            pid: 0,
+            error: Some(error),
+        }),
+        Reply::failed(String::new()),
+    )
+}
+
+/// Starts the request's command, announces its pid through `out`, waits
 /// for it (with the watchdog), reaps it with `wait4`. Returns the `Begun`
 /// still to send (when the start failed) and the final reply.
-fn launch(req: &Request, send: &mut impl FnMut(String) -> bool) -> (Option<Begun>, Reply) {
+fn launch(req: &Request, out: &mut Replies) -> (Option<Begun>, Reply) {
     let mut cmd = Command::new(&req.program);
     cmd.args(&req.args)
         .env_remove("TASKQ_ROOT")
@@ -1729,16 +1585,7 @@ fn launch(req: &Request, send: &mut impl FnMut(String) -> bool) -> (Option<Begun
             Ok(f) => {
                 cmd.stderr(f);
             }
-            Err(e) => {
-                let msg = format!("{}: {e}", p.display());
-                return (
-                    Some(Begun {
-                        pid: 0,
-                        error: Some(msg),
-                    }),
-                    Reply::failed(String::new()),
-                );
-            }
+            Err(e) => return not_started(format!("{}: {e}", p.display())),
         },
         None => {
             cmd.stderr(Stdio::null());
@@ -1750,18 +1597,10 @@ fn launch(req: &Request, send: &mut impl FnMut(String) -> bool) -> (Option<Begun
     let start = Instant::now();
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return (
-                Some(Begun {
-                    pid: 0,
-                    error: Some(format!("cannot start: {e}")),
-                }),
-                Reply::failed(String::new()),
-            )
-        }
+        Err(e) => return not_started(format!("cannot start: {e}")),
     };
     let pid = child.id() as libc::pid_t;
-    send(serde_json::to_string(&Begun { pid, error: None }).expect("serializes"));
+    out.send(&Begun { pid, error: None });
     // The watchdog: TERM after the timeout, KILL 15 s later. The child is
     // only reaped after the watchdog has been told it ended, so the pid
     // it signals is always ours.
@@ -1803,35 +1642,20 @@ fn launch(req: &Request, send: &mut impl FnMut(String) -> bool) -> (Option<Begun
     if let Some(w) = watchdog {
         let _ = w.join();
     }
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 only writes to the
-    // two out pointers, which live across the call.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return (None, Reply::failed(format!("wait4: {err}")));
-        }
-    }
-    // Reaped already: dropping the handle neither waits nor kills.
-    drop(child);
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    let (exit_code, signal) = if libc::WIFSIGNALED(status) {
-        (None, Some(libc::WTERMSIG(status)))
-    } else {
-        (Some(libc::WEXITSTATUS(status)), None)
+    let reaped = match common::reap(child) {
+        Ok(r) => r,
+        Err(e) => return (None, Reply::failed(e)),
+    };
+    let (exit_code, signal) = match reaped.end {
+        End::Code(code) => (Some(code), None),
+        End::Signal(signal) => (None, Some(signal)),
     };
     (
         None,
         Reply {
             wall_ns: wall.as_nanos() as u64,
-            cpu_ns: (tv(usage.ru_utime) + tv(usage.ru_stime)).as_nanos() as u64,
-            // Linux reports ru_maxrss in KiB.
-            max_rss_kib: usage.ru_maxrss.max(0) as u64,
+            cpu_ns: reaped.cpu.as_nanos() as u64,
+            max_rss_kib: reaped.max_rss_kib,
             exit_code,
             signal,
             timed_out: timed_out.load(std::sync::atomic::Ordering::SeqCst),

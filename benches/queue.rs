@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, TimeDelta};
 
-const TASKQ: &str = env!("CARGO_BIN_EXE_taskq");
+mod common;
+use common::{median, End, Launcher, LAUNCHER_FLAG, TASKQ};
 
 const DEFAULT_SIZES: &[usize] = &[1_000, 10_000, 100_000];
 const DEFAULT_RUNS: usize = 11;
@@ -57,7 +58,8 @@ fn main() -> ExitCode {
         }
     };
     let mut crashed = false;
-    print_machine();
+    common::print_header("taskq queue benchmark", &[]);
+    println!();
     let mut launcher = match Launcher::start() {
         Ok(l) => l,
         Err(e) => {
@@ -107,39 +109,23 @@ struct Opts {
 
 impl Opts {
     fn parse() -> Result<Opts, String> {
-        let mut sizes = match std::env::var("TASKQ_BENCH_SIZES") {
-            Ok(s) if !s.trim().is_empty() => parse_sizes(&s)?,
-            _ => DEFAULT_SIZES.to_vec(),
+        let mut sizes = match common::env("TASKQ_BENCH_SIZES") {
+            Some(s) => parse_sizes(&s)?,
+            None => DEFAULT_SIZES.to_vec(),
         };
-        let mut runs = match std::env::var("TASKQ_BENCH_RUNS") {
-            Ok(s) if !s.trim().is_empty() => parse_runs(&s)?,
-            _ => DEFAULT_RUNS,
+        let mut runs = match common::env("TASKQ_BENCH_RUNS") {
+            Some(s) => parse_runs(&s)?,
+            None => DEFAULT_RUNS,
         };
         let mut keep = std::env::var_os("TASKQ_BENCH_KEEP")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |name: &str| {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
+        let mut args = common::Args::new(USAGE);
+        while let Some(flag) = args.next_flag() {
             match flag.as_str() {
-                // cargo bench passes `--bench` to harness = false targets.
-                "--bench" => {}
-                "--sizes" => sizes = parse_sizes(&value("--sizes")?)?,
-                "--runs" => runs = parse_runs(&value("--runs")?)?,
-                "--keep" => keep = Some(PathBuf::from(value("--keep")?)),
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
+                "--sizes" => sizes = parse_sizes(&args.value("--sizes")?)?,
+                "--runs" => runs = parse_runs(&args.value("--runs")?)?,
+                "--keep" => keep = Some(PathBuf::from(args.value("--keep")?)),
                 other => eprintln!("queue bench: ignoring argument `{other}`"),
             }
         }
@@ -147,19 +133,14 @@ impl Opts {
     }
 }
 
+/// The queue sizes of a comma-separated list (`1000,10k`), each at least 2.
 fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (digits, mult) = match p.strip_suffix(['k', 'K']) {
-                Some(d) => (d, 1_000),
-                None => (p, 1),
-            };
-            match digits.replace('_', "").parse::<usize>() {
-                Ok(n) if n * mult >= 2 => Ok(n * mult),
-                _ => Err(format!("bad size `{p}` (want e.g. 1000,10k,100000)")),
-            }
+        .map(|p| match common::parse_count(p) {
+            Some(n) if n >= 2 => Ok(n),
+            _ => Err(format!("bad size `{p}` (want e.g. 1000,10k,100000)")),
         })
         .collect()
 }
@@ -168,73 +149,6 @@ fn parse_runs(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("bad run count `{s}`")),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Machine
-
-fn print_machine() {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "?".into());
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "?".into(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
-        );
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let version = Command::new(TASKQ)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| format!("(cannot run {TASKQ}: {e})"));
-    println!("taskq queue benchmark");
-    println!("  binary:  {TASKQ}");
-    println!("  version: {version}");
-    println!(
-        "  machine: nproc={nproc}, {cpu}, {mem} RAM, Linux {}",
-        kernel.trim()
-    );
-    println!();
-}
-
-/// The file-system type of `dir`, for the report.
-fn fs_type(dir: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return "?".into();
-    };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out
-    // pointer for the duration of the call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return "?".into();
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    match magic {
-        0xEF53 => "ext4".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        0x6969 => "nfs".into(),
-        0x6573_5546 => "fuse".into(),
-        other => format!("fs type {other:#x}"),
     }
 }
 
@@ -741,8 +655,6 @@ struct Sample {
     max_rss_kib: u64,
 }
 
-/// The hidden first argument that turns this binary into the launcher.
-const LAUNCHER_FLAG: &str = "--internal-launcher";
 /// The hidden first argument that turns this binary into the floor reader.
 const READ_ALL_FLAG: &str = "--internal-read-all";
 
@@ -790,22 +702,8 @@ fn read_all_main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A small helper process (this binary re-executed) that starts every timed
-/// command and reaps it with `wait4`.
-///
-/// Why not spawn from the benchmark itself: Linux counts in a child's
-/// `ru_maxrss` the peak RSS of the address space it replaced at `exec`,
-/// which for a `vfork`/`posix_spawn`ed child is the *parent's* memory. The
-/// benchmark holds the generated queue (and parses 100 MB of `list --json`
-/// in its warm-up), so its children would all inherit tens of MB. The
-/// launcher stays at a few MB, which becomes the floor of every figure (the
-/// `cat` rows show it).
-struct Launcher {
-    child: std::process::Child,
-    to: Option<std::process::ChildStdin>,
-    from: io::BufReader<std::process::ChildStdout>,
-}
-
+/// What this bench asks the [`Launcher`]: run one command, stdin, stdout
+/// and stderr on /dev/null, and say how it went.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Request {
     program: PathBuf,
@@ -816,6 +714,7 @@ struct Request {
     one_cpu: bool,
 }
 
+/// The launcher's answer to a [`Request`]: the sample, or why there is none.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Reply {
     wall_ns: u64,
@@ -824,41 +723,29 @@ struct Reply {
     error: Option<String>,
 }
 
-impl Launcher {
-    fn start() -> io::Result<Launcher> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg(LAUNCHER_FLAG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let to = child.stdin.take();
-        let from = io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Launcher { child, to, from })
+impl Reply {
+    /// The reply for a command that could not be measured.
+    fn failed(error: String) -> Reply {
+        Reply {
+            wall_ns: 0,
+            cpu_ns: 0,
+            max_rss_kib: 0,
+            error: Some(error),
+        }
     }
+}
 
+impl Launcher {
     /// Runs `cmd` (stdin, stdout and stderr on /dev/null) in the launcher.
     fn run(&mut self, cmd: &Command, ok_codes: &[i32], one_cpu: bool) -> Result<Sample, String> {
-        use io::{BufRead, Write};
-        let req = Request {
+        self.send(&Request {
             program: cmd.get_program().into(),
             args: cmd.get_args().map(Into::into).collect(),
             cwd: cmd.get_current_dir().map(Path::to_path_buf),
             ok_codes: ok_codes.to_vec(),
             one_cpu,
-        };
-        let mut line = serde_json::to_string(&req).map_err(|e| e.to_string())?;
-        line.push('\n');
-        let to = self.to.as_mut().ok_or("launcher stopped")?;
-        to.write_all(line.as_bytes())
-            .and_then(|()| to.flush())
-            .map_err(|e| format!("launcher: {e}"))?;
-        line.clear();
-        match self.from.read_line(&mut line) {
-            Ok(0) => return Err("launcher died".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("launcher: {e}")),
-        }
-        let reply: Reply = serde_json::from_str(&line).map_err(|e| format!("launcher: {e}"))?;
+        })?;
+        let reply: Reply = self.receive()?;
         if let Some(e) = reply.error {
             return Err(e);
         }
@@ -868,21 +755,12 @@ impl Launcher {
             max_rss_kib: reply.max_rss_kib,
         })
     }
-
-    fn stop(mut self) {
-        drop(self.to.take());
-        let _ = self.child.wait();
-    }
 }
 
 /// The launcher's loop: one JSON request per line in, one reply per line out.
 fn launcher_main() -> ExitCode {
-    use io::{BufRead, Write};
-    let stdin = io::stdin();
-    let mut out = io::stdout().lock();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let reply = match serde_json::from_str::<Request>(&line) {
+    common::serve(|request: Result<Request, String>, out| {
+        let reply = match request {
             Ok(req) => {
                 let mut cmd = Command::new(&req.program);
                 cmd.args(&req.args)
@@ -904,27 +782,13 @@ fn launcher_main() -> ExitCode {
                         max_rss_kib: s.max_rss_kib,
                         error: None,
                     },
-                    Err(e) => Reply {
-                        wall_ns: 0,
-                        cpu_ns: 0,
-                        max_rss_kib: 0,
-                        error: Some(e),
-                    },
+                    Err(e) => Reply::failed(e),
                 }
             }
-            Err(e) => Reply {
-                wall_ns: 0,
-                cpu_ns: 0,
-                max_rss_kib: 0,
-                error: Some(format!("bad request: {e}")),
-            },
+            Err(e) => Reply::failed(e),
         };
-        let text = serde_json::to_string(&reply).expect("a reply serializes");
-        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
-            break;
-        }
-    }
-    ExitCode::SUCCESS
+        out.send(&reply)
+    })
 }
 
 /// Makes `cmd` run on a single CPU, so a multi-threaded program shows its
@@ -959,38 +823,17 @@ fn pin_to_one_cpu(cmd: &mut Command) {
 fn run_reaped(cmd: &mut Command, ok_codes: &[i32]) -> Result<Sample, String> {
     let start = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 only writes to the
-    // two out pointers, which live across the call.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(format!("wait4: {err}"));
-        }
-    }
+    let reaped = common::reap(child)?;
     let wall = start.elapsed();
-    // Reaped already: dropping the handle neither waits nor kills.
-    drop(child);
-    if libc::WIFSIGNALED(status) {
-        return Err(format!("killed by signal {}", libc::WTERMSIG(status)));
+    match reaped.end {
+        End::Signal(signal) => Err(format!("killed by signal {signal}")),
+        End::Code(code) if !ok_codes.contains(&code) => Err(format!("exit code {code}")),
+        End::Code(_) => Ok(Sample {
+            wall,
+            cpu: reaped.cpu,
+            max_rss_kib: reaped.max_rss_kib,
+        }),
     }
-    let code = libc::WEXITSTATUS(status);
-    if !ok_codes.contains(&code) {
-        return Err(format!("exit code {code}"));
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(Sample {
-        wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        // Linux reports ru_maxrss in KiB.
-        max_rss_kib: usage.ru_maxrss.max(0) as u64,
-    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1013,16 +856,6 @@ struct Bench {
     label: String,
     samples: Vec<Sample>,
     failed: Option<String>,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        (xs[m - 1] + xs[m]) / 2.0
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -1151,16 +984,7 @@ fn bench_size(n: usize, opts: &Opts, launcher: &mut Launcher) -> io::Result<(boo
     let (root, _tmp) = match &opts.keep {
         Some(dir) => {
             let root = dir.join(format!("queue-{n}"));
-            if root.exists() {
-                if !root.join(MARKER).exists() {
-                    return Err(io::Error::other(format!(
-                        "{} exists and was not made by this benchmark; not touching it",
-                        root.display()
-                    )));
-                }
-                fs::remove_dir_all(&root)?;
-            }
-            fs::create_dir_all(&root)?;
+            common::recreate_kept_dir(&root, MARKER)?;
             (root, None)
         }
         None => {
@@ -1182,8 +1006,7 @@ fn bench_size(n: usize, opts: &Opts, launcher: &mut Launcher) -> io::Result<(boo
     }
     fs::write(&list, names)?;
     // Flush the new files so write-back does not run during the timings.
-    // SAFETY: sync() has no preconditions.
-    unsafe { libc::sync() };
+    common::sync_all();
 
     println!(
         "N = {n}: {} done, {} ready, {} blocked, {} running/hold/failed/cancelled; {} with dependencies",
@@ -1200,7 +1023,7 @@ fn bench_size(n: usize, opts: &Opts, launcher: &mut Launcher) -> io::Result<(boo
         g.bytes / g.files.len().max(1) as u64,
         gen_time.as_secs_f64(),
         root.display(),
-        fs_type(&root),
+        common::fs_type(&root),
         if opts.keep.is_some() { ", kept" } else { "" }
     );
 
