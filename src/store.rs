@@ -169,6 +169,9 @@ pub enum Detail {
     /// `deps`, `status`): tasks in done/ keep only what makes them
     /// satisfied dependencies and labels (id, status, title, deps).
     Lean,
+    /// Tasks in todo/ in full, those in done/ lean (`list`: the open
+    /// tasks are few and small, the finished ones many, with results).
+    OpenFull,
 }
 
 /// Reads every task of the root, in parallel, header only.
@@ -179,6 +182,12 @@ pub fn scan(root: &Root) -> Scan {
 /// [`scan`] keeping less of each finished task (see [`Detail::Lean`]).
 pub fn scan_lean(root: &Root) -> Scan {
     scan_with(root, Detail::Lean)
+}
+
+/// [`scan`] keeping open tasks in full and finished ones lean (see
+/// [`Detail::OpenFull`]).
+pub fn scan_open_full(root: &Root) -> Scan {
+    scan_with(root, Detail::OpenFull)
 }
 
 fn scan_with(root: &Root, detail: Detail) -> Scan {
@@ -458,7 +467,11 @@ fn read_tasks(
             &mut buf,
             &mut problems,
         );
-        if let (Some(t), Detail::Lean) = (slot.as_mut(), detail) {
+        if let Some(t) = slot.as_mut().filter(|t| match detail {
+            Detail::Full => false,
+            Detail::Lean => true,
+            Detail::OpenFull => t.folder == Folder::Done,
+        }) {
             t.title = None;
             t.created = None;
             t.lean = true;
@@ -622,6 +635,22 @@ pub fn display_title(root: &Root, task: &Task) -> String {
         }
     }
     heading_title(&root.task_path(task)).unwrap_or_else(|| task.title_or_stem().to_string())
+}
+
+/// The task with every field: `t` itself, or for a task a lean scan kept
+/// in part, its file read again (`t` as it is if that fails: the file moved
+/// or changed since the scan). For commands that print tasks one by one
+/// from a lean scan, so the whole queue is never held in full.
+pub fn full<'a>(root: &Root, t: &'a Task) -> std::borrow::Cow<'a, Task> {
+    use std::borrow::Cow;
+    if !t.lean {
+        return Cow::Borrowed(t);
+    }
+    let mut buf = Vec::new();
+    match read_task(root, t.folder, &t.rel, false, &mut buf, &mut Vec::new()) {
+        Some(again) if again.id == t.id && again.folder == t.folder => Cow::Owned(again),
+        _ => Cow::Borrowed(t),
+    }
 }
 
 /// The `title:` of a task file's header (for tasks a lean scan kept

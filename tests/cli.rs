@@ -396,6 +396,25 @@ fn json_shapes_are_stable() {
     let show = root.taskq(&["show", &a, "--json"]).ok().json();
     assert_eq!(show["unblocks"], 1);
     assert_eq!(show["body"], "");
+    // Every command gives a task's fields as its file has them, whatever
+    // the command keeps of the queue while it works (`next` and `list` read
+    // it lean): the same object from list, show and next.
+    assert!(list[0]["created"].is_string(), "{}", list[0]);
+    let next = root.taskq(&["next", "--json"]).ok().json();
+    for k in ["title", "created", "tags", "path"] {
+        assert_eq!(next[k], show[k], "{k}: next {next} vs show {show}");
+        assert_eq!(list[0][k], show[k], "{k}: list {} vs show {show}", list[0]);
+    }
+    // A finished task too (list keeps those lean, then reads them again).
+    root.taskq(&["done", &a, "--result", "built it"]).ok();
+    let list = root.taskq(&["list", "--json"]).ok().json();
+    let done = root.taskq(&["show", &a, "--json"]).ok().json();
+    assert_eq!(list[0]["result"], "built it", "{}", list[0]);
+    for k in ["title", "created", "completed", "tags", "assigned", "path"] {
+        assert_eq!(list[0][k], done[k], "{k}: list {} vs show {done}", list[0]);
+    }
+    let text = root.taskq(&["list"]).ok().stdout;
+    assert!(text.contains("Alpha  [x]"), "{text}");
 }
 
 #[test]

@@ -239,9 +239,15 @@ pub struct TaskJson {
 }
 
 impl TaskJson {
-    /// Builds the JSON view of task `i`.
-    pub fn new(root: &Root, queue: &Queue<'_>, i: usize, title: String) -> TaskJson {
-        let t: &Task = &queue.scan.tasks[i];
+    /// Builds the JSON view of task `i` (read again in full if the scan
+    /// was lean).
+    pub fn new(root: &Root, queue: &Queue<'_>, i: usize) -> TaskJson {
+        TaskJson::of(root, queue, i, &store::full(root, &queue.scan.tasks[i]))
+    }
+
+    /// Builds the JSON view of task `i` from `t`, its fields in full.
+    pub fn of(root: &Root, queue: &Queue<'_>, i: usize, t: &Task) -> TaskJson {
+        let title = store::display_title(root, t);
         let e = t.extra();
         let s = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
         TaskJson {

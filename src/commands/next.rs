@@ -10,7 +10,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::role;
-use crate::store::{display_title, Root, Writer};
+use crate::store::{Root, Writer};
 use crate::task::Task;
 
 use super::{report, transition, TaskJson};
@@ -92,7 +92,7 @@ fn print(ctx: &Ctx, queue: &Queue<'_>, i: usize, unblocks: u32) -> Result<()> {
     let t = &queue.scan.tasks[i];
     if ctx.out.json {
         ctx.out.json(&NextJson {
-            task: TaskJson::new(&ctx.root, queue, i, display_title(&ctx.root, t)),
+            task: TaskJson::new(&ctx.root, queue, i),
             unblocks,
         })
     } else {

@@ -52,7 +52,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
         _ => String::new(),
     };
-    let title = display_title(&ctx.root, t);
     let unblocks = queue.unblocks(i, &mut vec![0; scan.tasks.len()], 1);
     let e = t.extra();
     // Fields only this command shows: read from the bytes at hand, not kept
@@ -63,7 +62,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let text = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
     if ctx.out.json {
         ctx.out.json(&ShowJson {
-            task: TaskJson::new(&ctx.root, &queue, i, title),
+            task: TaskJson::new(&ctx.root, &queue, i),
             unblocks,
             cost_usd,
             review_role: text(&e.review_role),
@@ -76,7 +75,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{}  {}", t.id, title);
+    let _ = writeln!(out, "{}  {}", t.id, display_title(&ctx.root, t));
     let _ = writeln!(
         out,
         "file:        {}",
