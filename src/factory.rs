@@ -584,14 +584,18 @@ impl Factory {
         if fresh {
             self.own.clear();
         }
-        if fresh {
-            // The queue as read: what the next heartbeat compares with
-            // (after the step, so it delays no agent).
+        let wrote = w.changed.iter().any(|p| watch::is_watched(&self.root, p));
+        if fresh || (patched && !wrote) {
+            // The files as this factory now knows them (read in full, or
+            // brought up to date from the events' paths): what the next
+            // heartbeat compares with (after the step, so it delays no
+            // agent).
             self.fingerprint = Some(watch::fingerprint(&self.root));
-        } else if patched || w.changed.iter().any(|p| watch::is_watched(&self.root, p)) {
-            // Files changed since that read. Walking them all again after
-            // each such step (30 ms at 10,000 tasks) would cost more than
-            // the one full read the next heartbeat then does.
+        } else if wrote {
+            // It wrote task files itself: agents starting and ending will
+            // change them again before the heartbeat, so a walk now (30 ms
+            // at 10,000 tasks) would be out of date by then. The next
+            // heartbeat reads the queue once instead.
             self.fingerprint = None;
         }
         for p in &w.changed {
