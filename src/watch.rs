@@ -100,32 +100,74 @@ pub fn start<E: Send + 'static>(
 }
 
 /// A digest of every file under the watched directories: name, size,
-/// mtime and inode (a `stat` each, no reads). The heartbeat compares it with
-/// the last one and rereads the queue only when it differs: an idle factory
-/// over 10,000 tasks then costs a directory walk per heartbeat (~15 ms of
-/// CPU), not a read and parse of every file (~130 ms).
+/// mtime, inode and mode (a `stat` each, no reads). The heartbeat compares
+/// it with the last one and rereads the queue only when it differs: an
+/// idle factory over 10,000 tasks then costs a directory walk per heartbeat,
+/// not a read and parse of every file (~130 ms).
+///
+/// Each entry is `stat`ed relative to its directory's descriptor (no path
+/// lookup from `/`) and hashed with a few multiplications, not SipHash over
+/// its whole path: this walk is most of what an idle factory costs.
 pub fn fingerprint(root: &Root) -> u64 {
-    use std::hash::{Hash, Hasher};
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let mut sum: u64 = 0;
-    for dir in watch_dirs(root) {
-        for entry in walkdir::WalkDir::new(&dir).follow_links(false).into_iter() {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            match entry {
-                Ok(e) => {
-                    e.path().hash(&mut h);
-                    if let Ok(m) = e.metadata() {
-                        (m.len(), m.mtime(), m.mtime_nsec(), m.ino(), m.mode()).hash(&mut h);
-                    }
+    let mut dirs: Vec<(PathBuf, u64)> = watch_dirs(root)
+        .into_iter()
+        .map(|d| {
+            let h = bytes_hash(d.as_os_str().as_bytes(), 0);
+            (d, h)
+        })
+        .collect();
+    while let Some((dir, dir_hash)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Missing or unreadable now: differs from any clean walk.
+            Err(e) => {
+                sum = sum.wrapping_add(mix(dir_hash ^ (e.kind() as u64 + 1)));
+                continue;
+            }
+        };
+        for entry in entries {
+            let Ok(entry) = entry else {
+                sum = sum.wrapping_add(mix(dir_hash ^ 0x5eed));
+                continue;
+            };
+            let name_hash = bytes_hash(entry.file_name().as_bytes(), dir_hash);
+            let mut h = name_hash;
+            if let Ok(m) = entry.metadata() {
+                for v in [
+                    m.len(),
+                    m.mtime() as u64,
+                    m.mtime_nsec() as u64,
+                    m.ino(),
+                    u64::from(m.mode()),
+                ] {
+                    h = mix(h ^ v);
                 }
-                // Unreadable now: make sure it differs from any clean walk.
-                Err(e) => format!("{e}").hash(&mut h),
+                if m.is_dir() {
+                    dirs.push((entry.path(), name_hash));
+                }
             }
             // Order-free (readdir order is not guaranteed).
-            sum = sum.wrapping_add(h.finish());
+            sum = sum.wrapping_add(mix(h));
         }
     }
     sum
+}
+
+/// FNV-1a of `bytes`, continuing from `seed`.
+fn bytes_hash(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The SplitMix64 finalizer: every input bit reaches every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The directories the factory reacts to.
@@ -152,5 +194,44 @@ fn watch_error(path: &std::path::Path, e: notify::Error) -> Error {
         )
     } else {
         Error::io(path, std::io::Error::other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_changes_with_any_file_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let todo = dir.path().join("tasks/todo");
+        std::fs::create_dir_all(todo.join("sub")).unwrap();
+        std::fs::write(todo.join("a.md"), "a").unwrap();
+        std::fs::write(todo.join("sub/b.md"), "b").unwrap();
+        let first = fingerprint(&root);
+        assert_eq!(fingerprint(&root), first, "nothing changed");
+        let mut seen = vec![first];
+        let mut changed = |what: &str| {
+            let now = fingerprint(&root);
+            assert!(
+                !seen.contains(&now),
+                "{what}: the fingerprint did not change"
+            );
+            seen.push(now);
+        };
+        std::fs::write(todo.join("sub/b.md"), "bb").unwrap();
+        changed("a file in a subdirectory rewritten");
+        std::fs::rename(todo.join("a.md"), todo.join("c.md")).unwrap();
+        changed("a file renamed");
+        std::fs::create_dir_all(dir.path().join("approvals/pending")).unwrap();
+        changed("a watched directory made");
+        std::fs::write(dir.path().join("approvals/pending/TASK-1.md"), "").unwrap();
+        changed("an empty file added");
+        std::fs::remove_file(todo.join("c.md")).unwrap();
+        changed("a file removed");
+        // Outside the watched directories: no change.
+        std::fs::write(dir.path().join("notes.md"), "x").unwrap();
+        assert_eq!(fingerprint(&root), *seen.last().unwrap());
     }
 }
