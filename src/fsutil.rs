@@ -157,12 +157,18 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// A file's identity for [`remember_writes`]: size, mtime, inode.
-type Stamp = (u64, std::time::SystemTime, u64);
+/// A file's identity for [`remember_writes`] and other caches: size,
+/// mtime, inode.
+pub type Stamp = (u64, std::time::SystemTime, u64);
 
 fn stamp(m: &fs::Metadata) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// The [`Stamp`] of the file at `path` now (`None` if it is missing).
+pub fn stamp_of(path: &Path) -> Option<Stamp> {
+    fs::metadata(path).ok().and_then(|m| stamp(&m))
 }
 
 /// What this thread last wrote to each path: the bytes and the file's
@@ -212,7 +218,7 @@ fn remember(path: &Path, entry: Option<(Vec<u8>, Stamp)>) {
 
 fn remembered(path: &Path) -> Option<Vec<u8>> {
     let (bytes, was) = WRITTEN.with_borrow(|w| w.as_ref()?.get(path)?.clone())?;
-    let now = fs::metadata(path).ok().and_then(|m| stamp(&m))?;
+    let now = stamp_of(path)?;
     (now == was).then_some(bytes)
 }
 

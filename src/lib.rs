@@ -21,6 +21,7 @@ pub mod graph;
 pub mod hooks;
 pub mod lock;
 pub mod logging;
+pub mod mix;
 pub mod output;
 pub mod queue;
 pub mod registry;

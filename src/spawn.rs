@@ -79,7 +79,6 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         log => log,
     }
     .map_err(|e| Error::io(&spec.log, e))?;
-
     let log2 = log.try_clone().map_err(|e| Error::io(&spec.log, e))?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     match inline_script(spec) {

@@ -840,19 +840,15 @@ impl Drop for Writer {
 /// read again only when the config file changed, which the factory, with a
 /// writer per step, would otherwise parse each time).
 fn git_for(root: &Root) -> Option<crate::git::Git> {
-    use std::os::unix::fs::MetadataExt;
     use std::sync::{Mutex, OnceLock};
-    type Stamp = Option<(u64, i64, i64, u64)>;
     struct Known {
         /// Detected when first needed.
         git: Option<Option<crate::git::Git>>,
-        config: Stamp,
+        config: Option<fsutil::Stamp>,
         autocommit_off: bool,
     }
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
-    let stamp: Stamp = fs::metadata(crate::config::Config::path(root))
-        .ok()
-        .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+    let stamp = fsutil::stamp_of(&crate::config::Config::path(root));
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut cache = cache
         .lock()

@@ -15,6 +15,7 @@ use notify::{EventKind, EventKindMask, RecommendedWatcher, RecursiveMode, Watche
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{Error, Result};
+use crate::mix::{fnv1a, splitmix64};
 use crate::store::Root;
 
 /// What the watcher saw since the factory last looked: the changed paths
@@ -106,8 +107,9 @@ pub fn start<E: Send + 'static>(
 /// not a read and parse of every file (~130 ms).
 ///
 /// Each entry is `stat`ed relative to its directory's descriptor (no path
-/// lookup from `/`) and hashed with a few multiplications, not SipHash over
-/// its whole path: this walk is most of what an idle factory costs.
+/// lookup from `/`) and hashed with a few multiplications (FNV-1a of its
+/// name, SplitMix), not SipHash over its whole path: this walk is most of
+/// what an idle factory costs.
 pub fn fingerprint(root: &Root) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -115,7 +117,7 @@ pub fn fingerprint(root: &Root) -> u64 {
     let mut dirs: Vec<(PathBuf, u64)> = watch_dirs(root)
         .into_iter()
         .map(|d| {
-            let h = bytes_hash(d.as_os_str().as_bytes(), 0);
+            let h = fnv1a(d.as_os_str().as_bytes(), 0);
             (d, h)
         })
         .collect();
@@ -124,16 +126,16 @@ pub fn fingerprint(root: &Root) -> u64 {
             Ok(entries) => entries,
             // Missing or unreadable now: differs from any clean walk.
             Err(e) => {
-                sum = sum.wrapping_add(mix(dir_hash ^ (e.kind() as u64 + 1)));
+                sum = sum.wrapping_add(splitmix64(dir_hash ^ (e.kind() as u64 + 1)));
                 continue;
             }
         };
         for entry in entries {
             let Ok(entry) = entry else {
-                sum = sum.wrapping_add(mix(dir_hash ^ 0x5eed));
+                sum = sum.wrapping_add(splitmix64(dir_hash ^ 0x5eed));
                 continue;
             };
-            let name_hash = bytes_hash(entry.file_name().as_bytes(), dir_hash);
+            let name_hash = fnv1a(entry.file_name().as_bytes(), dir_hash);
             let mut h = name_hash;
             if let Ok(m) = entry.metadata() {
                 for v in [
@@ -143,31 +145,17 @@ pub fn fingerprint(root: &Root) -> u64 {
                     m.ino(),
                     u64::from(m.mode()),
                 ] {
-                    h = mix(h ^ v);
+                    h = splitmix64(h ^ v);
                 }
                 if m.is_dir() {
                     dirs.push((entry.path(), name_hash));
                 }
             }
             // Order-free (readdir order is not guaranteed).
-            sum = sum.wrapping_add(mix(h));
+            sum = sum.wrapping_add(splitmix64(h));
         }
     }
     sum
-}
-
-/// FNV-1a of `bytes`, continuing from `seed`.
-fn bytes_hash(bytes: &[u8], seed: u64) -> u64 {
-    bytes.iter().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The SplitMix64 finalizer: every input bit reaches every output bit.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The directories the factory reacts to.
