@@ -169,10 +169,20 @@ pub enum Detail {
     /// `deps`, `status`): tasks in done/ keep only what makes them
     /// satisfied dependencies and labels (id, status, title, deps).
     Lean,
-    /// Tasks in todo/ in full, those in done/ lean (`list`: the open
-    /// tasks are few and small, the finished ones many, with results).
-    OpenFull,
+    /// When the queue holds more than [`OPEN_FULL_ABOVE`] tasks: those in
+    /// todo/ in full, those in done/ lean, with their tags if `tags` (`list`:
+    /// the open tasks are few and small, the finished ones many, with
+    /// results; `--tag` filters before the tasks are read again). A smaller
+    /// queue is read in full, which is faster and small anyway.
+    OpenFull {
+        /// Keep the tags of finished tasks (4 MB at 100,000 tasks).
+        tags: bool,
+    },
 }
+
+/// Below this many task files, [`Detail::OpenFull`] keeps everything
+/// (about 20 MB at this size).
+pub const OPEN_FULL_ABOVE: usize = 30_000;
 
 /// Reads every task of the root, in parallel, header only.
 pub fn scan(root: &Root) -> Scan {
@@ -184,10 +194,10 @@ pub fn scan_lean(root: &Root) -> Scan {
     scan_with(root, Detail::Lean)
 }
 
-/// [`scan`] keeping open tasks in full and finished ones lean (see
-/// [`Detail::OpenFull`]).
-pub fn scan_open_full(root: &Root) -> Scan {
-    scan_with(root, Detail::OpenFull)
+/// [`scan`] keeping open tasks in full and finished ones lean, with their
+/// tags if `tags` (see [`Detail::OpenFull`]).
+pub fn scan_open_full(root: &Root, tags: bool) -> Scan {
+    scan_with(root, Detail::OpenFull { tags })
 }
 
 fn scan_with(root: &Root, detail: Detail) -> Scan {
@@ -196,6 +206,10 @@ fn scan_with(root: &Root, detail: Detail) -> Scan {
     for folder in [Folder::Todo, Folder::Done] {
         list_folder(root, folder, &mut entries, &mut problems);
     }
+    let detail = match detail {
+        Detail::OpenFull { .. } if entries.len() <= OPEN_FULL_ABOVE => Detail::Full,
+        other => other,
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
@@ -470,7 +484,7 @@ fn read_tasks(
         if let Some(t) = slot.as_mut().filter(|t| match detail {
             Detail::Full => false,
             Detail::Lean => true,
-            Detail::OpenFull => t.folder == Folder::Done,
+            Detail::OpenFull { .. } => t.folder == Folder::Done,
         }) {
             t.title = None;
             t.created = None;
@@ -478,9 +492,11 @@ fn read_tasks(
             if t.folder == Folder::Done {
                 t.extra = None;
                 t.created = None;
-                t.tags = Box::new([]);
                 t.assigned = None;
                 t.role = None;
+                if detail != (Detail::OpenFull { tags: true }) {
+                    t.tags = Box::new([]);
+                }
             }
         }
     }

@@ -498,3 +498,52 @@ fn ids_are_never_reused() {
     root.write("tasks/todo/big.md", "---\nid: TASK-999\n---\n");
     assert_eq!(root.add(&["D"]), "TASK-1000");
 }
+
+/// Over 30,000 tasks `list` keeps finished tasks lean and reads each again
+/// as it prints: every field still comes out, `--tag` still finds finished
+/// tasks, and the text lines show their tags and assignee.
+#[test]
+fn list_of_a_big_queue_prints_finished_tasks_in_full() {
+    let root = TestRoot::empty();
+    let done = root.path().join("tasks/done");
+    let n = 30_001;
+    for k in 1..=n {
+        let tag = if k % 10_000 == 7 { "special" } else { "bulk" };
+        std::fs::write(
+            done.join(format!("TASK-{k:05}.md")),
+            format!(
+                "---\nid: TASK-{k:05}\ntitle: Job {k}\nstatus: done\ntags: [{tag}]\nassigned: BLD-{k:03}\ncreated: 2026-01-05T09:00:00Z\ncompleted: 2026-01-06T10:00:00Z\nresult: made {k}\n---\nBody {k}.\n"
+            ),
+        )
+        .unwrap();
+    }
+    root.write(
+        "tasks/todo/open.md",
+        "---\nid: TASK-99999\ntags: [special]\n---\nStill open.\n",
+    );
+    let special = root
+        .taskq(&["--json", "list", "--tag", "special"])
+        .ok()
+        .json();
+    let ids: Vec<&str> = special
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["TASK-00007", "TASK-10007", "TASK-20007", "TASK-99999"]
+    );
+    let t = &special[1];
+    assert_eq!(t["title"], "Job 10007", "{t}");
+    assert_eq!(t["tags"], serde_json::json!(["special"]), "{t}");
+    assert_eq!(t["assigned"], "BLD-10007", "{t}");
+    assert_eq!(t["created"], "2026-01-05T09:00:00Z", "{t}");
+    assert_eq!(t["completed"], "2026-01-06T10:00:00Z", "{t}");
+    assert_eq!(t["result"], "made 10007", "{t}");
+    let text = root.taskq(&["list", "--status", "done"]).ok().stdout;
+    assert_eq!(text.lines().count(), n);
+    let line = text.lines().find(|l| l.starts_with("TASK-20007 ")).unwrap();
+    assert!(line.contains("Job 20007  [special]  @BLD-20007"), "{line}");
+}
