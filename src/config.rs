@@ -105,6 +105,9 @@ impl Default for Config {
     }
 }
 
+/// The shortest `heartbeat` accepted.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
 impl Config {
     /// The path of the config file.
     pub fn path(root: &Root) -> std::path::PathBuf {
@@ -129,8 +132,26 @@ impl Config {
         }
         let config: Config =
             serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1, text))?;
+        let bad = |key: &str, message: &str| -> crate::error::Error {
+            // The key's own line (top-level keys start their line).
+            let line = text.lines().position(|l| {
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            });
+            match line {
+                Some(n) => Problem::at(shown, n + 1, message).into(),
+                None => Problem::new(shown, message).into(),
+            }
+        };
         if config.max_concurrent == 0 {
-            return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
+            return Err(bad("max_concurrent", "`max_concurrent` must be at least 1"));
+        }
+        // The heartbeat's timer would fire again at once: a busy loop.
+        if config.heartbeat < MIN_HEARTBEAT {
+            return Err(bad(
+                "heartbeat",
+                "`heartbeat` must be at least 100ms (it is how often the factory rechecks everything)",
+            ));
         }
         Ok(config)
     }
@@ -258,5 +279,36 @@ mod tests {
             e.to_string().contains("duplicate field `max_concurrent`"),
             "{e}"
         );
+        // Values out of range: at the key's line.
+        let e = Config::parse(
+            "# limits
+max_concurrent: 0
+",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.yaml:2: `max_concurrent` must be at least 1"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "watch: false
+heartbeat: 0s
+",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.yaml:2: `heartbeat` must be at least 100ms"),
+            "{e}"
+        );
+        assert!(Config::parse(
+            "heartbeat: 100ms
+",
+            Path::new("c.yaml")
+        )
+        .is_ok());
     }
 }
