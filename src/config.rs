@@ -133,13 +133,8 @@ impl Config {
         let config: Config =
             serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1, text))?;
         let bad = |key: &str, message: &str| -> crate::error::Error {
-            // The key's own line (top-level keys start their line).
-            let line = text.lines().position(|l| {
-                l.strip_prefix(key)
-                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
-            });
-            match line {
-                Some(n) => Problem::at(shown, n + 1, message).into(),
+            match crate::frontmatter::key_line(text, key) {
+                Some(line) => Problem::at(shown, line, message).into(),
                 None => Problem::new(shown, message).into(),
             }
         };

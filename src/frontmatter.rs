@@ -575,6 +575,18 @@ pub fn scalar_field(bytes: &[u8], key: &str) -> Option<String> {
         })
 }
 
+/// The 1-based line of the top-level `key:` in YAML `text` (a config file
+/// or a header), for messages about a value serde accepted but taskq does
+/// not.
+pub fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|n| n + 1)
+}
+
 /// The 1-based file line where `key`'s value names `item` (the item's own
 /// line in a block list), else the key's line; `None` when the header has no
 /// such key. For messages about one value of a field (`dependencies`).

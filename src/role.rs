@@ -175,32 +175,46 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
     // The frontmatter starts on line 2 of the file.
     let settings: Settings = serde_yaml::from_str(&parsed.matter)
         .map_err(|e| yaml_problem(shown, &e, 2, &parsed.matter))?;
+    // A value serde accepted but taskq does not: at the key's line (the
+    // frontmatter starts on line 2).
+    let at = |key: &str, message: String| match crate::frontmatter::key_line(&parsed.matter, key) {
+        Some(line) => Problem::at(shown, line + 1, message),
+        None => Problem::new(shown, message),
+    };
     if !ADAPTERS.contains(&settings.agent.as_str()) {
-        return Err(
-            Problem::new(shown, format!("unknown agent `{}`", settings.agent))
-                .hint(format!("one of: {}", ADAPTERS.join(", ")))
-                .into(),
-        );
+        return Err(at("agent", format!("unknown agent `{}`", settings.agent))
+            .hint(format!("one of: {}", ADAPTERS.join(", ")))
+            .into());
     }
     if settings.prefix.is_empty() || !settings.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(Problem::new(
-            shown,
+        return Err(at(
+            "prefix",
             format!("prefix `{}` must be letters and digits", settings.prefix),
         )
         .into());
     }
     if settings.max_concurrent == 0 {
-        return Err(Problem::new(shown, "`max_concurrent` must be at least 1").into());
+        return Err(at(
+            "max_concurrent",
+            "`max_concurrent` must be at least 1".into(),
+        )
+        .into());
+    }
+    if settings.timeout.is_zero() {
+        return Err(at("timeout", "`timeout` must be longer than 0s".into())
+            .hint("every agent would be stopped as it starts; write e.g. `timeout: 20m`")
+            .into());
     }
     if !matches!(settings.workspace.as_str(), "dir" | "root" | "worktree") {
-        return Err(
-            Problem::new(shown, format!("unknown workspace `{}`", settings.workspace))
-                .hint("one of: dir, root, worktree")
-                .into(),
-        );
+        return Err(at(
+            "workspace",
+            format!("unknown workspace `{}`", settings.workspace),
+        )
+        .hint("one of: dir, root, worktree")
+        .into());
     }
     if settings.agent == "command" && settings.command.is_none() {
-        return Err(Problem::new(shown, "`agent: command` needs a `command:` line").into());
+        return Err(at("agent", "`agent: command` needs a `command:` line".into()).into());
     }
     Ok(Role {
         name,
@@ -267,5 +281,33 @@ mod tests {
         std::fs::write(&p, "---\nprefix: X\nmax_concurent: 2\n---\nsoul").unwrap();
         let e = load(&p, Path::new("agents/templates/x.md")).unwrap_err();
         assert!(e.to_string().starts_with("agents/templates/x.md:3:"), "{e}");
+        // Values taskq refuses after parsing: at their key's line too.
+        for (header, line, message) in [
+            ("prefix: X\nagent: shel", 3, "unknown agent `shel`"),
+            ("prefix: X-1", 2, "prefix `X-1` must be letters and digits"),
+            (
+                "prefix: X\nmax_concurrent: 0",
+                3,
+                "`max_concurrent` must be at least 1",
+            ),
+            (
+                "prefix: X\n\ntimeout: 0s",
+                4,
+                "`timeout` must be longer than 0s",
+            ),
+            ("prefix: X\nworkspace: home", 3, "unknown workspace `home`"),
+            (
+                "prefix: X\nagent: command",
+                3,
+                "`agent: command` needs a `command:` line",
+            ),
+        ] {
+            std::fs::write(&p, format!("---\n{header}\n---\nsoul")).unwrap();
+            let e = load(&p, Path::new("x.md")).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("x.md:{line}: {message}")),
+                "{header:?}: {e}"
+            );
+        }
     }
 }

@@ -471,6 +471,21 @@ impl Task {
                             None
                         }
                     };
+                    // A timeout the factory cannot use would silently be
+                    // the role's: refuse the task until it is fixed.
+                    if let (Some(t), "timeout") = (&v, key) {
+                        let why = match crate::duration::parse(t) {
+                            Ok(d) if d.is_zero() => {
+                                Some("`timeout` must be longer than 0s".to_string())
+                            }
+                            Ok(_) => None,
+                            Err(e) => Some(format!("`timeout`: {e}")),
+                        };
+                        if let Some(why) = why {
+                            bad(why, Some("write a duration like `20m` or `1h30m`".into()));
+                            task.broken = true;
+                        }
+                    }
                     match key {
                         "assigned" => task.assigned = v,
                         "role" => task.role = v,

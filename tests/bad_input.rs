@@ -195,6 +195,12 @@ fn cases() -> Vec<Case> {
         err("id-is-a-list.md", 2, "`id` must be a single value").refuses("id-is-a-list"),
         err("title-is-a-map.md", 4, "`title` must be a single value").refuses("TASK-123"),
         err(
+            "timeout-not-a-duration.md",
+            4,
+            "`timeout`: invalid duration `soon`",
+        )
+        .refuses("TASK-155"),
+        err(
             "retries-not-number.md",
             4,
             "`retries` must be a whole number",
