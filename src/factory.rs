@@ -1549,6 +1549,23 @@ impl Factory {
         // The task, if it is still this agent's.
         let transitions_before = w.transitions.len();
         let mut builder_verdict = None;
+        let still_mine = w
+            .scan
+            .get(&agent.task)
+            .map(|t| t.assigned.as_deref() == Some(agent.id.as_str()) && t.folder == Folder::Todo);
+        if !stopping && still_mine != Some(true) {
+            // Deleted, moved or reassigned by someone while it ran: say so
+            // rather than record its result silently in the registry only.
+            self.progress(format!(
+                "{} ended; {} {}, so the result is only in the registry",
+                agent.id,
+                agent.task,
+                match still_mine {
+                    None => "is no longer in tasks/ (deleted or moved while it ran)",
+                    Some(_) => "was changed while it ran (no longer assigned to it)",
+                }
+            ));
+        }
         if let Some(i) = w.scan.position(&agent.task) {
             let t = &w.scan.tasks[i];
             let mine = t.assigned.as_deref() == Some(agent.id.as_str()) && t.folder == Folder::Todo;

@@ -672,3 +672,43 @@ fn without_the_watcher_the_heartbeat_finds_new_files() {
         "{agents:?}"
     );
 }
+
+/// A task file deleted while its agent runs: the agent's end is recorded in
+/// the registry, the factory says where the result went, and goes on.
+#[test]
+fn a_task_deleted_while_its_agent_runs_is_reported_not_lost() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(2);
+    std::fs::create_dir_all(root.path().join("scratch")).unwrap();
+    task(
+        &root,
+        "a",
+        "id: TASK-001\ntags: [job]",
+        "```sh\nwhile [ ! -f scratch/go ]; do sleep 0.02; done\necho finished anyway\n```",
+    );
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the agent to start", LONG, || {
+        root.agents().iter().any(|a| a["status"] == "active")
+    });
+    std::fs::remove_file(root.path().join("tasks/todo/a.md")).unwrap();
+    root.write("scratch/go", "");
+    wait_for("the agent to be recorded", LONG, || {
+        root.agents().iter().any(|a| a["status"] == "completed")
+    });
+    assert_eq!(root.agents()[0]["result"], "finished anyway");
+    // The factory still works.
+    task(&root, "b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
+    wait_for("b to be done", LONG, || {
+        root.path().join("tasks/done/b.md").is_file()
+    });
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "JOB-001 ended; TASK-001 is no longer in tasks/ (deleted or moved while it ran)"
+        ),
+        "{}",
+        run.stderr
+    );
+}
