@@ -288,6 +288,8 @@ struct Factory {
     found: std::collections::HashSet<(String, Option<String>)>,
     /// Approval files already warned about (stray ones).
     warned: std::collections::HashSet<PathBuf>,
+    /// The task files' errors already shown (each once while it lasts).
+    reported: std::collections::HashSet<String>,
     stats: Stats,
     rng: u64,
 }
@@ -334,11 +336,31 @@ impl Factory {
             last_spawn: None,
             stagger_wake: None,
             warned: std::collections::HashSet::new(),
+            reported: std::collections::HashSet::new(),
             hook_threads: Vec::new(),
             found: std::collections::HashSet::new(),
             stats: Stats::default(),
             rng: seed | 1,
         }
+    }
+
+    /// Shows each error of the task files once, as it appears (a broken
+    /// header dropped into tasks/todo while the factory runs), at its file
+    /// and line; one fixed and broken again is shown again.
+    fn report_problems(&mut self, scan: &store::Scan) {
+        let now: std::collections::HashSet<String> = scan
+            .problems
+            .iter()
+            .filter(|p| !p.warning)
+            .map(|p| {
+                let key = p.to_string();
+                if !self.reported.contains(&key) {
+                    self.out.warn(p);
+                }
+                key
+            })
+            .collect();
+        self.reported = now;
     }
 
     /// A random number in [0, 1) (xorshift; jitter needs no more).
@@ -563,6 +585,9 @@ impl Factory {
         // id-less files above all).
         if patched {
             w.repair()?;
+        }
+        if fresh || patched {
+            self.report_problems(&w.scan);
         }
         // The registry: as this factory last wrote it, unless someone
         // (`taskq stop`) changed the file since.

@@ -712,3 +712,40 @@ fn a_task_deleted_while_its_agent_runs_is_reported_not_lost() {
         run.stderr
     );
 }
+
+/// A broken task file is shown by the running factory at its file and
+/// line, once (one there at the start, one dropped in later), and the rest
+/// of the queue runs.
+#[test]
+fn broken_task_files_are_reported_once_at_their_line() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(2);
+    root.write("tasks/todo/early.md", "---\ntags: [job\n---\nbroken\n");
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the factory to start", LONG, || {
+        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
+            .is_ok_and(|s| !s.trim().is_empty())
+    });
+    root.write(
+        "tasks/todo/late.md",
+        "---\nid: TASK-050\nstatus: redy\n---\nbroken\n",
+    );
+    task(&root, "good", "tags: [job]", "```sh\ntrue\n```");
+    wait_for("the good task to be done", LONG, || {
+        root.path().join("tasks/done/good.md").is_file()
+    });
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for line in [
+        "taskq: warning: tasks/todo/early.md:2:",
+        "taskq: warning: tasks/todo/late.md:3: unknown status `redy`",
+    ] {
+        assert_eq!(
+            run.stderr.matches(line).count(),
+            1,
+            "{line}\n{}",
+            run.stderr
+        );
+    }
+}
