@@ -344,6 +344,18 @@ impl Factory {
         }
     }
 
+    /// Says which id-less files the writer's repairs adopted (before
+    /// anything they start).
+    fn report_adopted(&self, w: &Writer) {
+        for t in w.transitions.iter().filter(|t| t.from.is_none()) {
+            self.progress(format!(
+                "adopted {} as {}",
+                t.note.trim_start_matches("adopted "),
+                t.id
+            ));
+        }
+    }
+
     /// Shows each error of the task files once, as it appears (a broken
     /// header dropped into tasks/todo while the factory runs), at its file
     /// and line; one fixed and broken again is shown again.
@@ -682,6 +694,7 @@ impl Factory {
         if fresh || std::mem::take(&mut self.roles_stale) {
             self.reload_roles();
         }
+        self.report_adopted(w);
         let strays = approval::stray(&self.root, |task| {
             w.scan.get(task).map(|t| {
                 (t.folder == Folder::Done || t.status.is_closed()).then(|| {
@@ -722,15 +735,6 @@ impl Factory {
             reg.save(&self.root, w.now)?;
             // Registry changes go in the same commit as their task changes.
             w.touch(Registry::path(&self.root));
-        }
-        for t in &w.transitions {
-            if t.from.is_none() {
-                self.progress(format!(
-                    "adopted {} as {}",
-                    t.note.trim_start_matches("adopted "),
-                    t.id
-                ));
-            }
         }
         self.schedule_wake(w);
         Ok(())
@@ -1971,6 +1975,7 @@ impl Factory {
     /// factory watched (exit file), mark the rest lost.
     fn recover(&mut self) -> Result<Vec<Finished>> {
         let mut w = Writer::open(&self.root)?;
+        self.report_adopted(&w);
         let mut reg = Registry::load(&self.root)?;
         let mut finished = Vec::new();
         let mut lost = Vec::new();

@@ -749,3 +749,24 @@ fn broken_task_files_are_reported_once_at_their_line() {
         );
     }
 }
+
+/// The progress lines tell the story in order: an id-less file is adopted
+/// (named with its new id) before its agent is spawned.
+#[test]
+fn progress_says_adopted_before_spawned() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    task(&root, "first", "tags: [job]", "```sh\ntrue\n```");
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let adopted = run
+        .stderr
+        .find("adopted first.md as TASK-001")
+        .expect(&run.stderr);
+    let spawned = run
+        .stderr
+        .find("spawned JOB-001 for TASK-001")
+        .expect(&run.stderr);
+    assert!(adopted < spawned, "{}", run.stderr);
+}
