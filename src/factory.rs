@@ -2576,15 +2576,14 @@ pub struct PlanItem {
 
 /// What the factory would do now, without doing it: every open task in
 /// queue order, with the role and model it would get, or why it waits.
-pub fn plan(root: &Root, now: Timestamp) -> Result<(Vec<PlanItem>, Config)> {
+pub fn plan(root: &Root, scan: &store::Scan, now: Timestamp) -> Result<(Vec<PlanItem>, Config)> {
     let config = Config::load(root)?;
     let (roles, problems) = role::load_all(root);
     if let Some(p) = problems.into_iter().next() {
         return Err(p.into());
     }
-    let scan = store::scan(root);
     let reg = Registry::load(root)?;
-    let queue = Queue::new(&scan, now);
+    let queue = Queue::new(scan, now);
     let spent = reg.spent_today(now);
     let mut per_role: HashMap<String, usize> = HashMap::new();
     let mut running = 0;

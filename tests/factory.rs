@@ -430,8 +430,19 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         "x",
     );
     task(&root, "d", "id: TASK-004\ntags: [nothing]", "x");
+    root.write(
+        "tasks/todo/e.md",
+        "---\nid: TASK-005\nstatus: redy\n---\nx\n",
+    );
     let before = root.read("tasks/todo/a.md");
     let run = root.taskq(&["run", "--dry-run"]).ok();
+    // What a real run would skip is said too, at its line.
+    assert!(
+        run.stderr
+            .contains("taskq: warning: tasks/todo/e.md:3: unknown status `redy`"),
+        "{}",
+        run.stderr
+    );
     assert!(
         run.stdout
             .contains("TASK-001  spawn  one (claude, model-one)"),

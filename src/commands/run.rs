@@ -32,7 +32,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             },
         );
     }
-    let (items, config) = factory::plan(&ctx.root, ctx.now)?;
+    // What a real run would skip, said as `list` says it: broken files,
+    // unknown dependencies, cycles.
+    let scan = super::scan_and_warn(ctx);
+    super::warn_graph(ctx, &scan, &crate::graph::Graph::build(&scan));
+    let (items, config) = factory::plan(&ctx.root, &scan, ctx.now)?;
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({
             "max_concurrent": config.max_concurrent,

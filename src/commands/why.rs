@@ -121,7 +121,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             }
         }
         State::Ready => {
-            let (plan, _) = factory::plan(&ctx.root, ctx.now)?;
+            let (plan, _) = factory::plan(&ctx.root, &scan, ctx.now)?;
             match plan.iter().find(|p| p.task == *t.id) {
                 Some(p) if p.action == "spawn" => lines.push(format!(
                     "ready: the factory runs it next as {} ({}{})",
