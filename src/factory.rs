@@ -93,7 +93,12 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // while they are as written (see fsutil).
     fsutil::remember_writes();
     let factory = Factory::new(root, config, roles, out, opts);
+    let counts_line = factory.counts_line;
     let code = runtime.block_on(factory.main());
+    if counts_line && code.is_err() {
+        // The error goes on a line of its own, not after the counts.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
+    }
     fsutil::release_spares();
     drop(lock);
     code
@@ -290,6 +295,11 @@ struct Factory {
     warned: std::collections::HashSet<PathBuf>,
     /// The task files' errors already shown (each once while it lasts).
     reported: std::collections::HashSet<String>,
+    /// stderr is a terminal: the counts stay on its last line, redrawn
+    /// after each step (see [`Factory::draw_counts`]).
+    counts_line: bool,
+    /// The counts line is on screen (progress lines clear it first).
+    counts_shown: std::cell::Cell<bool>,
     stats: Stats,
     rng: u64,
 }
@@ -337,6 +347,10 @@ impl Factory {
             stagger_wake: None,
             warned: std::collections::HashSet::new(),
             reported: std::collections::HashSet::new(),
+            counts_line: !out.quiet
+                && std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
+            counts_shown: std::cell::Cell::new(false),
             hook_threads: Vec::new(),
             found: std::collections::HashSet::new(),
             stats: Stats::default(),
@@ -404,8 +418,48 @@ impl Factory {
     }
 
     fn progress(&self, text: impl AsRef<str>) {
+        self.clear_counts();
         let now = chrono::Local::now().format("%H:%M:%S");
         self.out.note(format!("{now} {}", text.as_ref()));
+    }
+
+    /// Takes the counts line off the screen (before anything else is
+    /// printed on stderr).
+    fn clear_counts(&self) {
+        if self.counts_shown.replace(false) {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
+        }
+    }
+
+    /// In a terminal: the queue's counts on the last line of stderr, in
+    /// place (`running 3 · queued 12 · review 1 · failed 0 · done 40`).
+    fn draw_counts(&self, scan: &store::Scan) {
+        if !self.counts_line {
+            return;
+        }
+        let (mut queued, mut review, mut failed, mut done) = (0, 0, 0, 0);
+        for t in &scan.tasks {
+            match (t.folder, t.status) {
+                (Folder::Done, Status::Done) => done += 1,
+                (Folder::Todo, Status::Ready) => queued += 1,
+                (Folder::Todo, Status::Review) => review += 1,
+                (Folder::Todo, Status::Failed) => failed += 1,
+                _ => {}
+            }
+        }
+        let line = format!(
+            "\r\x1b[Krunning {} · queued {queued} · review {review} · failed {failed} · done {done}",
+            self.running.len()
+        );
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        if stderr
+            .write_all(line.as_bytes())
+            .and_then(|()| stderr.flush())
+            .is_ok()
+        {
+            self.counts_shown.set(true);
+        }
     }
 
     async fn main(mut self) -> Result<ExitCode> {
@@ -598,6 +652,7 @@ impl Factory {
         if patched {
             w.repair()?;
         }
+        self.clear_counts();
         if fresh || patched {
             self.report_problems(&w.scan);
         }
@@ -666,6 +721,7 @@ impl Factory {
         // After an error, read both afresh: what is in memory may not have
         // reached the files.
         if result.is_ok() {
+            self.draw_counts(&w.scan);
             self.reg_cache = Some((reg, file_stamp(&path)));
             self.cache = Some(std::mem::take(&mut w.scan));
         } else {

@@ -781,3 +781,41 @@ fn progress_says_adopted_before_spawned() {
         .expect(&run.stderr);
     assert!(adopted < spawned, "{}", run.stderr);
 }
+
+/// In a terminal, the queue's counts stay on the last line of stderr,
+/// redrawn in place; progress lines go above them and the last line is
+/// the final one, not the counts. Piped, stderr has plain lines only.
+#[test]
+fn a_terminal_shows_the_counts_in_place() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(2);
+    task(&root, "a", "tags: [job]", "```sh\ntrue\n```");
+    task(&root, "b", "tags: [job]", "```sh\ntrue\n```");
+    // util-linux `script` gives the factory a pseudo-terminal.
+    let command = format!(
+        "'{}' --root '{}' run --until-idle",
+        crate::util::taskq_bin().display(),
+        root.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run `script` (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\r\x1b[Krunning 0 · queued 0 · review 0 · failed 0 · done 2"),
+        "{text:?}"
+    );
+    let last = text.rsplit("\x1b[K").next().unwrap();
+    assert!(last.contains("idle: 2 spawned, 2 done"), "{text:?}");
+    assert!(!last.contains("running"), "{text:?}");
+    // Piped: no escape sequences.
+    task(&root, "c", "tags: [job]", "```sh\ntrue\n```");
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+}
