@@ -515,7 +515,7 @@ impl Factory {
                     // out with time, not with files). The fresh step walks
                     // the files again for the next heartbeat.
                     rescan = match self.fingerprint {
-                        Some(before) => watch::fingerprint(&self.root) != before,
+                        Some(before) => watch::fingerprint(&self.root, !self.config.watch) != before,
                         None => true,
                     };
                     self.full_rescan |= rescan;
@@ -683,7 +683,7 @@ impl Factory {
             // brought up to date from the events' paths): what the next
             // heartbeat compares with (after the step, so it delays no
             // agent).
-            self.fingerprint = Some(watch::fingerprint(&self.root));
+            self.fingerprint = Some(watch::fingerprint(&self.root, !self.config.watch));
         } else if wrote {
             // It wrote task files itself: agents starting and ending will
             // change them again before the heartbeat, so a walk now (10-20 ms
