@@ -275,35 +275,18 @@ mod tests {
             "{e}"
         );
         // Values out of range: at the key's line.
-        let e = Config::parse(
-            "# limits
-max_concurrent: 0
-",
-            Path::new("c.yaml"),
-        )
-        .unwrap_err();
+        let e = Config::parse("# limits\nmax_concurrent: 0\n", Path::new("c.yaml")).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("c.yaml:2: `max_concurrent` must be at least 1"),
             "{e}"
         );
-        let e = Config::parse(
-            "watch: false
-heartbeat: 0s
-",
-            Path::new("c.yaml"),
-        )
-        .unwrap_err();
+        let e = Config::parse("watch: false\nheartbeat: 0s\n", Path::new("c.yaml")).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("c.yaml:2: `heartbeat` must be at least 100ms"),
             "{e}"
         );
-        assert!(Config::parse(
-            "heartbeat: 100ms
-",
-            Path::new("c.yaml")
-        )
-        .is_ok());
+        assert!(Config::parse("heartbeat: 100ms\n", Path::new("c.yaml")).is_ok());
     }
 }

@@ -686,9 +686,9 @@ impl Factory {
             self.fingerprint = Some(watch::fingerprint(&self.root, !self.config.watch));
         } else if wrote {
             // It wrote task files itself: agents starting and ending will
-            // change them again before the heartbeat, so a walk now (10-20 ms
-            // at 10,000 tasks) would be out of date by then. The next
-            // heartbeat reads the queue once instead.
+            // change them again before the heartbeat, so a walk now would be
+            // out of date by then. The next heartbeat reads the queue once
+            // instead.
             self.fingerprint = None;
         }
         for p in &w.changed {
@@ -1653,7 +1653,7 @@ impl Factory {
         }
         if let Some(i) = w.scan.position(&agent.task) {
             let t = &w.scan.tasks[i];
-            let mine = t.assigned.as_deref() == Some(agent.id.as_str()) && t.folder == Folder::Todo;
+            let mine = still_mine == Some(true);
             let role = self
                 .role(&agent.role)
                 .cloned()
