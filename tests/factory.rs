@@ -37,11 +37,7 @@ fn a_dropped_file_is_spawned_and_done() {
             ("FAKE_AGENT_STDIN_CHECK", "1"),
         ],
     );
-    // The factory is up once it has written its pid in the run lock.
-    wait_for("the factory to start", LONG, || {
-        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
-            .is_ok_and(|s| !s.trim().is_empty())
-    });
+    root.wait_factory_started();
     root.write(
         "tasks/todo/hello.md",
         "---\ntags: [fake]\n---\n# Say hello\n\nWrite a greeting.\n",
@@ -397,10 +393,7 @@ fn a_second_factory_exits_3_naming_the_first() {
     let root = TestRoot::new();
     root.factory("");
     let daemon = root.daemon(&[], &[]);
-    wait_for("the factory to start", LONG, || {
-        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
-            .is_ok_and(|s| !s.trim().is_empty())
-    });
+    root.wait_factory_started();
     let run = root.taskq(&["run", "--until-idle"]).code(3);
     assert!(
         run.stderr.contains(&format!("pid {}", daemon.child.id())),
@@ -660,10 +653,7 @@ fn without_the_watcher_the_heartbeat_finds_new_files() {
     root.factory("watch: false\n");
     root.shell_role(2);
     let daemon = root.daemon(&[], &[]);
-    wait_for("the factory to start", LONG, || {
-        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
-            .is_ok_and(|s| !s.trim().is_empty())
-    });
+    root.wait_factory_started();
     let done = |name: &str| root.path().join(format!("tasks/done/{name}.md")).is_file();
     task(&root, "a", "tags: [job]", "```sh\ntrue\n```");
     wait_for("a to be done", LONG, || done("a"));
@@ -734,10 +724,7 @@ fn broken_task_files_are_reported_once_at_their_line() {
     root.shell_role(2);
     root.write("tasks/todo/early.md", "---\ntags: [job\n---\nbroken\n");
     let daemon = root.daemon(&[], &[]);
-    wait_for("the factory to start", LONG, || {
-        std::fs::read_to_string(root.path().join("agents/factory/run.lock"))
-            .is_ok_and(|s| !s.trim().is_empty())
-    });
+    root.wait_factory_started();
     root.write(
         "tasks/todo/late.md",
         "---\nid: TASK-050\nstatus: redy\n---\nbroken\n",

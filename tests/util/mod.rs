@@ -274,6 +274,15 @@ impl TestRoot {
         }
     }
 
+    /// Waits until a factory runs in this root: it has written its pid in
+    /// the run lock.
+    pub fn wait_factory_started(&self) {
+        wait_for("the factory to start", Duration::from_secs(30), || {
+            std::fs::read_to_string(self.path().join("agents/factory/run.lock"))
+                .is_ok_and(|s| !s.trim().is_empty())
+        });
+    }
+
     /// Runs `taskq run --until-idle` with `env` to the end.
     pub fn run_until_idle(&self, env: &[(&str, &str)]) -> Run {
         let mut cmd = self.cmd(&["run", "--until-idle"]);
