@@ -244,15 +244,7 @@ fn scan_with(root: &Root, detail: Detail) -> Scan {
     for problems in results {
         scan.problems.extend(problems);
     }
-    // A file moved from todo/ to done/ mid-scan can be read twice (once
-    // through the fallback in `read_task`): keep one copy. Unstable: in
-    // place, where a stable sort of the tasks allocates a buffer (8 MB at
-    // 100,000 tasks); equal keys still end up side by side for `dedup_by`.
-    scan.tasks
-        .sort_unstable_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
-    scan.tasks
-        .dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
-    scan.reindex();
+    scan.order();
     // Duplicate ids: every copy is held; the problem is reported on each
     // copy after the first (todo/ before done/, then by name).
     let mut broken = Vec::new();
@@ -394,12 +386,21 @@ impl Scan {
             }
             self.problems.extend(problems);
         }
+        self.order();
+        !self.has_duplicates()
+    }
+
+    /// Sorts the tasks by folder and file, keeps one copy of a file read
+    /// twice (a file moved from todo/ to done/ mid-scan can be, once through
+    /// the fallback in `read_task`), and rebuilds the id index. Unstable: in
+    /// place, where a stable sort allocates a buffer (8 MB at 100,000
+    /// tasks); equal keys still end up side by side for `dedup_by`.
+    fn order(&mut self) {
         self.tasks
             .sort_unstable_by(|a, b| (a.folder, &a.rel).cmp(&(b.folder, &b.rel)));
         self.tasks
             .dedup_by(|a, b| a.folder == b.folder && a.rel == b.rel);
         self.reindex();
-        !self.has_duplicates()
     }
 
     fn has_duplicates(&self) -> bool {
