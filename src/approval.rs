@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::frontmatter::{self, yaml_str, Change};
 use crate::fsutil;
 use crate::role::Role;
-use crate::store::Root;
+use crate::root::Root;
 use crate::task::{format_timestamp, Task, Timestamp};
 
 /// Where a gate stands.
@@ -116,13 +116,13 @@ pub fn request_task(
 ) -> Result<PathBuf> {
     let path = root.approvals("pending").join(format!("{}.md", task.id));
     let mut text = format!(
-        "---\ntask: {}\nrole: {}\nmodel: {}\nrequested: {}\n---\n# Approve {}: {}\n\n\
+        "---\ntask: {}\nrole: {}\n{}requested: {}\n---\n# Approve {}: {}\n\n\
          Move this file to approvals/approved/ to let the agent run (or run \
          `taskq approve {}`); move it to approvals/rejected/ to cancel the task \
          (`taskq reject {} --reason ...`).\n\nThe agent will be asked:\n\n",
         task.id,
         yaml_str(role),
-        model.map_or_else(|| "~".to_string(), yaml_str),
+        model.map_or_else(String::new, |m| format!("model: {}\n", yaml_str(m))),
         format_timestamp(now),
         task.id,
         title,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Problem, Result};
-use crate::store::Root;
+use crate::root::Root;
 
 /// The factory configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,7 +111,7 @@ pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 impl Config {
     /// The path of the config file.
     pub fn path(root: &Root) -> std::path::PathBuf {
-        root.factory_dir().join("config.yaml")
+        root.config_file()
     }
 
     /// Loads the config (defaults when the file is absent).

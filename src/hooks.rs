@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::store::Root;
+use crate::root::Root;
 
 /// The events hooks can be named after.
 pub const EVENTS: &[&str] = &[
@@ -34,7 +34,7 @@ pub fn fire(
     timeout: Duration,
 ) -> Option<std::thread::JoinHandle<()>> {
     debug_assert!(EVENTS.contains(&event), "unknown hook event {event}");
-    let path = root.dir.join("agents").join("hooks").join(event);
+    let path = root.hook(event);
     if !path.is_file() {
         return None;
     }

@@ -26,6 +26,7 @@ pub mod output;
 pub mod queue;
 pub mod registry;
 pub mod role;
+pub mod root;
 pub mod spawn;
 pub mod store;
 pub mod task;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem, Result};
 use crate::fsutil;
-use crate::store::Root;
+use crate::root::Root;
 use crate::task::Timestamp;
 
 /// The states of an agent.
@@ -89,7 +89,7 @@ pub struct Agent {
     pub status: AgentStatus,
     /// The adapter (`claude`, `shell`, ...).
     #[serde(default)]
-    pub adapter: String,
+    pub adapter: crate::agent::Adapter,
     /// The model it ran with.
     #[serde(default)]
     pub model: Option<String>,
@@ -200,7 +200,7 @@ impl Default for Registry {
 impl Registry {
     /// `agents/factory/registry.json`.
     pub fn path(root: &Root) -> PathBuf {
-        root.factory_dir().join("registry.json")
+        root.registry_file()
     }
 
     /// Loads the registry (empty when absent). A corrupt file is an error
@@ -409,7 +409,7 @@ mod tests {
             role: "builder".into(),
             task: "TASK-001".into(),
             status,
-            adapter: "shell".into(),
+            adapter: crate::agent::Adapter::Shell,
             model: None,
             pid: None,
             pid_start: None,

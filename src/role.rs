@@ -10,9 +10,10 @@ use gray_matter::engine::YAML;
 use gray_matter::Matter;
 use serde::{Deserialize, Serialize};
 
+use crate::agent::Adapter;
 use crate::config::{dur, yaml_problem, Config};
 use crate::error::{Error, Problem, Result};
-use crate::store::Root;
+use crate::root::Root;
 use crate::task::{validate_id, Task};
 
 /// A role's settings (the template's frontmatter).
@@ -23,7 +24,7 @@ pub struct Settings {
     pub prefix: String,
     /// The adapter: claude, codex, gemini, openclaw, shell or command.
     #[serde(default = "default_agent")]
-    pub agent: String,
+    pub agent: Adapter,
     /// The model.
     #[serde(default)]
     pub model: Option<String>,
@@ -50,8 +51,8 @@ pub struct Settings {
     #[serde(default)]
     pub set_env: std::collections::BTreeMap<String, String>,
     /// `dir`: agents/workspaces/<agent-id>/; `root`: the root itself.
-    #[serde(default = "default_workspace")]
-    pub workspace: String,
+    #[serde(default)]
+    pub workspace: Workspace,
     /// Another role that must pass the work (`tester`).
     #[serde(default)]
     pub review: Option<String>,
@@ -87,8 +88,8 @@ pub struct Settings {
     pub base: Option<String>,
 }
 
-fn default_agent() -> String {
-    "claude".into()
+fn default_agent() -> Adapter {
+    Adapter::Claude
 }
 fn default_max() -> usize {
     1
@@ -99,12 +100,40 @@ fn default_timeout() -> Duration {
 fn default_env() -> Vec<String> {
     vec!["PATH".into(), "HOME".into()]
 }
-fn default_workspace() -> String {
-    "dir".into()
+/// Where a role's agents work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Workspace {
+    /// `agents/workspaces/<agent-id>/`, made for the agent.
+    #[default]
+    Dir,
+    /// The root itself.
+    Root,
+    /// A git worktree on branch `taskq/<task-id>` (see `base:`).
+    Worktree,
 }
 
-/// The adapters taskq knows.
-pub const ADAPTERS: &[&str] = &["claude", "codex", "gemini", "openclaw", "shell", "command"];
+impl TryFrom<String> for Workspace {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Workspace, String> {
+        [Workspace::Dir, Workspace::Root, Workspace::Worktree]
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown workspace `{s}` (one of: dir, root, worktree)"))
+    }
+}
+
+impl Workspace {
+    /// The name roles use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workspace::Dir => "dir",
+            Workspace::Root => "root",
+            Workspace::Worktree => "worktree",
+        }
+    }
+}
 
 /// One role: its name (the template's file stem), settings and SOUL.
 #[derive(Debug, Clone)]
@@ -121,7 +150,7 @@ pub struct Role {
 
 /// Every role of a root, sorted by name, and the templates that failed.
 pub fn load_all(root: &Root) -> (Vec<Role>, Vec<Problem>) {
-    let dir = root.dir.join("agents").join("templates");
+    let dir = root.templates_dir();
     let mut roles = Vec::new();
     let mut problems = Vec::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -173,19 +202,28 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
         .into());
     }
     // The frontmatter starts on line 2 of the file.
-    let settings: Settings = serde_yaml::from_str(&parsed.matter)
-        .map_err(|e| yaml_problem(shown, &e, 2, &parsed.matter))?;
+    let settings: Settings = serde_yaml::from_str(&parsed.matter).map_err(|e| {
+        // An unknown adapter or workspace name: at its key's line (serde
+        // places errors of `try_from` types at the start of the map).
+        let text = e.to_string();
+        for key in ["agent", "workspace"] {
+            let what = format!("unknown {key} `");
+            if let (Some(at), Some(line)) = (
+                text.find(&what),
+                crate::frontmatter::key_line(&parsed.matter, key),
+            ) {
+                let message = text[at..].split(" at line ").next().unwrap_or(&text[at..]);
+                return Problem::at(shown, line + 1, message.to_string());
+            }
+        }
+        yaml_problem(shown, &e, 2, &parsed.matter)
+    })?;
     // A value serde accepted but taskq does not: at the key's line (the
     // frontmatter starts on line 2).
     let at = |key: &str, message: String| match crate::frontmatter::key_line(&parsed.matter, key) {
         Some(line) => Problem::at(shown, line + 1, message),
         None => Problem::new(shown, message),
     };
-    if !ADAPTERS.contains(&settings.agent.as_str()) {
-        return Err(at("agent", format!("unknown agent `{}`", settings.agent))
-            .hint(format!("one of: {}", ADAPTERS.join(", ")))
-            .into());
-    }
     if settings.prefix.is_empty() || !settings.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(at(
             "prefix",
@@ -205,15 +243,7 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
             .hint("every agent would be stopped as it starts; write e.g. `timeout: 20m`")
             .into());
     }
-    if !matches!(settings.workspace.as_str(), "dir" | "root" | "worktree") {
-        return Err(at(
-            "workspace",
-            format!("unknown workspace `{}`", settings.workspace),
-        )
-        .hint("one of: dir, root, worktree")
-        .into());
-    }
-    if settings.agent == "command" && settings.command.is_none() {
+    if settings.agent == Adapter::Command && settings.command.is_none() {
         return Err(at("agent", "`agent: command` needs a `command:` line".into()).into());
     }
     Ok(Role {
@@ -283,7 +313,11 @@ mod tests {
         assert!(e.to_string().starts_with("agents/templates/x.md:3:"), "{e}");
         // Values taskq refuses after parsing: at their key's line too.
         for (header, line, message) in [
-            ("prefix: X\nagent: shel", 3, "unknown agent `shel`"),
+            (
+                "prefix: X\nagent: shel",
+                3,
+                "unknown agent `shel` (one of: claude, codex, gemini, openclaw, shell, command)",
+            ),
             ("prefix: X-1", 2, "prefix `X-1` must be letters and digits"),
             (
                 "prefix: X\nmax_concurrent: 0",
@@ -295,7 +329,11 @@ mod tests {
                 4,
                 "`timeout` must be longer than 0s",
             ),
-            ("prefix: X\nworkspace: home", 3, "unknown workspace `home`"),
+            (
+                "prefix: X\nworkspace: home",
+                3,
+                "unknown workspace `home` (one of: dir, root, worktree)",
+            ),
             (
                 "prefix: X\nagent: command",
                 3,

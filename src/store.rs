@@ -23,54 +23,7 @@ use crate::fsutil;
 use crate::lock::LockGuard;
 use crate::task::{self, Folder, Status, Task, Timestamp};
 
-/// The directories and files of one taskq root.
-#[derive(Debug, Clone)]
-pub struct Root {
-    /// The root directory.
-    pub dir: PathBuf,
-}
-
-impl Root {
-    /// A root at `dir` (not checked).
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Root { dir: dir.into() }
-    }
-
-    /// `tasks/todo` or `tasks/done`.
-    pub fn folder(&self, folder: Folder) -> PathBuf {
-        self.dir.join("tasks").join(folder.dir_name())
-    }
-
-    /// The absolute path of a task file.
-    pub fn task_path(&self, task: &Task) -> PathBuf {
-        self.folder(task.folder).join(&*task.rel)
-    }
-
-    /// `tasks/<folder>/<rel>` relative to the root, for messages.
-    pub fn rel_path(&self, folder: Folder, rel: &str) -> PathBuf {
-        Path::new("tasks").join(folder.dir_name()).join(rel)
-    }
-
-    /// `agents/factory`.
-    pub fn factory_dir(&self) -> PathBuf {
-        self.dir.join("agents").join("factory")
-    }
-
-    /// The queue lock every writing command takes.
-    pub fn queue_lock(&self) -> PathBuf {
-        self.factory_dir().join("queue.lock")
-    }
-
-    /// The high-water mark of task ids (ids are never reused).
-    pub fn last_id_file(&self) -> PathBuf {
-        self.factory_dir().join("last-task-id")
-    }
-
-    /// `approvals/<state>`.
-    pub fn approvals(&self, state: &str) -> PathBuf {
-        self.dir.join("approvals").join(state)
-    }
-}
+pub use crate::root::Root;
 
 /// Everything read from the queue: the tasks, and what is wrong.
 #[derive(Debug, Default)]
@@ -865,7 +818,7 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         autocommit_off: bool,
     }
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
-    let stamp = fsutil::stamp_of(&crate::config::Config::path(root));
+    let stamp = fsutil::stamp_of(&root.config_file());
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut cache = cache
         .lock()

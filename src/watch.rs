@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{Error, Result};
 use crate::mix::{fnv1a, splitmix64};
-use crate::store::Root;
+use crate::root::Root;
 
 /// What the watcher saw since the factory last looked: the changed paths
 /// (so the factory can tell its own writes from anyone else's), and
@@ -172,7 +172,7 @@ pub fn watch_dirs(root: &Root) -> Vec<PathBuf> {
     vec![
         root.dir.join("tasks"),
         root.dir.join("approvals"),
-        root.dir.join("agents").join("templates"),
+        root.templates_dir(),
     ]
 }
 

@@ -454,7 +454,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert!(
         run.stdout
-            .contains("TASK-004  wait   no role: tags [nothing]"),
+            .contains("TASK-004  never  no role: tags [nothing]"),
         "{}",
         run.stdout
     );

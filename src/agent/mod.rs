@@ -91,37 +91,143 @@ pub struct Outcome {
     pub timed_out: bool,
 }
 
+/// The agent CLIs taskq can drive. Adding one is a file in this folder
+/// and a variant here: every `match` on it is then pointed out by the
+/// compiler.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Adapter {
+    /// Claude Code (`claude -p`), the default.
+    #[default]
+    Claude,
+    /// OpenAI Codex CLI (`codex exec`).
+    Codex,
+    /// Gemini CLI (`gemini -p`).
+    Gemini,
+    /// OpenClaw (`openclaw agent exec`).
+    Openclaw,
+    /// The task's own ```sh blocks, run by `sh -e`.
+    Shell,
+    /// A command line from the role (`command:`).
+    Command,
+}
+
+impl Adapter {
+    /// Every adapter, in the order the docs list them.
+    pub const ALL: [Adapter; 6] = [
+        Adapter::Claude,
+        Adapter::Codex,
+        Adapter::Gemini,
+        Adapter::Openclaw,
+        Adapter::Shell,
+        Adapter::Command,
+    ];
+
+    /// The name roles and the registry use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Claude => "claude",
+            Adapter::Codex => "codex",
+            Adapter::Gemini => "gemini",
+            Adapter::Openclaw => "openclaw",
+            Adapter::Shell => "shell",
+            Adapter::Command => "command",
+        }
+    }
+
+    /// A model CLI (as opposed to a shell command): it takes a prompt and
+    /// a model, reports tokens, and gives its verdict in its final message.
+    pub fn is_model_cli(self) -> bool {
+        match self {
+            Adapter::Claude | Adapter::Codex | Adapter::Gemini | Adapter::Openclaw => true,
+            Adapter::Shell | Adapter::Command => false,
+        }
+    }
+
+    /// Sessions taskq can resume after a crash (`--resume`).
+    pub fn resumes_sessions(self) -> bool {
+        matches!(self, Adapter::Claude)
+    }
+
+    /// The program started, unless a role or the config names another
+    /// (`None`: the command line decides, as for `command:`).
+    pub fn program(self, config: &Config) -> Option<String> {
+        match self {
+            Adapter::Shell | Adapter::Command => None,
+            model => Some(config.adapter_program(model.name())),
+        }
+    }
+
+    /// Builds the command line for this adapter.
+    pub fn command(self, inv: &Invocation<'_>) -> Result<CommandLine, String> {
+        let mut line = match self {
+            Adapter::Claude => claude::command(inv),
+            Adapter::Codex => codex::command(inv),
+            Adapter::Gemini => gemini::command(inv),
+            Adapter::Openclaw => openclaw::command(inv),
+            Adapter::Shell => shell::shell_command(inv)?,
+            Adapter::Command => shell::custom_command(inv)?,
+        };
+        line.args.extend(inv.role.settings.args.iter().cloned());
+        Ok(line)
+    }
+
+    fn parse_output(self, output: &str, exit_code: Option<i32>) -> Outcome {
+        match self {
+            Adapter::Claude => claude::parse(output, exit_code),
+            Adapter::Codex => codex::parse(output, exit_code),
+            Adapter::Gemini => gemini::parse(output, exit_code),
+            Adapter::Openclaw => openclaw::parse(output, exit_code),
+            Adapter::Shell | Adapter::Command => shell::parse(output, exit_code),
+        }
+    }
+}
+
+impl std::fmt::Display for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Adapter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Adapter, String> {
+        Adapter::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Adapter::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown agent `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl TryFrom<String> for Adapter {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Adapter, String> {
+        s.parse()
+    }
+}
+
 /// Builds the command line for a role's adapter.
 pub fn command(inv: &Invocation<'_>) -> Result<CommandLine, String> {
-    let mut line = match inv.role.settings.agent.as_str() {
-        "claude" => claude::command(inv),
-        "codex" => codex::command(inv),
-        "gemini" => gemini::command(inv),
-        "openclaw" => openclaw::command(inv),
-        "shell" => shell::shell_command(inv)?,
-        "command" => shell::custom_command(inv)?,
-        other => return Err(format!("unknown agent `{other}`")),
-    };
-    line.args.extend(inv.role.settings.args.iter().cloned());
-    Ok(line)
+    inv.role.settings.agent.command(inv)
 }
 
 /// Reads an agent's output (its log) into an outcome. `exit_code` is
 /// `None` when the process was killed by a signal.
 pub fn parse(
-    adapter: &str,
+    adapter: Adapter,
     output: &str,
     exit_code: Option<i32>,
     model: Option<&str>,
     config: &Config,
 ) -> Outcome {
-    let mut outcome = match adapter {
-        "claude" => claude::parse(output, exit_code),
-        "codex" => codex::parse(output, exit_code),
-        "gemini" => gemini::parse(output, exit_code),
-        "openclaw" => openclaw::parse(output, exit_code),
-        _ => shell::parse(output, exit_code),
-    };
+    let mut outcome = adapter.parse_output(output, exit_code);
     // CLIs that report only tokens: cost from the config's price table.
     if outcome.cost_usd.is_none_or(|c| c == 0.0) {
         let priced = outcome.model.as_deref().or(model);

@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             "spawn" => {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  spawn  {} ({}{})  {}",
+                    "  {:<width$}  spawn  {} ({}{}){}  {}",
                     item.task,
                     item.role.as_deref().unwrap_or("?"),
                     item.agent.as_deref().unwrap_or("?"),
@@ -62,14 +62,19 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                         .as_deref()
                         .map(|m| format!(", {m}"))
                         .unwrap_or_default(),
+                    item.review_of
+                        .as_deref()
+                        .map(|b| format!(" to review the work of {b}"))
+                        .unwrap_or_default(),
                     item.title
                 );
             }
             _ => {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  wait   {}  {}",
+                    "  {:<width$}  {}  {}  {}",
                     item.task,
+                    if item.never { "never" } else { "wait " },
                     item.why.as_deref().unwrap_or(""),
                     item.title
                 );

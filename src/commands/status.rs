@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::factory::{log_path, run_lock};
 use crate::queue::{Queue, State};
 use crate::registry::{Agent, Registry};
+use crate::root::log_path;
 use crate::spawn;
 use crate::task::Timestamp;
 
@@ -111,7 +111,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             a.id,
             a.role,
             a.task,
-            a.model.as_deref().unwrap_or(&a.adapter),
+            a.model.as_deref().unwrap_or(a.adapter.name()),
             a.status.as_str(),
             ago(a.spawned, ctx.now)
         );
@@ -309,7 +309,7 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
 
 /// The pid of the running factory, if one holds the daemon lock.
 fn factory_pid(ctx: &Ctx) -> Option<u32> {
-    let path = run_lock(&ctx.root);
+    let path = ctx.root.run_lock();
     match crate::lock::LockGuard::try_acquire(&path) {
         Ok(Some(_free)) => None,
         Ok(None) => crate::lock::read_pid(&path),
@@ -341,7 +341,7 @@ fn spend(reg: &Registry, now: Timestamp) -> Spend {
             s.week_usd += cost;
             *s.by_role.entry(a.role.clone()).or_default() += cost;
             *s.by_model
-                .entry(a.model.clone().unwrap_or_else(|| a.adapter.clone()))
+                .entry(a.model.clone().unwrap_or_else(|| a.adapter.to_string()))
                 .or_default() += cost;
         }
     }

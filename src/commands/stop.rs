@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::factory::run_lock;
+
 use crate::lock::LockGuard;
 use crate::registry::{AgentStatus, Registry};
 use crate::spawn;
@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     // No factory running: record the stop ourselves (holding the daemon
     // lock so none starts meanwhile).
-    if let Some(_daemon) = LockGuard::try_acquire(&run_lock(&ctx.root))? {
+    if let Some(_daemon) = LockGuard::try_acquire(&ctx.root.run_lock())? {
         let mut w = Writer::open(&ctx.root)?;
         let mut reg = Registry::load(&ctx.root)?;
         for (id, _, _) in &targets {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::error::Result;
-use crate::factory::{self, run_lock};
+use crate::factory;
 use crate::lock::LockGuard;
 use crate::queue::{Queue, State};
 use crate::registry::Registry;
@@ -88,15 +88,25 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             )),
         },
         State::Blocked => {
-            let open: Vec<String> = queue
-                .open_dependencies(i)
-                .iter()
-                .map(|d| match scan.position(d) {
-                    Some(j) => format!("{d} ({})", queue.state[j].as_str()),
-                    None => format!("{d} (missing)"),
-                })
-                .collect::<Vec<_>>();
-            lines.push(format!("waits for {}", open.join(", ")));
+            let (plan, _) = factory::plan(&ctx.root, &scan, ctx.now)?;
+            match plan.iter().find(|p| p.task == *t.id && p.never) {
+                // A cycle, or a dependency that failed or does not exist.
+                Some(p) => lines.push(format!(
+                    "can never run as things are: {}",
+                    p.why.as_deref().unwrap_or("?")
+                )),
+                None => {
+                    let open: Vec<String> = queue
+                        .open_dependencies(i)
+                        .iter()
+                        .map(|d| match scan.position(d) {
+                            Some(j) => format!("{d} ({})", queue.state[j].as_str()),
+                            None => format!("{d} (missing)"),
+                        })
+                        .collect::<Vec<_>>();
+                    lines.push(format!("waits for {}", open.join(", ")));
+                }
+            }
         }
         State::Waiting => {
             if let Some(at) = e.retry_after.filter(|r| *r > ctx.now) {
@@ -132,13 +142,17 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                         .map(|m| format!(", {m}"))
                         .unwrap_or_default()
                 )),
+                Some(p) if p.never => lines.push(format!(
+                    "ready, but can never run as things are: {}",
+                    p.why.as_deref().unwrap_or("?")
+                )),
                 Some(p) => lines.push(format!(
                     "ready, but {}",
                     p.why.as_deref().unwrap_or("waiting")
                 )),
                 None => lines.push("ready".into()),
             }
-            if matches!(LockGuard::try_acquire(&run_lock(&ctx.root)), Ok(Some(_))) {
+            if matches!(LockGuard::try_acquire(&ctx.root.run_lock()), Ok(Some(_))) {
                 lines.push("no factory is running (`taskq run` starts one)".into());
             }
         }

@@ -1,0 +1,191 @@
+//! The event loop: signals, file events and the heartbeat, debounced
+//! into steps; and which file events are someone else's changes (the
+//! factory's own writes echo back through the watcher).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{file_stamp, Event, Factory};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::watch;
+
+impl Factory {
+    pub(super) async fn main(mut self) -> Result<ExitCode> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _watcher = match self.config.watch {
+            true => Some(watch::start(
+                &self.root,
+                Arc::clone(&self.seen),
+                self.tx.clone(),
+                || Event::Changed,
+            )?),
+            false => None,
+        };
+        let mut sigterm =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        self.progress(format!(
+            "factory started in {} (max_concurrent {}, {} roles)",
+            self.root.dir.display(),
+            self.config.max_concurrent,
+            self.roles.len()
+        ));
+        let finished = self.recover()?;
+        self.step(finished)?;
+        let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
+        loop {
+            if self.opts.until_idle && self.is_idle() {
+                self.progress(format!(
+                    "idle: {} spawned, {} done, {} failed, {} retried",
+                    self.stats.spawned, self.stats.done, self.stats.failed, self.stats.retried
+                ));
+                self.join_hooks();
+                return Ok(self.idle_exit());
+            }
+            let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+            let wake = self.wake_at.map_or(far, tokio::time::Instant::from_std);
+            let mut finished = Vec::new();
+            // Someone else changed a file (or the heartbeat): read the queue
+            // afresh. Events on files this factory just wrote are its own.
+            let mut rescan = false;
+            let mut due = false;
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(Event::Changed) => rescan |= self.external_change(),
+                    Some(Event::Finished(f)) => finished.push(f),
+                    None => return Ok(ExitCode::SUCCESS),
+                },
+                () = tokio::time::sleep_until(heartbeat) => {
+                    heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
+                    // Reread the queue if anything changed that the watcher
+                    // may have missed; step anyway (leases and backoffs run
+                    // out with time, not with files). The fresh step walks
+                    // the files again for the next heartbeat.
+                    rescan = match self.fingerprint {
+                        Some(before) => watch::fingerprint(&self.root, !self.config.watch) != before,
+                        None => true,
+                    };
+                    self.full_rescan |= rescan;
+                    due = true;
+                    self.rotate_history();
+                }
+                () = tokio::time::sleep_until(wake) => due = true,
+                _ = sigterm.recv() => return self.shutdown("SIGTERM").await,
+                _ = sigint.recv() => return self.shutdown("SIGINT").await,
+            }
+            if !rescan && !due && finished.is_empty() {
+                continue; // only the echo of this factory's own writes
+            }
+            // Debounce: let an editor's save or a `git checkout` settle
+            // (quiet for 5 ms, at most 50 ms); take the agents that have
+            // ended meanwhile too (without waiting for more: a step is
+            // slower than a short job, so ends pile up on their own), then
+            // act once.
+            let settle = tokio::time::Instant::now() + Duration::from_millis(50);
+            loop {
+                let event = if rescan {
+                    let until =
+                        (tokio::time::Instant::now() + Duration::from_millis(5)).min(settle);
+                    tokio::time::timeout_at(until, self.rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    // What is already there, without a timer (tokio's
+                    // round up to the next millisecond).
+                    self.rx.try_recv().ok()
+                };
+                match event {
+                    Some(Event::Changed) => rescan |= self.external_change(),
+                    Some(Event::Finished(f)) => finished.push(f),
+                    None => break,
+                }
+            }
+            if rescan {
+                self.absorb_changes();
+            }
+            let was_idle = self.is_idle();
+            let (ended, began) = (finished.len(), std::time::Instant::now());
+            self.step(finished)?;
+            tracing::debug!(ended, running = self.running.len(), took = ?began.elapsed(), "step");
+            if self.is_idle() && !was_idle {
+                self.hook("on-idle",
+                    json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}));
+            }
+        }
+    }
+
+    /// True when the watcher saw a change this factory did not make
+    /// itself (a file it wrote still as it left it is its own echo).
+    pub(super) fn external_change(&mut self) -> bool {
+        let seen = watch::take(&self.seen);
+        if seen.overflow {
+            self.full_rescan = true;
+            return true;
+        }
+        let mut any = false;
+        for p in seen.paths {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            if name.starts_with(crate::fsutil::TEMP_PREFIX) {
+                continue;
+            }
+            let external = match self.own.get(&p) {
+                Some(stamp) => *stamp != file_stamp(&p),
+                None => true,
+            };
+            if external {
+                any = true;
+                self.external_paths.push(p);
+            }
+        }
+        any
+    }
+
+    /// What the changes others made mean for the queue in memory: the task
+    /// files that changed are read again (a new file in a queue of 10,000
+    /// is one read, not 10,000), or, after a watcher overflow, a heartbeat
+    /// that found a change, or a change a patch cannot follow (see
+    /// `Scan::refresh`), the whole queue.
+    pub(super) fn absorb_changes(&mut self) {
+        let paths = std::mem::take(&mut self.external_paths);
+        fsutil::forget_writes();
+        let templates = self.root.dir.join("agents").join("templates");
+        if paths.iter().any(|p| p.starts_with(&templates)) {
+            self.roles_stale = true;
+        }
+        if std::mem::take(&mut self.full_rescan) {
+            self.cache = None;
+            return;
+        }
+        let tasks = self.root.dir.join("tasks");
+        let task_paths: Vec<PathBuf> = paths
+            .into_iter()
+            .filter(|p| p.starts_with(&tasks))
+            .collect();
+        if task_paths.is_empty() {
+            return; // approvals are read from the files at every step
+        }
+        let refreshed = self
+            .cache
+            .as_mut()
+            .is_some_and(|scan| scan.refresh(&self.root, &task_paths));
+        if refreshed {
+            self.patched = true;
+        } else {
+            self.cache = None;
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.startable == 0 && self.wake_at.is_none()
+    }
+}

@@ -1,0 +1,734 @@
+//! Launching agents: register each as `spawning`, mark its task, then
+//! prepare its workspace, prompt, command line and environment, start the
+//! processes (several at once), and record their pids.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::prompt::{self, DependencyResult};
+use super::schedule::Start;
+use super::step::{tag_last, touch_gate};
+use super::{path_str, Factory, Finished, Live};
+use crate::agent::{self, Adapter, Invocation, Session};
+use crate::approval;
+use crate::config::Config;
+use crate::error::Result;
+use crate::frontmatter;
+use crate::frontmatter::Change;
+use crate::fsutil;
+use crate::registry::{Agent, AgentStatus, Registry};
+use crate::role::{Role, Workspace};
+use crate::root::Root;
+use crate::root::{log_path, workspace_path};
+use crate::spawn;
+use crate::store::{self, Writer};
+use crate::task::{format_timestamp, Status};
+
+/// A scheduled start, by task id.
+struct Planned {
+    task: String,
+    role: Role,
+    model: Option<String>,
+    workspace: Option<PathBuf>,
+    review_of: Option<String>,
+}
+
+impl Factory {
+    /// Starts the scheduled agents (see the module documentation), and
+    /// records the `ended` agents while they start.
+    pub(super) fn launch(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        plan: Vec<Start>,
+        ended: &mut Vec<(Finished, Option<Live>)>,
+    ) -> Result<()> {
+        // By id from here on: recording the ended agents may move tasks.
+        let plan: Vec<Planned> = plan
+            .into_iter()
+            .map(|s| Planned {
+                task: w.scan.tasks[s.task].id.to_string(),
+                role: s.role,
+                model: s.model,
+                workspace: s.workspace,
+                review_of: s.review_of,
+            })
+            .collect();
+        // 1. Register every agent as `spawning` before anything starts.
+        let mut spawns = Vec::new();
+        for p in plan {
+            let i = w.scan.position(&p.task).expect("planned from this scan");
+            let t = &w.scan.tasks[i];
+            let attempt = if p.review_of.is_some() {
+                t.extra().review_errors + 1
+            } else {
+                t.attempts + 1
+            };
+            let agent_id = reg.allocate(&p.role.settings.prefix);
+            let workspace =
+                p.workspace
+                    .clone()
+                    .unwrap_or_else(|| match p.role.settings.workspace {
+                        Workspace::Root => PathBuf::new(),
+                        Workspace::Dir | Workspace::Worktree => workspace_path(&agent_id),
+                    });
+            let resumed = if p.review_of.is_none() {
+                resume_session(reg, &p.role, &p.task)
+            } else {
+                None
+            };
+            let workspace = match resumed.as_ref().and_then(|(_, ws)| ws.clone()) {
+                Some(ws) if p.role.settings.workspace == Workspace::Dir => PathBuf::from(ws),
+                _ => workspace,
+            };
+            let resume = resumed.map(|(session, _)| session);
+            let session = resume.clone().unwrap_or_else(new_session_id);
+            let parent = p
+                .review_of
+                .clone()
+                .or_else(|| t.extra().parent.as_deref().map(str::to_string));
+            reg.agents.insert(
+                agent_id.clone(),
+                Agent {
+                    id: agent_id.clone(),
+                    role: p.role.name.clone(),
+                    task: p.task.clone(),
+                    status: AgentStatus::Spawning,
+                    adapter: p.role.settings.agent,
+                    model: p.model.clone(),
+                    pid: None,
+                    pid_start: None,
+                    parent,
+                    attempt,
+                    spawned: w.now,
+                    completed: None,
+                    exit_code: None,
+                    duration_ms: None,
+                    cost_usd: None,
+                    tokens: None,
+                    num_turns: None,
+                    session_id: p
+                        .role
+                        .settings
+                        .agent
+                        .resumes_sessions()
+                        .then(|| session.clone()),
+                    result: None,
+                    reason: None,
+                    workspace: Some(path_str(&workspace)),
+                    log: Some(path_str(&log_path(&agent_id))),
+                    max_rss_kb: None,
+                    branch: None,
+                    repo: None,
+                    test_status: None,
+                    tested_by: None,
+                    cancel_task: false,
+                },
+            );
+            spawns.push((agent_id, p, workspace, session, resume.is_some()));
+        }
+        reg.save(&self.root, w.now)?;
+        w.touch(Registry::path(&self.root));
+        // 2. Mark the tasks.
+        for (agent_id, p, ..) in &spawns {
+            let i = w.scan.position(&p.task).expect("still in the scan");
+            let role = &p.role;
+            let model = p.model.as_deref();
+            let note = format!(
+                "{agent_id} {} {}",
+                role.name,
+                model.unwrap_or(role.settings.agent.name())
+            );
+            if p.review_of.is_some() {
+                w.set(
+                    i,
+                    &[Change::set("assigned", agent_id)],
+                    Status::Review,
+                    &format!("review by {note}"),
+                )?;
+            } else {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "running"),
+                        Change::set("assigned", agent_id),
+                        Change::set("started", &format_timestamp(w.now)),
+                        Change::remove("retry_after"),
+                        Change::remove("lease_expires"),
+                    ],
+                    Status::Running,
+                    &note,
+                )?;
+            }
+            tag_last(w, agent_id, None);
+            if approval::needs_approval(&w.scan.tasks[i], Some(role), &self.config) {
+                touch_gate(w, &self.root, &p.task);
+            }
+        }
+        // The registry, then the tasks, are on disk before any agent
+        // starts (written as one batch, see `step`).
+        fsutil::commit()?;
+        // 3. Start the children, 4. record their pids.
+        let mut batch = Vec::with_capacity(spawns.len());
+        for (agent_id, p, workspace, session, resuming) in spawns {
+            let i = w.scan.position(&p.task).expect("still in the scan");
+            let review = p
+                .review_of
+                .as_deref()
+                .map(|b| (b, reg.agents.get(b).cloned()));
+            let prepared = self.prepare_agent(
+                w,
+                i,
+                &agent_id,
+                &p.role,
+                p.model.as_deref(),
+                &workspace,
+                &session,
+                resuming,
+                review,
+            );
+            batch.push((agent_id, p, workspace, resuming, prepared));
+        }
+        let mut recorded = Ok(());
+        let children = start_all(
+            batch
+                .iter()
+                .map(|b| b.4.as_ref().ok().map(|prepared| &prepared.spec))
+                .collect(),
+            || {
+                // While they start: the ends of the agents they replace,
+                // written as one batch.
+                fsutil::stage();
+                for (f, live) in ended.drain(..) {
+                    recorded = self.finish(w, reg, f, live);
+                    if recorded.is_err() {
+                        break;
+                    }
+                }
+                let committed = fsutil::commit();
+                if recorded.is_ok() {
+                    recorded = committed;
+                }
+            },
+        );
+        for ((agent_id, p, workspace, resuming, prepared), child) in batch.into_iter().zip(children)
+        {
+            let i = w.scan.position(&p.task).expect("still in the scan");
+            let role = &p.role;
+            let model = p.model.as_deref();
+            let started = prepared.and_then(|prepared| {
+                let child = child.expect("every prepared agent is started")?;
+                let pid = child
+                    .id()
+                    .ok_or("the process ended before it could be recorded")?;
+                Ok(Started {
+                    child,
+                    pid,
+                    worktree: prepared.worktree,
+                })
+            });
+            match started {
+                Ok(Started {
+                    child,
+                    pid,
+                    worktree,
+                }) => {
+                    let a = reg.agents.get_mut(&agent_id).expect("registered above");
+                    if let Some((branch, repo)) = worktree {
+                        a.branch = Some(branch);
+                        a.repo = Some(repo.display().to_string());
+                    }
+                    a.pid = Some(pid);
+                    a.pid_start = spawn::start_time(pid);
+                    a.status = AgentStatus::Active;
+                    // A task's own `timeout:` wins over its role's.
+                    let timeout = w.scan.tasks[i]
+                        .extra()
+                        .timeout
+                        .as_deref()
+                        .and_then(|t| crate::duration::parse(t).ok())
+                        .unwrap_or(role.settings.timeout);
+                    let deadline = Instant::now() + timeout;
+                    let parent = a.parent.clone();
+                    self.watch_agent(
+                        &agent_id,
+                        Some(child),
+                        pid,
+                        a.pid_start,
+                        (deadline, timeout),
+                        &role.name,
+                        parent,
+                    );
+                    self.stats.spawned += 1;
+                    self.last_spawn = Some(Instant::now());
+                    let what = if p.review_of.is_some() {
+                        "to review"
+                    } else {
+                        "for"
+                    };
+                    self.progress(format!(
+                        "spawned {agent_id} {what} {} ({}, {}{})",
+                        p.task,
+                        role.name,
+                        model.unwrap_or(role.settings.agent.name()),
+                        if resuming {
+                            ", resuming its session"
+                        } else {
+                            ""
+                        }
+                    ));
+                    self.hook("on-spawn",
+                        json!({"task": p.task, "agent": agent_id, "role": role.name, "model": model, "status": "active",
+                               "workspace": path_str(&workspace), "log": path_str(&log_path(&agent_id))}));
+                }
+                Err(reason) => {
+                    let a = reg.agents.get_mut(&agent_id).expect("registered above");
+                    a.status = AgentStatus::Failed;
+                    a.completed = Some(w.now);
+                    a.reason = Some(reason.clone());
+                    self.progress(format!(
+                        "could not start {agent_id} for {}: {reason}",
+                        p.task
+                    ));
+                    let role = role.clone();
+                    if p.review_of.is_some() {
+                        self.review_error(
+                            w,
+                            i,
+                            &role,
+                            &format!("could not start the tester: {reason}"),
+                        )?;
+                    } else {
+                        let reason = format!("could not start the agent: {reason}");
+                        if reason.contains(NOT_ON_PATH) {
+                            // No retry installs a program: failed at once.
+                            let r = super::outcome::attempt_refused(&w.scan.tasks[i], &reason);
+                            self.write_attempt(w, i, &role, r)?;
+                        } else {
+                            self.fail_attempt(w, i, &role, &reason)?;
+                        }
+                    }
+                }
+            }
+        }
+        // The rest of the step is written as one batch again.
+        fsutil::stage();
+        recorded
+    }
+
+    /// Prepares the workspace and prompt and builds the command line (the
+    /// process is started by [`start_all`]).
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_agent(
+        &mut self,
+        w: &Writer,
+        i: usize,
+        agent_id: &str,
+        role: &Role,
+        model: Option<&str>,
+        workspace: &Path,
+        session: &str,
+        resuming: bool,
+        review: Option<(&str, Option<Agent>)>,
+    ) -> std::result::Result<Prepared, String> {
+        // `run` made the root absolute and canonical.
+        let root_abs = self.root.dir.clone();
+        let ws_abs = root_abs.join(workspace);
+        let mut worktree = None;
+        if role.settings.workspace == Workspace::Worktree && review.is_none() {
+            worktree = Some(self.add_worktree(w, i, agent_id, role, &root_abs, &ws_abs)?);
+        }
+        if ws_abs != root_abs && !ws_abs.is_dir() {
+            std::fs::create_dir_all(&ws_abs).map_err(|e| format!("{}: {e}", ws_abs.display()))?;
+        }
+        let task = &w.scan.tasks[i];
+        let file = fsutil::read(&self.root.task_path(task)).map_err(|e| e.to_string())?;
+        let (fields_cmd, body) = prompt::body_and_command(&file);
+        let title = store::display_title(&self.root, task);
+        let shown_ws = ws_abs.display().to_string();
+        let prompt = match &review {
+            None => {
+                let deps = dependency_results(&self.root, w, i);
+                prompt::task_prompt(&task.id, &title, &body, &deps, &shown_ws)
+            }
+            Some((builder, record)) => {
+                let result = read_capped(&self.root.result(&task.id), RESULT_BYTES)
+                    .or_else(|| record.as_ref().and_then(|a| a.result.clone()))
+                    .unwrap_or_else(|| "(no result text)".into());
+                prompt::review_prompt(&task.id, &title, &body, builder, &result, &shown_ws)
+            }
+        };
+        let prompt_file = self.root.prompt(agent_id);
+        let full = if role.soul.trim().is_empty() {
+            prompt.clone()
+        } else {
+            format!("{}\n\n---\n\n{prompt}", role.soul.trim())
+        };
+        // The shell adapter runs the task's own sh blocks: no prompt to keep.
+        if role.settings.agent != Adapter::Shell {
+            fsutil::write_atomic(&prompt_file, full.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let inv = Invocation {
+            role,
+            task_id: &task.id,
+            agent_id,
+            model,
+            prompt: &prompt,
+            prompt_file: &prompt_file,
+            soul: &role.soul,
+            workspace: &ws_abs,
+            session: if resuming {
+                Session::Resume(session)
+            } else {
+                Session::New(session)
+            },
+            task_body: &body,
+            task_command: fields_cmd.as_deref(),
+            config: &self.config,
+        };
+        let line = agent::command(&inv)?;
+        let mut extra = vec![
+            ("TASKQ_ROOT".to_string(), root_abs.display().to_string()),
+            ("TASKQ_TASK_ID".to_string(), task.id.to_string()),
+            ("TASKQ_AGENT_ID".to_string(), agent_id.to_string()),
+            ("TASKQ_ROLE".to_string(), role.name.clone()),
+            ("TASKQ_WORKSPACE".to_string(), ws_abs.display().to_string()),
+        ];
+        static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        if let Some(me) = EXE.get_or_init(|| std::env::current_exe().ok()) {
+            extra.push(("TASKQ_BIN".to_string(), me.display().to_string()));
+            // Agents call `taskq approval request`: put taskq on their PATH.
+            if let (Some(dir), Ok(path)) = (me.parent(), std::env::var("PATH")) {
+                if role.settings.env.iter().any(|e| e == "PATH") {
+                    extra.push(("PATH".to_string(), format!("{}:{path}", dir.display())));
+                }
+            }
+        }
+        for (k, v) in &role.settings.set_env {
+            let v = v
+                .replace("{workspace}", &ws_abs.display().to_string())
+                .replace("{root}", &root_abs.display().to_string())
+                .replace("{agent_id}", agent_id);
+            // Config and temp dirs an agent is pointed at must exist (codex
+            // panics on a missing TMPDIR).
+            if (k.ends_with("HOME") || k.ends_with("DIR")) && Path::new(&v).is_absolute() {
+                let _ = std::fs::create_dir_all(&v);
+            }
+            extra.push((k.clone(), v));
+        }
+        extra.extend(line.env.iter().cloned());
+        let env = spawn::environment(&role.settings.env, &extra);
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let key = (line.program.clone(), path.map(str::to_string));
+        if !self.found.contains(&key) {
+            if spawn::find_program(&line.program, path).is_none() {
+                return Err(format!("`{}` {NOT_ON_PATH}", line.program));
+            }
+            self.found.insert(key);
+        }
+        // A recycled empty file as the log, when there is one: no new inode.
+        fsutil::place_empty(&self.root.log(agent_id));
+        let spec = spawn::Spec {
+            program: line.program,
+            args: line.args,
+            env,
+            cwd: ws_abs,
+            log: self.root.log(agent_id),
+            exit_file: self.root.exit_codes(),
+            exit_tag: agent_id.to_string(),
+        };
+        Ok(Prepared { spec, worktree })
+    }
+
+    /// `git worktree add agents/workspaces/<agent-id> -b taskq/<task-id>`
+    /// in the root's repository, or the task's `repo:`, from the task's
+    /// `base:` or the role's (default HEAD). Returns `(branch, repo top)`.
+    fn add_worktree(
+        &self,
+        w: &Writer,
+        i: usize,
+        agent_id: &str,
+        role: &Role,
+        root_abs: &Path,
+        ws_abs: &Path,
+    ) -> std::result::Result<(String, PathBuf), String> {
+        let t = &w.scan.tasks[i];
+        let file = fsutil::read(&self.root.task_path(t)).map_err(|e| e.to_string())?;
+        let repo_dir = frontmatter::scalar_field(&file, "repo")
+            .map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
+        let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {
+            format!(
+                "`workspace: worktree` needs a git repository: {} is not in one",
+                repo_dir.display()
+            )
+        })?;
+        let base = frontmatter::scalar_field(&file, "base")
+            .or_else(|| role.settings.base.clone())
+            .unwrap_or_else(|| "HEAD".into());
+        let mut branch = format!("taskq/{}", t.id);
+        if git.has_branch(&branch) {
+            branch = format!("taskq/{}-{agent_id}", t.id);
+        }
+        if let Some(parent) = ws_abs.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        git.worktree_add(ws_abs, &branch, &base)
+            .map_err(|e| e.to_string())?;
+        Ok((branch, git.top))
+    }
+}
+
+/// A fresh session id (a random UUID v4). /dev/urandom is read once per
+/// process for two seeds; each id is then SplitMix64 of a seed plus a
+/// counter, a bijection of the counter, so no two ids of one process are
+/// equal.
+pub(super) fn new_session_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEEDS: OnceLock<[u64; 2]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seeds = SEEDS.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut bytes);
+        }
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let half = |k: usize| u64::from_le_bytes(bytes[k..k + 8].try_into().expect("8 bytes"));
+        [half(0) ^ clock, half(8) ^ u64::from(std::process::id())]
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // SplitMix64: the finalizer of seed + (n + 1) * golden ratio.
+    let splitmix = |seed: u64| {
+        crate::mix::splitmix64(
+            seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&splitmix(seeds[0]).to_le_bytes());
+    bytes[8..].copy_from_slice(&splitmix(seeds[1]).to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The session to resume: the last lost attempt of this task, when the
+/// role allows resuming (claude only).
+///
+/// Returns the session id and the lost agent's workspace: `claude --resume`
+/// finds a session only from the directory it was saved for, so the
+/// resumed agent works where the lost one did.
+pub(super) fn resume_session(
+    reg: &Registry,
+    role: &Role,
+    task: &str,
+) -> Option<(String, Option<String>)> {
+    if !role.settings.resume || !role.settings.agent.resumes_sessions() {
+        return None;
+    }
+    reg.agents
+        .values()
+        .filter(|a| a.task == task && a.status == AgentStatus::Lost)
+        .max_by_key(|a| a.spawned)
+        .and_then(|a| Some((a.session_id.clone()?, a.workspace.clone())))
+}
+
+/// What a start that failed for want of a program says (no retry helps).
+const NOT_ON_PATH: &str = "is not on the PATH";
+
+/// How much of a result file is read for a prompt (the prompt keeps
+/// [`prompt::RESULT_CHARS`] of it).
+const RESULT_BYTES: u64 = 64 * 1024;
+
+/// The start of a regular file, at most `max` bytes (`None` when it is
+/// missing or not a regular file: a FIFO or a device is never opened).
+fn read_capped(path: &Path, max: u64) -> Option<String> {
+    use std::io::Read;
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(max)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// What the dependencies of task `i` left (their result lines and files).
+pub(super) fn dependency_results(root: &Root, w: &Writer, i: usize) -> Vec<DependencyResult> {
+    w.scan.tasks[i]
+        .dependencies
+        .iter()
+        .filter_map(|d| w.scan.get(d))
+        .map(|d| DependencyResult {
+            id: d.id.to_string(),
+            title: store::display_title(root, d),
+            result: d.extra().result.as_deref().map(str::to_string),
+            full: read_capped(&root.result(&d.id), RESULT_BYTES)
+                .map(|text| (path_str(&crate::root::result_path(&d.id)), text)),
+        })
+        .collect()
+}
+
+/// Where an agent of `role` will work, in words (for approval requests,
+/// before its agent id exists).
+pub(super) fn workspace_description(root: &Root, role: &Role, task: &str) -> String {
+    match role.settings.workspace {
+        Workspace::Root => root.dir.display().to_string(),
+        Workspace::Dir => path_str(&root.workspace("<agent-id>")),
+        Workspace::Worktree => format!(
+            "{} (a git worktree on branch taskq/{task})",
+            path_str(&root.workspace("<agent-id>"))
+        ),
+    }
+}
+
+/// Why the program a role's agents need cannot be started, if it cannot:
+/// a model CLI not on the PATH the agent gets. Programs found before are
+/// in `found` (looked up once).
+pub(super) fn missing_program(
+    role: &Role,
+    config: &Config,
+    found: &std::collections::HashSet<(String, Option<String>)>,
+) -> Option<String> {
+    let program = role.settings.agent.program(config)?;
+    let path = role.settings.set_env.get("PATH").cloned().or_else(|| {
+        role.settings
+            .env
+            .iter()
+            .any(|e| e == "PATH")
+            .then(|| std::env::var("PATH").ok())
+            .flatten()
+    });
+    if found.contains(&(program.clone(), path.clone())) {
+        return None;
+    }
+    if spawn::find_program(&program, path.as_deref()).is_some() {
+        return None;
+    }
+    let shown = format!("agents/templates/{}.md", role.name);
+    let at = read_capped(&role.path, 64 * 1024)
+        .and_then(|text| crate::frontmatter::key_line(&text, "agent"))
+        .map_or(shown.clone(), |l| format!("{shown}:{l}"));
+    Some(format!(
+        "`{program}` (agent: {}) {NOT_ON_PATH}; install it or set `adapters: {{{}: /path/to/it}}` in the config ({at}, role {})",
+        role.settings.agent,
+        role.settings.agent,
+        role.name
+    ))
+}
+
+/// Removes a worktree workspace; its branch stays.
+pub(super) fn remove_worktree(repo: &str, ws: &Path) {
+    if !ws.exists() {
+        return;
+    }
+    if let Some(git) = crate::git::Git::detect(Path::new(repo)) {
+        if let Err(e) = git.worktree_remove(ws) {
+            tracing::warn!("{}: removing the worktree: {e}", ws.display());
+        }
+    }
+}
+
+/// What `start_agent` started.
+/// An agent ready to start: its process and, for a worktree role, the
+/// branch made for it.
+struct Prepared {
+    spec: spawn::Spec,
+    worktree: Option<(String, PathBuf)>,
+}
+
+/// Starts the agents' processes (`None` where there is nothing to start),
+/// runs `meanwhile` while they start, and returns when both are done.
+/// Several start at once, on threads: each start returns only once its child has
+/// exec'd (vfork), and on a machine busy with other agents the child waits
+/// for a CPU slice first. One after the other, a step waited for the sum
+/// of those waits (measured: 8 `true` jobs, ~4 ms); at once, for the
+/// longest.
+pub(super) fn start_all(
+    specs: Vec<Option<&spawn::Spec>>,
+    meanwhile: impl FnOnce(),
+) -> Vec<Option<std::result::Result<tokio::process::Child, String>>> {
+    let start = |spec: &spawn::Spec| spawn::start(spec).map_err(|e| e.to_string());
+    if specs.iter().flatten().count() <= 1 {
+        let started = specs.into_iter().map(|s| s.map(start)).collect();
+        meanwhile();
+        return started;
+    }
+    // The threads register the children with this runtime's reaper.
+    let handle = tokio::runtime::Handle::current();
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = specs
+            .into_iter()
+            .map(|spec| {
+                spec.map(|spec| {
+                    let handle = &handle;
+                    scope.spawn(move || {
+                        let _runtime = handle.enter();
+                        start(spec)
+                    })
+                })
+            })
+            .collect();
+        meanwhile();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err("starting the process panicked".into()))
+                })
+            })
+            .collect()
+    })
+}
+
+struct Started {
+    child: tokio::process::Child,
+    pid: u32,
+    /// `(branch, repo top)` of a worktree workspace.
+    worktree: Option<(String, PathBuf)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn session_ids_are_distinct_uuid_v4s() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_session_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(50) {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(parts[2].starts_with('4'), "version 4: {id}");
+            assert!("89ab".contains(&parts[3][..1]), "variant: {id}");
+            assert!(
+                id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! `taskq run`: the factory. It watches the files, and on every change
+//! (debounced; on a heartbeat, when a walk says something changed) takes
+//! one step under the queue lock: record the agents that ended, ask the
+//! [scheduler](schedule) what starts now, apply what the gates decided,
+//! and launch the agents. It supervises them (time limits, stops, memory),
+//! records everything in the task files and the registry, retries with
+//! backoff and fallback models, and survives its own crash (`kill -9`)
+//! without losing or repeating work.
+//!
+//! The phases, a file each:
+//!
+//! | file | what it does | pure |
+//! |---|---|---|
+//! | [`event_loop`] | signals, file events, the heartbeat, debouncing; which changes are someone else's | |
+//! | [`step`] | one locked step: read the queue and registry, schedule, write in batches, commit to git | |
+//! | [`schedule`] | which agents start now, what waits and why | yes |
+//! | [`gate`] | whitelist, program, approval, cost cap, forecast | yes |
+//! | [`launch`] | register, mark the task, prepare the workspace and command, start the processes | |
+//! | [`prompt`] | the prompts an agent is given | yes |
+//! | [`supervise`] | one task per agent: wait, time limit, stop, memory samples | |
+//! | [`outcome`] | what an agent's end does to its task | yes |
+//! | [`record`] | writes that resolution to the task, the registry and the result file | |
+//! | [`recover`] | at start: adopt live agents, finish or mark lost the others | |
+//! | [`shutdown`] | children before parents, then the last step | order: yes |
+//! | [`report`] | progress lines, the counts line, hooks, history rotation | |
+//! | [`plan`] | what `run --dry-run` and `why` print, from the same schedule | |
+//!
+//! Crash safety comes from the order of writes, always under the queue
+//! lock: registry entry `spawning` → task `running` → child started →
+//! registry `active` with pid and process start time; on exit, task first,
+//! then registry. A restarted factory adopts agents still alive, finishes
+//! the ones that ended while it was down (their exit code is in
+//! `agents/logs/exit-codes`), and marks the rest `lost`.
+
+mod event_loop;
+pub mod gate;
+mod launch;
+pub mod outcome;
+pub mod plan;
+pub mod prompt;
+mod record;
+mod recover;
+mod report;
+pub mod schedule;
+pub mod shutdown;
+mod step;
+mod supervise;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::lock::LockGuard;
+use crate::output::Out;
+use crate::registry::Registry;
+use crate::role::{self, Role};
+use crate::root::Root;
+use crate::store;
+use crate::watch;
+
+pub use gate::{Gate, GateAction};
+pub use plan::{plan, PlanItem};
+
+/// How `taskq run` was asked to behave.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Exit once nothing is running or runnable.
+    pub until_idle: bool,
+}
+
+/// Runs the factory until a signal (or idle, with `--until-idle`).
+pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
+    keep_freed_memory();
+    let config = Config::load(root)?;
+    let (roles, problems) = role::load_all(root);
+    if let Some(p) = problems.into_iter().next() {
+        return Err(p.into());
+    }
+    let Some(mut lock) = LockGuard::try_acquire(&root.run_lock())? else {
+        let pid = crate::lock::read_pid(&root.run_lock())
+            .map_or_else(|| "unknown".into(), |p| p.to_string());
+        return Err(Error::conflict(format!(
+            "a factory is already running in {} (pid {pid})",
+            root.dir.display()
+        )));
+    };
+    lock.write_pid()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    // Absolute paths: the watcher's events and the writer's paths must
+    // compare equal (the factory tells its own writes by path).
+    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
+    fsutil::defer_dir_syncs();
+    // Rewrites swap inodes with spare files instead of creating and freeing
+    // one per write (see fsutil). Only this process uses the directory: it
+    // holds the run lock.
+    if let Err(e) = fsutil::keep_spares(&root.spare_dir()) {
+        tracing::warn!("{e} (writing without spare files)");
+    }
+    // Each step rereads task files the step before wrote: from memory
+    // while they are as written (see fsutil).
+    fsutil::remember_writes();
+    let factory = Factory::new(root, config, roles, out, opts);
+    let counts_line = factory.counts_line;
+    let code = runtime.block_on(factory.main());
+    if counts_line && code.is_err() {
+        // The error goes on a line of its own, not after the counts.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
+    }
+    fsutil::release_spares();
+    drop(lock);
+    code
+}
+
+/// What the event loop reacts to.
+#[derive(Debug)]
+enum Event {
+    /// Files changed (coalesced).
+    Changed,
+    /// An agent's process ended.
+    Finished(Finished),
+}
+
+/// The end of one agent process.
+#[derive(Debug)]
+pub struct Finished {
+    /// The agent.
+    pub agent: String,
+    /// Its exit code (`None`: killed by a signal, or unknown).
+    pub exit_code: Option<i32>,
+    /// The factory stopped it at its time limit.
+    pub timed_out: bool,
+    /// Stopped on request (`taskq stop`, shutdown).
+    pub stopped: bool,
+    /// Its process tree's peak memory.
+    pub max_rss_kb: Option<u64>,
+}
+
+/// An agent this factory watches.
+struct Live {
+    /// The process group leader.
+    pid: u32,
+    role: String,
+    parent: Option<String>,
+    stop: Option<oneshot::Sender<()>>,
+    /// The time limit that applies (the task's, else its role's).
+    timeout: Duration,
+}
+
+/// How long the transitions of fast steps may wait for their git commit.
+const GIT_BATCH: Duration = Duration::from_millis(200);
+
+/// The factory's state between steps.
+struct Factory {
+    /// Paths others changed since the last step; whether only a full read
+    /// of the queue will do; whether the cached queue was patched with
+    /// them; whether the role templates changed (see `absorb_changes`).
+    external_paths: Vec<PathBuf>,
+    full_rescan: bool,
+    patched: bool,
+    roles_stale: bool,
+    /// When this factory last committed to git, and whether transitions
+    /// wait for the next commit (see `step`).
+    last_commit: Option<Instant>,
+    git_deferred: bool,
+    /// The watched files as this factory last knew them all (after a full
+    /// read, or an outside change it followed file by file; see
+    /// [`watch::fingerprint`]); `None` once it wrote task files itself
+    /// since: the next heartbeat then reads the queue afresh.
+    fingerprint: Option<u64>,
+    root: Root,
+    config: Config,
+    roles: Vec<Role>,
+    out: Out,
+    opts: Options,
+    running: HashMap<String, Live>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    /// What the watcher saw.
+    seen: watch::Shared,
+    /// Files this factory wrote, with their size and mtime right after:
+    /// an event on one of them that still matches is its own.
+    own: HashMap<PathBuf, Option<(u64, std::time::SystemTime)>>,
+    /// The queue as the last step left it (kept current by its writes),
+    /// reused while no one else changed a file.
+    cache: Option<store::Scan>,
+    /// The registry as this factory last wrote it, and the file's stamp.
+    reg_cache: Option<(Registry, Option<(u64, std::time::SystemTime)>)>,
+    /// The earliest retry backoff to wake up for.
+    wake_at: Option<Instant>,
+    /// Ready, routable tasks left unspawned in the last step (capacity).
+    startable: usize,
+    shutting_down: bool,
+    /// Why spawning is paused (the daily cost cap), if it is.
+    paused: Option<String>,
+    /// When the last agent started (for `spawn_stagger`).
+    last_spawn: Option<Instant>,
+    /// Wake up for the next staggered start.
+    stagger_wake: Option<Instant>,
+    /// Hooks still running.
+    hook_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Programs already found on a PATH (looked up once, not per agent).
+    found: HashSet<(String, Option<String>)>,
+    /// Approval files already warned about (stray ones).
+    warned: HashSet<PathBuf>,
+    /// The task files' errors already shown (each once while it lasts).
+    reported: HashSet<String>,
+    /// Tasks no role takes, or whose dependencies can never be met,
+    /// already shown (each once while it lasts).
+    stuck_reported: HashSet<String>,
+    /// The queue changed from outside: look for stuck tasks again.
+    recheck_stuck: bool,
+    /// stderr is a terminal: the counts stay on its last line, redrawn
+    /// after each step (see `report`).
+    counts_line: bool,
+    /// The counts line is on screen (progress lines clear it first).
+    counts_shown: std::cell::Cell<bool>,
+    stats: Stats,
+    rng: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    spawned: usize,
+    done: usize,
+    failed: usize,
+    retried: usize,
+}
+
+impl Factory {
+    fn new(root: Root, config: Config, roles: Vec<Role>, out: Out, opts: Options) -> Factory {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        Factory {
+            external_paths: Vec::new(),
+            full_rescan: false,
+            patched: false,
+            roles_stale: false,
+            last_commit: None,
+            git_deferred: false,
+            fingerprint: None,
+            root,
+            config,
+            roles,
+            out,
+            opts,
+            running: HashMap::new(),
+            tx,
+            rx,
+            seen: Arc::new(std::sync::Mutex::new(watch::Seen::default())),
+            own: HashMap::new(),
+            cache: None,
+            reg_cache: None,
+            wake_at: None,
+            startable: 0,
+            shutting_down: false,
+            paused: None,
+            last_spawn: None,
+            stagger_wake: None,
+            warned: HashSet::new(),
+            reported: HashSet::new(),
+            stuck_reported: HashSet::new(),
+            recheck_stuck: true,
+            counts_line: !out.quiet
+                && std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
+            counts_shown: std::cell::Cell::new(false),
+            hook_threads: Vec::new(),
+            found: HashSet::new(),
+            stats: Stats::default(),
+            rng: seed | 1,
+        }
+    }
+
+    /// A random number in [0, 1) (xorshift; jitter needs no more).
+    fn random(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn jittered(&mut self, d: Duration) -> Duration {
+        d.mul_f64(0.9 + 0.2 * self.random())
+    }
+
+    fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// The role an agent ran as (a minimal stand-in when its template is
+    /// gone since).
+    fn role_or_fallback(&self, name: &str) -> Role {
+        self.role(name)
+            .cloned()
+            .unwrap_or_else(|| fallback_role(name))
+    }
+}
+
+fn fallback_role(name: &str) -> Role {
+    Role {
+        name: name.to_string(),
+        path: PathBuf::new(),
+        settings: serde_yaml::from_str("prefix: X").expect("minimal settings parse"),
+        soul: String::new(),
+    }
+}
+
+/// A file's size and mtime, or `None` when it does not exist.
+fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn path_str(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A step allocates and frees the same buffers (the registry's text, the
+/// scan's vectors) again and again. glibc would hand the top of the heap
+/// back to the kernel after each, and each next step would fault the pages
+/// in again (~20 faults per agent); keeping up to 8 MB freed costs no more
+/// than the peak already used.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before the threads
+    // of the factory start.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Builders for the pure phases' unit tests: tasks and roles from text,
+/// no disk.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::role::Role;
+    use crate::task::{Folder, Task};
+
+    /// A task with id `id` and the extra header lines `header`.
+    pub fn task(id: &str, header: &str) -> Task {
+        let status = match header.contains("status:") {
+            true => "",
+            false => "status: ready\n",
+        };
+        let text = format!("---\nid: {id}\ntitle: {id}\n{status}{header}---\nbody\n");
+        let layout = crate::frontmatter::split(text.as_bytes(), true).expect("a header");
+        let mut problems = Vec::new();
+        let t = crate::store::task_from_bytes(
+            text.as_bytes(),
+            layout,
+            Folder::Todo,
+            &format!("{id}.md"),
+            std::path::Path::new(id),
+            &mut problems,
+        )
+        .expect("a task");
+        assert!(problems.iter().all(|p| p.warning), "{id}: {problems:?}");
+        t
+    }
+
+    /// A role named `name` with the settings `yaml`.
+    pub fn role(name: &str, yaml: &str) -> Role {
+        Role {
+            name: name.to_string(),
+            path: format!("agents/templates/{name}.md").into(),
+            settings: serde_yaml::from_str(yaml).expect("role settings"),
+            soul: String::new(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! At start: adopt the agents a crashed factory left alive, finish the
+//! ones that ended while no factory watched (their exit code is in
+//! `agents/logs/exit-codes`), and mark the rest lost (a failed attempt).
+
+use std::time::{Duration, Instant};
+
+use super::{Factory, Finished};
+use crate::error::Result;
+use crate::registry::{Agent, AgentStatus, Registry};
+use crate::spawn;
+use crate::store::Writer;
+use crate::task::Status;
+
+impl Factory {
+    /// At start: adopt live agents, finish those that ended while no
+    /// factory watched (exit file), mark the rest lost.
+    pub(super) fn recover(&mut self) -> Result<Vec<Finished>> {
+        let mut w = Writer::open(&self.root)?;
+        self.report_adopted(&w);
+        let mut reg = Registry::load(&self.root)?;
+        let mut finished = Vec::new();
+        let mut lost = Vec::new();
+        let live: Vec<Agent> = reg.live().cloned().collect();
+        let mut codes = spawn::exit_codes(&self.root.exit_codes());
+        for a in &live {
+            // Agents started by a taskq before 0.2 wrote `<id>.exit`.
+            let old = self.root.log(&a.id).with_extension("exit");
+            if let Some(code) = std::fs::read_to_string(old)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                codes.entry(a.id.clone()).or_insert(code);
+            }
+        }
+        for a in live {
+            let alive = a.pid.is_some_and(|pid| spawn::is_alive(pid, a.pid_start));
+            if alive {
+                let pid = a.pid.expect("alive implies a pid");
+                let timeout = self
+                    .role(&a.role)
+                    .map_or(Duration::from_secs(1200), |r| r.settings.timeout);
+                let ran = (w.now - a.spawned).to_std().unwrap_or_default();
+                let deadline = Instant::now() + timeout.saturating_sub(ran);
+                self.watch_agent(
+                    &a.id,
+                    None,
+                    pid,
+                    a.pid_start,
+                    (deadline, timeout),
+                    &a.role,
+                    a.parent.clone(),
+                );
+                self.progress(format!(
+                    "adopted {} (pid {pid}) still working on {}",
+                    a.id, a.task
+                ));
+            } else if let Some(&code) = codes.get(&a.id) {
+                finished.push(Finished {
+                    agent: a.id.clone(),
+                    exit_code: Some(code),
+                    timed_out: false,
+                    stopped: false,
+                    max_rss_kb: None,
+                });
+            } else if a.status == AgentStatus::Stopping {
+                finished.push(Finished {
+                    agent: a.id.clone(),
+                    exit_code: None,
+                    timed_out: false,
+                    stopped: true,
+                    max_rss_kb: None,
+                });
+            } else {
+                lost.push(a);
+            }
+        }
+        for a in lost {
+            let reason = match a.pid {
+                Some(pid) => {
+                    format!("lost: its process (pid {pid}) ended while no factory was watching")
+                }
+                None => "lost: the factory stopped before the process started".into(),
+            };
+            if let Some(i) = w.scan.position(&a.task) {
+                let t = &w.scan.tasks[i];
+                if t.status == Status::Running && t.assigned.as_deref() == Some(a.id.as_str()) {
+                    let role = self.role_or_fallback(&a.role);
+                    self.fail_attempt(&mut w, i, &role, &reason)?;
+                }
+            }
+            let e = reg.agents.get_mut(&a.id).expect("from the registry");
+            e.status = AgentStatus::Lost;
+            e.completed = Some(w.now);
+            e.reason = Some(reason);
+            self.progress(format!("{} marked lost ({})", a.id, a.task));
+        }
+        reg.save(&self.root, w.now)?;
+        Ok(finished)
+    }
+}

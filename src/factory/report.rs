@@ -1,0 +1,195 @@
+//! What the factory tells people: progress lines on stderr (and, in a
+//! terminal, the queue's counts on the last line), broken files and stuck
+//! tasks once each, hooks; and the heartbeat's housekeeping (history
+//! rotation).
+
+use std::collections::HashSet;
+
+use super::Factory;
+use crate::error::Result;
+use crate::hooks;
+use crate::registry::Registry;
+use crate::store::{self, Writer};
+use crate::task::{Folder, Status};
+
+impl Factory {
+    /// Says which id-less files the writer's repairs adopted (before
+    /// anything they start).
+    pub(super) fn report_adopted(&self, w: &Writer) {
+        for t in w.transitions.iter().filter(|t| t.from.is_none()) {
+            self.progress(format!(
+                "adopted {} as {}",
+                t.note.trim_start_matches("adopted "),
+                t.id
+            ));
+        }
+    }
+
+    /// Shows each error of the task files once, as it appears (a broken
+    /// header dropped into tasks/todo while the factory runs), at its file
+    /// and line; one fixed and broken again is shown again.
+    pub(super) fn report_problems(&mut self, scan: &store::Scan) {
+        let now: std::collections::HashSet<String> = scan
+            .problems
+            .iter()
+            .filter(|p| !p.warning)
+            .map(|p| {
+                let key = p.to_string();
+                if !self.reported.contains(&key) {
+                    self.out.warn(p);
+                }
+                key
+            })
+            .collect();
+        self.reported = now;
+    }
+
+    /// Fires a hook, keeping its thread so the factory waits for it
+    /// before it exits (`--until-idle` would otherwise cut it off).
+    pub(super) fn hook(&mut self, event: &str, payload: serde_json::Value) {
+        self.hook_threads.retain(|h| !h.is_finished());
+        if let Some(h) = hooks::fire(&self.root, event, payload, self.config.hook_timeout) {
+            self.hook_threads.push(h);
+        }
+    }
+
+    /// Waits for the hooks still running (each is time-limited).
+    pub(super) fn join_hooks(&mut self) {
+        for h in self.hook_threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    pub(super) fn progress(&self, text: impl AsRef<str>) {
+        self.clear_counts();
+        let now = chrono::Local::now().format("%H:%M:%S");
+        self.out.note(format!("{now} {}", text.as_ref()));
+    }
+
+    /// Takes the counts line off the screen (before anything else is
+    /// printed on stderr).
+    pub(super) fn clear_counts(&self) {
+        if self.counts_shown.replace(false) {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
+        }
+    }
+
+    /// In a terminal: the queue's counts on the last line of stderr, in
+    /// place (`running 3 · queued 12 · review 1 · failed 0 · done 40`).
+    pub(super) fn draw_counts(&self, scan: &store::Scan) {
+        if !self.counts_line {
+            return;
+        }
+        let (mut queued, mut review, mut failed, mut done) = (0, 0, 0, 0);
+        for t in &scan.tasks {
+            match (t.folder, t.status) {
+                (Folder::Done, Status::Done) => done += 1,
+                (Folder::Todo, Status::Ready) => queued += 1,
+                (Folder::Todo, Status::Review) => review += 1,
+                (Folder::Todo, Status::Failed) => failed += 1,
+                _ => {}
+            }
+        }
+        let line = format!(
+            "\r\x1b[Krunning {} · queued {queued} · review {review} · failed {failed} · done {done}",
+            self.running.len()
+        );
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        if stderr
+            .write_all(line.as_bytes())
+            .and_then(|()| stderr.flush())
+            .is_ok()
+        {
+            self.counts_shown.set(true);
+        }
+    }
+
+    /// Moves finished agents older than `history_after` from the registry
+    /// to agents/factory/history/.
+    pub(super) fn rotate_history(&mut self) {
+        // With no agent alive, every exit record is in the registry: the
+        // shared record file starts over (it grows ~15 bytes per agent).
+        if self.running.is_empty() {
+            let path = self.root.exit_codes();
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&path);
+            }
+        }
+        let result = (|| -> Result<()> {
+            // The lock and a git commit, not the queue: the step after the
+            // heartbeat reads that afresh anyway.
+            let mut w = Writer::with_scan(&self.root, store::Scan::default())?;
+            let mut reg = Registry::load(&self.root)?;
+            let cutoff = w.now
+                - chrono::Duration::from_std(self.config.history_after)
+                    .unwrap_or(chrono::Duration::MAX);
+            let moved = reg.rotate(&self.root, cutoff)?;
+            if moved > 0 {
+                reg.save(&self.root, w.now)?;
+                w.touch(Registry::path(&self.root));
+                w.touch(self.root.history_dir());
+                w.notes.push(crate::git::Entry {
+                    line: format!(
+                        "registry: {moved} finished agents moved to agents/factory/history/"
+                    ),
+                    trailers: Vec::new(),
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!("history rotation: {e}");
+        }
+    }
+}
+
+impl Factory {
+    /// Shows each task that can never run as things are (no role, a
+    /// dependency cycle, a missing or failed dependency) once while it
+    /// lasts, with the reason.
+    pub(super) fn report_stuck(&mut self, stuck: &[(usize, String)], w: &Writer) {
+        let mut now = HashSet::new();
+        for (i, why) in stuck {
+            let t = &w.scan.tasks[*i];
+            let key = format!("{} {why}", t.id);
+            if !self.stuck_reported.contains(&key) {
+                let shown = self.root.rel_path(t.folder, &t.rel);
+                self.progress(format!(
+                    "warning: {} can never run: {why} ({})",
+                    t.id,
+                    shown.display()
+                ));
+            }
+            now.insert(key);
+        }
+        self.stuck_reported = now;
+    }
+
+    /// How `--until-idle` ends: a line naming the tasks that can never run
+    /// as things are, and exit 1 when there are any.
+    pub(super) fn idle_exit(&mut self) -> std::process::ExitCode {
+        let Some(scan) = self.cache.as_ref() else {
+            return std::process::ExitCode::SUCCESS;
+        };
+        let queue = crate::queue::Queue::new(scan, crate::store::now());
+        let stuck = super::plan::never_runs(&queue, &self.roles, &self.config);
+        if stuck.is_empty() {
+            return std::process::ExitCode::SUCCESS;
+        }
+        let names: Vec<String> = stuck
+            .iter()
+            .map(|(i, why)| format!("{} ({why})", scan.tasks[*i].id))
+            .collect();
+        let n = stuck.len();
+        self.progress(format!(
+            "{n} task{} can never run as things are: {}",
+            if n == 1 { "" } else { "s" },
+            names.join("; ")
+        ));
+        std::process::ExitCode::from(1)
+    }
+}

@@ -1,0 +1,354 @@
+//! Which agents start now: the one scheduler.
+//!
+//! [`schedule`] is a function of a read-only [`Snapshot`] (the queue, the
+//! registry, the roles, the config, the time, the agents at work, the
+//! limits and the approval files' state) to a [`Schedule`]: what starts,
+//! with which role and model; what the gates do to the tasks they stop; and
+//! why each other ready task waits. The factory's step acts on it, and
+//! `run --dry-run` and `why` print it, so what they say is what the
+//! factory does.
+//!
+//! The order: testers for tasks in review first (finishing work beats
+//! starting more), then ready tasks in queue order (see `queue`). A task
+//! starts when the global limit, its role's limit, the memory budget and
+//! `spawn_stagger` leave room and every gate lets it through.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::gate::{gate, Gate, GateAction, GateInput};
+use crate::agent::{self, Adapter};
+use crate::queue::Queue;
+use crate::role::{self, Role};
+use crate::root::workspace_path;
+use crate::task::{Folder, Status};
+
+/// Everything the scheduler looks at.
+pub struct Snapshot<'a> {
+    /// The queue's view of the tasks (states, order).
+    pub queue: &'a Queue<'a>,
+    /// The roles.
+    pub roles: &'a [Role],
+    /// The gates' inputs (config, registry, spend, approvals, programs).
+    pub gates: GateInput<'a>,
+    /// Agents at work: `(agent id, role name)`.
+    pub running: &'a [(&'a str, &'a str)],
+    /// Agents that ended but whose end is not recorded yet.
+    pub ending: &'a [&'a str],
+    /// Memory the running agents use now, in KiB (with a memory budget).
+    pub memory_used_kb: u64,
+    /// Time since the last agent started (`None`: none yet).
+    pub since_last_spawn: Option<Duration>,
+}
+
+/// One agent to start.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The task (index into the scan).
+    pub task: usize,
+    /// The role.
+    pub role: Role,
+    /// The model of this attempt.
+    pub model: Option<String>,
+    /// A fixed workspace (a tester works in its builder's).
+    pub workspace: Option<PathBuf>,
+    /// The builder agent whose work this agent reviews.
+    pub review_of: Option<String>,
+}
+
+/// Why a ready task (or a task in review) does not start now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wait {
+    /// The factory runs `max_concurrent` agents.
+    Full {
+        /// Its limit.
+        max: usize,
+    },
+    /// Its role runs its `max_concurrent` agents.
+    RoleFull {
+        /// The role (index into the roles).
+        role: usize,
+        /// Its limit.
+        max: usize,
+    },
+    /// The memory budget has no room for another agent of its role.
+    Memory {
+        /// `max_agent_memory_mb`.
+        budget_mb: u64,
+    },
+    /// `spawn_stagger` holds it back.
+    Stagger,
+    /// No role takes it (an unknown `role:`, or tags no role takes).
+    NoRole,
+    /// A gate holds it (a person's approval, the cost forecast).
+    Gate(String),
+    /// The daily cost cap pauses every start.
+    Paused(String),
+    /// Its tester is at work (or its end is not recorded yet).
+    TesterAtWork,
+    /// In review, but its review role has no template.
+    NoReviewRole(String),
+}
+
+impl Wait {
+    /// True when the task waits only for room (a slot, memory, time).
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            Wait::Full { .. } | Wait::RoleFull { .. } | Wait::Memory { .. } | Wait::Stagger
+        )
+    }
+
+    /// The reason in words.
+    pub fn describe(&self, roles: &[Role], task: &crate::task::Task) -> String {
+        match self {
+            Wait::Full { max } => format!("factory full ({max}/{max} agents)"),
+            Wait::RoleFull { role, max } => {
+                format!("role {} full ({max}/{max})", roles[*role].name)
+            }
+            Wait::Memory { budget_mb } => {
+                format!("no room in the memory budget (max_agent_memory_mb {budget_mb})")
+            }
+            Wait::Stagger => "spawn_stagger: starts after the agent before it".into(),
+            Wait::NoRole => no_role(task),
+            Wait::Gate(why) | Wait::Paused(why) => why.clone(),
+            Wait::TesterAtWork => "in review: its tester is at work".into(),
+            Wait::NoReviewRole(name) => {
+                format!("in review, but no role `{name}` (agents/templates/{name}.md)")
+            }
+        }
+    }
+}
+
+/// Why no role takes a task, in words.
+pub fn no_role(t: &crate::task::Task) -> String {
+    match &t.role {
+        Some(name) => format!("no role `{name}` (agents/templates/{name}.md)"),
+        None => format!(
+            "no role: tags [{}] match no template and the config has no default_role",
+            t.tags.join(", ")
+        ),
+    }
+}
+
+/// What to do now.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    /// Agents to start, in this order.
+    pub starts: Vec<Start>,
+    /// What the gates do to tasks they stopped (task index, action).
+    pub actions: Vec<(usize, GateAction)>,
+    /// Why each other candidate waits (task index, reason), in the order
+    /// looked at.
+    pub waits: Vec<(usize, Wait)>,
+    /// Tasks that could start but for room (the factory is not idle).
+    pub startable: usize,
+    /// Why every start is paused (the daily cost cap), if it is.
+    pub paused: Option<String>,
+    /// `spawn_stagger` held a start back (wake up for it).
+    pub staggered: bool,
+}
+
+/// The expected peak memory of an agent of `role`, in KiB: its role's
+/// median past peak; before any run is measured, 300 MB for a model CLI
+/// (measured: 150 MB to 1 GB) and 10 MB for a shell command.
+fn expected_kb(s: &Snapshot<'_>, role: &Role) -> u64 {
+    s.gates
+        .registry
+        .median_rss_kb(&role.name)
+        .unwrap_or(match role.settings.agent {
+            Adapter::Shell | Adapter::Command => 10 * 1024,
+            Adapter::Claude | Adapter::Codex | Adapter::Gemini | Adapter::Openclaw => 300 * 1024,
+        })
+}
+
+/// Decides what starts now (see the module documentation).
+pub fn schedule(s: &Snapshot<'_>) -> Schedule {
+    let config = s.gates.config;
+    let scan = s.queue.scan;
+    let mut out = Schedule::default();
+    let mut per_role = vec![0usize; s.roles.len()];
+    for (_, r) in s.running {
+        if let Some(k) = s.roles.iter().position(|x| x.name == *r) {
+            per_role[k] += 1;
+        }
+    }
+    let budget_kb = config.max_agent_memory_mb.map(|mb| mb * 1024);
+    let mut used_kb = s.memory_used_kb;
+    let stagger = config.spawn_stagger;
+    let held_by_stagger = |starts: usize| {
+        !stagger.is_zero() && (starts > 0 || s.since_last_spawn.is_some_and(|d| d < stagger))
+    };
+    // Room for one more agent of role k: the global and role limits, then
+    // the memory budget (with nothing running, one agent always may start).
+    let room = |starts: usize, per_role: &[usize], used_kb: u64, k: usize| -> Result<u64, Wait> {
+        let role = &s.roles[k];
+        if s.running.len() + starts >= config.max_concurrent {
+            return Err(Wait::Full {
+                max: config.max_concurrent,
+            });
+        }
+        if per_role[k] >= role.settings.max_concurrent {
+            return Err(Wait::RoleFull {
+                role: k,
+                max: role.settings.max_concurrent,
+            });
+        }
+        let need = match budget_kb {
+            Some(budget) => {
+                let need = expected_kb(s, role);
+                if used_kb > 0 && used_kb + need > budget {
+                    return Err(Wait::Memory {
+                        budget_mb: budget / 1024,
+                    });
+                }
+                need
+            }
+            None => 0,
+        };
+        Ok(need)
+    };
+    // Reviews first.
+    for (i, t) in scan.tasks.iter().enumerate() {
+        if t.folder != Folder::Todo || t.status != Status::Review || t.broken {
+            continue;
+        }
+        let e = t.extra();
+        let (Some(review_role), Some(builder)) = (e.review_role.as_deref(), e.builder.as_deref())
+        else {
+            continue;
+        };
+        let assigned = t.assigned.as_deref().unwrap_or("");
+        if s.running.iter().any(|(a, _)| *a == assigned) || s.ending.contains(&assigned) {
+            out.waits.push((i, Wait::TesterAtWork));
+            continue;
+        }
+        let Some(k) = s.roles.iter().position(|r| r.name == review_role) else {
+            out.waits
+                .push((i, Wait::NoReviewRole(review_role.to_string())));
+            continue;
+        };
+        let role = &s.roles[k];
+        let need = match room(out.starts.len(), &per_role, used_kb, k) {
+            Ok(need) if !held_by_stagger(out.starts.len()) => need,
+            Ok(_) => {
+                out.startable += 1;
+                out.staggered = true;
+                out.waits.push((i, Wait::Stagger));
+                continue;
+            }
+            Err(wait) => {
+                out.startable += 1;
+                out.waits.push((i, wait));
+                continue;
+            }
+        };
+        let model = agent::model_for_attempt(role, None, 1);
+        match gate(&s.gates, t, role, model.as_deref()) {
+            Gate::Go => {}
+            Gate::Wait(why) => {
+                out.waits.push((i, Wait::Gate(why)));
+                continue;
+            }
+            Gate::Pause(why) => {
+                out.waits.push((i, Wait::Paused(why.clone())));
+                out.paused = Some(why);
+                continue;
+            }
+            Gate::Act(action) => {
+                out.actions.push((i, action));
+                continue;
+            }
+        }
+        per_role[k] += 1;
+        used_kb += need;
+        let workspace = s
+            .gates
+            .registry
+            .agents
+            .get(builder)
+            .and_then(|a| a.workspace.clone())
+            .map_or_else(|| workspace_path(builder), PathBuf::from);
+        out.starts.push(Start {
+            task: i,
+            role: role.clone(),
+            model,
+            workspace: Some(workspace),
+            review_of: Some(builder.to_string()),
+        });
+    }
+    // Then ready tasks, in queue order.
+    let ready = s.queue.ready(|_| true);
+    let mut rest = ready.iter();
+    for r in rest.by_ref() {
+        let i = r.index;
+        let t = &scan.tasks[i];
+        let Some(role) = role::route(t, s.roles, config) else {
+            out.waits.push((i, Wait::NoRole));
+            continue;
+        };
+        let k = s
+            .roles
+            .iter()
+            .position(|x| std::ptr::eq(x, role))
+            .expect("route returns one of the roles");
+        let need = match room(out.starts.len(), &per_role, used_kb, k) {
+            Ok(need) => need,
+            Err(wait) => {
+                out.startable += 1;
+                out.waits.push((i, wait));
+                continue;
+            }
+        };
+        let model = agent::model_for_attempt(role, t.extra().model.as_deref(), t.attempts + 1);
+        match gate(&s.gates, t, role, model.as_deref()) {
+            Gate::Go => {}
+            Gate::Wait(why) => {
+                out.waits.push((i, Wait::Gate(why)));
+                continue;
+            }
+            Gate::Act(action) => {
+                out.actions.push((i, action));
+                continue;
+            }
+            Gate::Pause(why) => {
+                // Nothing else starts: the rest wait for the same reason.
+                out.waits.push((i, Wait::Paused(why.clone())));
+                out.paused = Some(why);
+                break;
+            }
+        }
+        if held_by_stagger(out.starts.len()) {
+            out.startable += 1;
+            out.staggered = true;
+            out.waits.push((i, Wait::Stagger));
+            break;
+        }
+        per_role[k] += 1;
+        used_kb += need;
+        out.starts.push(Start {
+            task: i,
+            role: role.clone(),
+            model,
+            workspace: None,
+            review_of: None,
+        });
+    }
+    // After a pause or a staggered start, the rest were not looked at.
+    let after = match (&out.paused, out.staggered) {
+        (Some(why), _) => Some(Wait::Paused(why.clone())),
+        (None, true) => Some(Wait::Stagger),
+        _ => None,
+    };
+    if let Some(wait) = after {
+        for r in rest {
+            out.waits.push((r.index, wait.clone()));
+        }
+    }
+    out
+}
+
+/// A path shown relative to the root when it is inside it.
+pub fn shown(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}

@@ -1,0 +1,420 @@
+//! One step under the queue lock: read the queue and the registry (from
+//! memory while no one else changed them), record the agents that ended,
+//! ask the scheduler what starts, apply what the gates decided, launch,
+//! and write it all in batches; then commit to git.
+//!
+//! Agents that ended free their slots at once: their successors start
+//! first, then the ends are recorded while those start (a step is longer
+//! than a short job; this keeps the cores busy). Under a daily cost cap the
+//! ends are recorded first, so what they cost counts before anything new
+//! starts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::gate::{GateAction, GateInput};
+use super::schedule::{self, Schedule, Snapshot};
+use super::{file_stamp, Factory, Finished, Live, GIT_BATCH};
+use crate::approval::{self, Decision};
+use crate::error::Result;
+use crate::frontmatter::Change;
+use crate::fsutil;
+use crate::queue::Queue;
+use crate::registry::Registry;
+use crate::role::{self, Role};
+use crate::root::Root;
+use crate::spawn;
+use crate::store::{self, Writer};
+use crate::task::{Folder, Status};
+use crate::watch;
+
+impl Factory {
+    /// One scheduling step under the queue lock: record finished agents,
+    /// then spawn what the limits allow.
+    pub(super) fn step(&mut self, finished: Vec<Finished>) -> Result<()> {
+        // The queue: as the last step left it while no one else changed a
+        // file, else read afresh (with the repairs a writer makes).
+        let fresh = self.cache.is_none();
+        let patched = std::mem::take(&mut self.patched);
+        let mut w = match self.cache.take() {
+            Some(scan) => Writer::with_scan(&self.root, scan)?,
+            None => Writer::open(&self.root)?,
+        };
+        // Files read again: the repairs a full read makes (adoption of
+        // id-less files above all).
+        if patched {
+            w.repair()?;
+        }
+        self.clear_counts();
+        if fresh || patched {
+            self.report_problems(&w.scan);
+            self.recheck_stuck = true;
+        }
+        // The registry: as this factory last wrote it, unless someone
+        // (`taskq stop`) changed the file since.
+        let path = Registry::path(&self.root);
+        let mut reg = match self.reg_cache.take() {
+            Some((reg, stamp)) if stamp == file_stamp(&path) => reg,
+            _ => Registry::load(&self.root)?,
+        };
+        // The step's writes are staged and written together (see fsutil):
+        // before any agent starts, and at the end, under the lock.
+        fsutil::stage();
+        let mut result = self.step_with(&mut w, &mut reg, finished, fresh);
+        let committed = fsutil::commit();
+        if result.is_ok() {
+            result = committed;
+        }
+        // The renames of this step become durable together, under the lock.
+        fsutil::flush_dir_syncs();
+        // Remember what this step wrote, so its echo is not a "change".
+        if fresh {
+            self.own.clear();
+        }
+        let wrote = w.changed.iter().any(|p| watch::is_watched(&self.root, p));
+        if fresh || (patched && !wrote) {
+            // The files as this factory now knows them (read in full, or
+            // brought up to date from the events' paths): what the next
+            // heartbeat compares with (after the step, so it delays no
+            // agent).
+            self.fingerprint = Some(watch::fingerprint(&self.root, !self.config.watch));
+        } else if wrote {
+            // It wrote task files itself: agents starting and ending will
+            // change them again before the heartbeat, so a walk now would be
+            // out of date by then. The next heartbeat reads the queue once
+            // instead.
+            self.fingerprint = None;
+        }
+        for p in &w.changed {
+            let stamp = fsutil::written_stamp(p).unwrap_or_else(|| file_stamp(p));
+            self.own.insert(p.clone(), stamp);
+        }
+        // Git: a commit per step, unless steps come faster than that is
+        // worth (a commit is two git processes, 20-40 ms): then the step's
+        // transitions wait in git's pending file and go in the next commit,
+        // at most GIT_BATCH later (a crash loses nothing; see git::defer).
+        if w.in_git() {
+            let recent = self.last_commit.is_some_and(|t| t.elapsed() < GIT_BATCH);
+            if recent && !self.shutting_down && !w.changed.is_empty() {
+                w.git_mode = store::GitMode::Defer;
+                self.git_deferred = true;
+            } else if !w.changed.is_empty() || self.git_deferred {
+                if self.git_deferred {
+                    w.git_mode = store::GitMode::Flush;
+                }
+                self.last_commit = Some(Instant::now());
+                self.git_deferred = false;
+            }
+            if self.git_deferred {
+                let at = self
+                    .last_commit
+                    .map_or_else(Instant::now, |t| t + GIT_BATCH);
+                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+            }
+        }
+        // After an error, read both afresh: what is in memory may not have
+        // reached the files.
+        if result.is_ok() {
+            self.draw_counts(&w.scan);
+            self.reg_cache = Some((reg, file_stamp(&path)));
+            self.cache = Some(std::mem::take(&mut w.scan));
+        } else {
+            fsutil::forget_writes();
+        }
+        result
+    }
+
+    pub(super) fn step_with(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        finished: Vec<Finished>,
+        fresh: bool,
+    ) -> Result<()> {
+        // Agents that ended free their slots at once: their successors
+        // start first, then the ends are recorded while those run (a step
+        // is longer than a short job; this keeps the cores busy).
+        let mut ended: Vec<(Finished, Option<Live>)> = finished
+            .into_iter()
+            .map(|f| {
+                let live = self.running.remove(&f.agent);
+                (f, live)
+            })
+            .collect();
+        if fresh || std::mem::take(&mut self.roles_stale) {
+            self.reload_roles();
+        }
+        self.report_adopted(w);
+        let strays = approval::stray(&self.root, |task| {
+            w.scan.get(task).map(|t| {
+                (t.folder == Folder::Done || t.status.is_closed()).then(|| {
+                    t.extra()
+                        .completed
+                        .unwrap_or(w.now - chrono::Duration::days(36500))
+                })
+            })
+        });
+        for (path, why) in strays {
+            if self.warned.insert(path.clone()) {
+                let shown = path
+                    .strip_prefix(&self.root.dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                self.progress(format!("warning: {shown} {why}"));
+            }
+        }
+        let any_ended = !ended.is_empty();
+        let mut dirty = any_ended;
+        // Under a daily cost cap, what the ended agents cost counts before
+        // anything new starts: then the ends are recorded first.
+        let early = !self.shutting_down && self.config.daily_cost_cap_usd.is_none();
+        if early {
+            // Records the ends while the new agents start.
+            dirty |= self.spawn_ready(w, reg, &mut ended)?;
+        }
+        for (f, live) in ended {
+            self.finish(w, reg, f, live)?;
+        }
+        // What the ends made runnable (retries, reviews, dependents).
+        if !self.shutting_down && (any_ended || !early) {
+            dirty |= self.spawn_ready(w, reg, &mut Vec::new())?;
+        }
+        if dirty {
+            reg.max_concurrent = self.config.max_concurrent;
+            reg.save(&self.root, w.now)?;
+            // Registry changes go in the same commit as their task changes.
+            w.touch(Registry::path(&self.root));
+        }
+        self.schedule_wake(w);
+        Ok(())
+    }
+
+    pub(super) fn reload_roles(&mut self) {
+        let (roles, problems) = role::load_all(&self.root);
+        if problems.is_empty() {
+            self.roles = roles;
+        } else {
+            for p in problems {
+                tracing::warn!("{p} (keeping the roles loaded before)");
+            }
+        }
+    }
+
+    /// The next retry backoff to wake up for, if any.
+    pub(super) fn schedule_wake(&mut self, w: &Writer) {
+        let now = w.now;
+        self.wake_at = w
+            .scan
+            .tasks
+            .iter()
+            .filter(|t| t.status == Status::Ready && t.assigned.is_none())
+            .filter_map(|t| t.extra().retry_after)
+            .filter(|r| *r > now)
+            .min()
+            .map(|r| {
+                let wait = (r - now).to_std().unwrap_or_default();
+                Instant::now() + wait + Duration::from_millis(5)
+            });
+        if let Some(s) = self.stagger_wake.take() {
+            self.wake_at = Some(self.wake_at.map_or(s, |w| w.min(s)));
+        }
+    }
+
+    /// Asks the scheduler what starts now, applies the gates' actions,
+    /// and launches the agents; records the `ended` agents (draining it)
+    /// while those start. Returns true when the registry changed.
+    pub(super) fn spawn_ready(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        ended: &mut Vec<(Finished, Option<Live>)>,
+    ) -> Result<bool> {
+        let plan = self.schedule(w, reg, ended);
+        self.startable = plan.startable;
+        if plan.staggered {
+            self.stagger_wake = Some(Instant::now() + self.config.spawn_stagger);
+        }
+        match (&plan.paused, &self.paused) {
+            (Some(why), None) => {
+                self.progress(format!("paused: {why}"));
+                let spent = reg.spent_today(w.now);
+                self.hook("on-cost-cap",
+                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd}));
+            }
+            (None, Some(_)) => self.progress("resumed: under the daily cost cap"),
+            _ => {}
+        }
+        self.paused = plan.paused;
+        for (i, action) in plan.actions {
+            let task = w.scan.tasks[i].id.to_string();
+            self.apply_gate_action(w, &task, action)?;
+        }
+        if plan.starts.is_empty() {
+            return Ok(false);
+        }
+        self.launch(w, reg, plan.starts, ended)?;
+        Ok(true)
+    }
+
+    /// The schedule for this step (see [`schedule`]).
+    pub(super) fn schedule(
+        &mut self,
+        w: &Writer,
+        reg: &Registry,
+        ended: &[(Finished, Option<Live>)],
+    ) -> Schedule {
+        // Only the cost cap reads it, and it sums the whole registry.
+        let spent_today = match self.config.daily_cost_cap_usd {
+            Some(_) => reg.spent_today(w.now),
+            None => 0.0,
+        };
+        // The memory budget: what running agents use now.
+        let memory_used_kb = match self.config.max_agent_memory_mb {
+            Some(_) => self
+                .running
+                .values()
+                .filter_map(|l| spawn::tree_rss_kb(l.pid))
+                .sum(),
+            None => 0,
+        };
+        let running: Vec<(&str, &str)> = self
+            .running
+            .iter()
+            .map(|(id, l)| (id.as_str(), l.role.as_str()))
+            .collect();
+        let ending: Vec<&str> = ended.iter().map(|(f, _)| f.agent.as_str()).collect();
+        let root = &self.root;
+        let decision = |name: &str| approval::decision(root, name);
+        let found = &self.found;
+        let missing = |r: &Role| super::launch::missing_program(r, &self.config, found);
+        let queue = Queue::new(&w.scan, w.now);
+        let snapshot = Snapshot {
+            queue: &queue,
+            roles: &self.roles,
+            gates: GateInput {
+                root,
+                config: &self.config,
+                registry: reg,
+                spent_today,
+                decision: &decision,
+                missing_program: &missing,
+            },
+            running: &running,
+            ending: &ending,
+            memory_used_kb,
+            since_last_spawn: self.last_spawn.map(|t| t.elapsed()),
+        };
+        let plan = schedule::schedule(&snapshot);
+        // After someone else changed the queue: the tasks that can never
+        // run, said once each (a graph walk: not on every step).
+        if std::mem::take(&mut self.recheck_stuck) {
+            let stuck = super::plan::never_runs(&queue, &self.roles, &self.config);
+            self.report_stuck(&stuck, w);
+        }
+        plan
+    }
+
+    /// Applies what a gate decided for a task it did not let run.
+    pub(super) fn apply_gate_action(
+        &mut self,
+        w: &mut Writer,
+        task: &str,
+        action: GateAction,
+    ) -> Result<()> {
+        let Some(i) = w.scan.position(task) else {
+            return Ok(());
+        };
+        match action {
+            GateAction::Fail(reason) => {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "failed"),
+                        Change::set("reason", &reason),
+                    ],
+                    Status::Failed,
+                    &reason,
+                )?;
+                self.stats.failed += 1;
+                self.progress(format!("refused {task}: {reason}"));
+                self.hook(
+                    "on-fail",
+                    json!({"task": task, "status": "failed", "reason": reason}),
+                );
+            }
+            GateAction::Cancel(reason) => {
+                touch_gate(w, &self.root, task);
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "cancelled"),
+                        Change::set("reason", &reason),
+                    ],
+                    Status::Cancelled,
+                    &reason,
+                )?;
+                self.progress(format!("cancelled {task}: {reason}"));
+            }
+            GateAction::RequestApproval { role, model } => {
+                let t = &w.scan.tasks[i];
+                let title = store::display_title(&self.root, t);
+                let file = fsutil::read(&self.root.task_path(t)).unwrap_or_default();
+                let (_, body) = super::prompt::body_and_command(&file);
+                let the_role = self.role_or_fallback(&role);
+                let workspace = super::launch::workspace_description(&self.root, &the_role, task);
+                let deps = super::launch::dependency_results(&self.root, w, i);
+                let prompt = super::prompt::task_prompt(task, &title, &body, &deps, &workspace);
+                // Shell commands have no model to name.
+                let model = model.filter(|_| the_role.settings.agent.is_model_cli());
+                let path = approval::request_task(
+                    &self.root,
+                    t,
+                    &title,
+                    &role,
+                    model.as_deref(),
+                    &prompt,
+                    w.now,
+                )?;
+                w.touch(path.clone());
+                w.notes.push(crate::git::Entry {
+                    line: format!(
+                        "{task} needs approval ({})",
+                        path.strip_prefix(&self.root.dir).unwrap_or(&path).display()
+                    ),
+                    trailers: vec![("Task".into(), task.to_string())],
+                });
+                let shown = path
+                    .strip_prefix(&self.root.dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                self.progress(format!("{task} waits for approval: {shown}"));
+                self.hook("on-approval-pending",
+                    json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Puts a task's approval files (a person may have moved them by hand)
+/// into the writer's commit.
+pub(super) fn touch_gate(w: &mut Writer, root: &Root, task: &str) {
+    if matches!(approval::decision(root, task), Decision::Missing) {
+        return;
+    }
+    for state in ["pending", "approved", "rejected"] {
+        w.touch(root.approvals(state).join(format!("{task}.md")));
+    }
+}
+
+/// Names the agent (and cost) of the writer's last transition, for the
+/// commit's trailers.
+pub(super) fn tag_last(w: &mut Writer, agent: &str, cost: Option<f64>) {
+    if let Some(t) = w.transitions.last_mut() {
+        t.agent = Some(agent.to_string());
+        t.cost = cost;
+    }
+}

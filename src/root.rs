@@ -1,0 +1,149 @@
+//! A taskq root and every path in it.
+//!
+//! The one place that knows where things live: commands, the store and the
+//! factory ask [`Root`] for a path instead of joining names themselves, so
+//! moving a file is a change here. Paths that are also written into task
+//! files or the registry (logs, results) exist in a relative form too.
+
+use std::path::{Path, PathBuf};
+
+use crate::task::{Folder, Task};
+
+/// The directories and files of one taskq root.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The root directory.
+    pub dir: PathBuf,
+}
+
+impl Root {
+    /// A root at `dir` (not checked).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Root { dir: dir.into() }
+    }
+
+    /// `tasks/todo` or `tasks/done`.
+    pub fn folder(&self, folder: Folder) -> PathBuf {
+        self.dir.join("tasks").join(folder.dir_name())
+    }
+
+    /// The absolute path of a task file.
+    pub fn task_path(&self, task: &Task) -> PathBuf {
+        self.folder(task.folder).join(&*task.rel)
+    }
+
+    /// `tasks/<folder>/<rel>` relative to the root, for messages.
+    pub fn rel_path(&self, folder: Folder, rel: &str) -> PathBuf {
+        Path::new("tasks").join(folder.dir_name()).join(rel)
+    }
+
+    /// `agents/factory`.
+    pub fn factory_dir(&self) -> PathBuf {
+        self.dir.join("agents").join("factory")
+    }
+
+    /// The queue lock every writing command takes.
+    pub fn queue_lock(&self) -> PathBuf {
+        self.factory_dir().join("queue.lock")
+    }
+
+    /// The daemon lock: one factory per root (it holds the factory's pid).
+    pub fn run_lock(&self) -> PathBuf {
+        self.factory_dir().join("run.lock")
+    }
+
+    /// The high-water mark of task ids (ids are never reused).
+    pub fn last_id_file(&self) -> PathBuf {
+        self.factory_dir().join("last-task-id")
+    }
+
+    /// `agents/factory/config.yaml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.factory_dir().join("config.yaml")
+    }
+
+    /// `agents/factory/registry.json`.
+    pub fn registry_file(&self) -> PathBuf {
+        self.factory_dir().join("registry.json")
+    }
+
+    /// `agents/factory/history`: finished agents moved out of the registry.
+    pub fn history_dir(&self) -> PathBuf {
+        self.factory_dir().join("history")
+    }
+
+    /// `agents/factory/.spare`: the factory's spare files (see fsutil).
+    pub fn spare_dir(&self) -> PathBuf {
+        self.factory_dir().join(".spare")
+    }
+
+    /// `agents/templates`: one role per file.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.dir.join("agents").join("templates")
+    }
+
+    /// `agents/hooks/<event>`.
+    pub fn hook(&self, event: &str) -> PathBuf {
+        self.dir.join("agents").join("hooks").join(event)
+    }
+
+    /// `approvals/<state>`.
+    pub fn approvals(&self, state: &str) -> PathBuf {
+        self.dir.join("approvals").join(state)
+    }
+
+    /// Where agents' wrappers append `<agent-id> <exit code>` (see spawn).
+    pub fn exit_codes(&self) -> PathBuf {
+        self.dir.join(EXIT_CODES)
+    }
+
+    /// An agent's log (absolute).
+    pub fn log(&self, agent: &str) -> PathBuf {
+        self.dir.join(log_path(agent))
+    }
+
+    /// An agent's prompt file (absolute).
+    pub fn prompt(&self, agent: &str) -> PathBuf {
+        self.dir.join(prompt_path(agent))
+    }
+
+    /// A task's result file (absolute).
+    pub fn result(&self, task: &str) -> PathBuf {
+        self.dir.join(result_path(task))
+    }
+
+    /// `agents/workspaces/<name>` (absolute).
+    pub fn workspace(&self, name: &str) -> PathBuf {
+        self.dir.join(workspace_path(name))
+    }
+}
+
+/// `agents/logs/exit-codes`, relative to the root.
+pub const EXIT_CODES: &str = "agents/logs/exit-codes";
+
+/// `agents/logs/<id>.log`, relative to the root (as the registry records it).
+pub fn log_path(agent: &str) -> PathBuf {
+    Path::new("agents")
+        .join("logs")
+        .join(format!("{agent}.log"))
+}
+
+/// `agents/logs/<id>.prompt.md`, relative to the root.
+pub fn prompt_path(agent: &str) -> PathBuf {
+    Path::new("agents")
+        .join("logs")
+        .join(format!("{agent}.prompt.md"))
+}
+
+/// `agents/results/<task>.md`, relative to the root: the full final
+/// message of the run that finished the task.
+pub fn result_path(task: &str) -> PathBuf {
+    Path::new("agents")
+        .join("results")
+        .join(format!("{task}.md"))
+}
+
+/// `agents/workspaces/<name>`, relative to the root.
+pub fn workspace_path(name: &str) -> PathBuf {
+    Path::new("agents").join("workspaces").join(name)
+}
