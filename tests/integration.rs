@@ -13,3 +13,4 @@ mod gates;
 mod git;
 mod openclaw;
 mod properties;
+mod schedule;
