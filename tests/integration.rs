@@ -9,6 +9,7 @@ mod cli;
 mod e2e;
 mod edits;
 mod factory;
+mod firsthour;
 mod gates;
 mod git;
 mod openclaw;

@@ -97,23 +97,36 @@ fn build(root: &TestRoot, specs: &[Spec], l: &Limits) {
     let config = root.read("agents/factory/config.yaml");
     root.write(
         "agents/factory/config.yaml",
-        config.replace("max_concurrent: 3\n", "").replace("heartbeat: 2s\n", "") + &extra,
+        config
+            .replace("max_concurrent: 3\n", "")
+            .replace("heartbeat: 2s\n", "")
+            + &extra,
     );
     root.role(
         "alpha",
-        &format!("prefix: ALP\nmodel: m-a\ntags: [a]\nmax_concurrent: {}", l.role_a),
+        &format!(
+            "prefix: ALP\nmodel: m-a\ntags: [a]\nmax_concurrent: {}",
+            l.role_a
+        ),
     );
     root.role(
         "beta",
         &format!(
             "prefix: BET\nmodel: m-b\nfallback_models: [m-b2]\ntags: [b]\nmax_concurrent: {}{}",
             l.role_b,
-            if l.b_approval { "\napproval: required" } else { "" }
+            if l.b_approval {
+                "\napproval: required"
+            } else {
+                ""
+            }
         ),
     );
     root.role(
         "tester",
-        &format!("prefix: TST\nmodel: m-t\ntags: [t]\nmax_concurrent: {}", l.tester),
+        &format!(
+            "prefix: TST\nmodel: m-t\ntags: [t]\nmax_concurrent: {}",
+            l.tester
+        ),
     );
     for (k, s) in specs.iter().enumerate() {
         let id = format!("TASK-{:03}", k + 1);
@@ -147,7 +160,10 @@ fn build(root: &TestRoot, specs: &[Spec], l: &Limits) {
                 );
             }
         }
-        root.write(&format!("tasks/todo/{id}.md"), format!("---\n{header}---\nx\n"));
+        root.write(
+            &format!("tasks/todo/{id}.md"),
+            format!("---\n{header}---\nx\n"),
+        );
     }
     root.write("agents/factory/last-task-id", format!("{}\n", specs.len()));
 }
@@ -180,7 +196,10 @@ fn check(specs: Vec<Spec>, l: Limits) -> Result<(), TestCaseError> {
         let id = item["task"].as_str().unwrap();
         let why = root.taskq(&["why", id]).ok().stdout;
         if item["action"] == "spawn" && item["review_of"].is_null() {
-            let expect = format!("the factory runs it next as {}", item["role"].as_str().unwrap());
+            let expect = format!(
+                "the factory runs it next as {}",
+                item["role"].as_str().unwrap()
+            );
             prop_assert!(why.contains(&expect), "{id}: {why} / {item}");
         } else if why.contains("ready, but ") {
             let reason = item["why"].as_str().unwrap_or("");

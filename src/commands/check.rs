@@ -40,6 +40,65 @@ struct CheckJson {
     problems: Vec<ProblemJson>,
 }
 
+/// Tasks whose `role:` names no template: they can never run.
+fn routing_problems(
+    ctx: &Ctx,
+    scan: &store::Scan,
+    roles: &[role::Role],
+    broken: &[String],
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for t in &scan.tasks {
+        let Some(name) = t.role.as_deref() else {
+            continue;
+        };
+        if t.folder == crate::task::Folder::Done
+            || t.status.is_closed()
+            || roles.iter().any(|r| r.name == name)
+            || broken.iter().any(|b| b == name)
+        {
+            continue;
+        }
+        let line = crate::fsutil::read(&ctx.root.task_path(t))
+            .ok()
+            .and_then(|bytes| crate::frontmatter::value_line(&bytes, "role", name))
+            .unwrap_or(1);
+        out.push(
+            Problem::at(
+                ctx.root.rel_path(t.folder, &t.rel),
+                line,
+                format!("`{}` has role `{name}`, which has no template (agents/templates/{name}.md)", t.id),
+            )
+            .hint(format!(
+                "the factory can never run it: write agents/templates/{name}.md, or name one of: {}",
+                roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+    out
+}
+
+/// Roles whose agent CLI is not on the PATH (a warning: the factory may
+/// run on another machine; there, such a task fails at once).
+fn program_problems(roles: &[role::Role], config: &Config) -> Vec<Problem> {
+    let found = std::collections::HashSet::new();
+    roles
+        .iter()
+        .filter_map(|r| {
+            let why = crate::factory::missing_program(r, config, &found)?;
+            let shown = std::path::PathBuf::from(format!("agents/templates/{}.md", r.name));
+            let line = std::fs::read_to_string(&r.path)
+                .ok()
+                .and_then(|text| crate::frontmatter::key_line(&text, "agent"));
+            let p = match line {
+                Some(l) => Problem::at(shown, l, why),
+                None => Problem::new(shown, why),
+            };
+            Some(p.warning())
+        })
+        .collect()
+}
+
 /// Runs `taskq check`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = store::scan(&ctx.root);
@@ -47,10 +106,23 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let graph = Graph::build(&scan);
     problems.extend(crate::graph::problems(&ctx.root, &scan, &graph));
     // Roles and the config are part of the root too.
-    let (_, role_problems) = role::load_all(&ctx.root);
+    let (roles, role_problems) = role::load_all(&ctx.root);
+    let bad_roles: Vec<String> = role_problems
+        .iter()
+        .filter_map(|p| p.path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
     problems.extend(role_problems);
-    if let Err(Error::Invalid { problem }) = Config::load(&ctx.root) {
-        problems.push(problem);
+    let config = match Config::load(&ctx.root) {
+        Ok(c) => Some(c),
+        Err(Error::Invalid { problem }) => {
+            problems.push(problem);
+            None
+        }
+        Err(_) => None,
+    };
+    problems.extend(routing_problems(ctx, &scan, &roles, &bad_roles));
+    if let Some(config) = &config {
+        problems.extend(program_problems(&roles, config));
     }
     problems.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
     let _ = Layout::FIRST_LINE;

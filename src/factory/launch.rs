@@ -603,7 +603,7 @@ pub(super) fn workspace_description(root: &Root, role: &Role, task: &str) -> Str
 /// Why the program a role's agents need cannot be started, if it cannot:
 /// a model CLI not on the PATH the agent gets. Programs found before are
 /// in `found` (looked up once).
-pub(super) fn missing_program(
+pub fn missing_program(
     role: &Role,
     config: &Config,
     found: &std::collections::HashSet<(String, Option<String>)>,

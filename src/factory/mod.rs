@@ -34,7 +34,7 @@
 
 mod event_loop;
 pub mod gate;
-mod launch;
+pub mod launch;
 pub mod outcome;
 pub mod plan;
 pub mod prompt;
@@ -66,6 +66,7 @@ use crate::store;
 use crate::watch;
 
 pub use gate::{Gate, GateAction};
+pub use launch::missing_program;
 pub use plan::{plan, PlanItem};
 
 /// How `taskq run` was asked to behave.
