@@ -6,6 +6,7 @@ mod util;
 mod bad_input;
 mod claim;
 mod cli;
+mod docs;
 mod e2e;
 mod edits;
 mod factory;
