@@ -28,7 +28,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "TASKQ_ROOT")]
     pub root: Option<PathBuf>,
 
-    /// Print machine-readable JSON on stdout (schemas in the README).
+    /// Print machine-readable JSON on stdout (schemas in docs/reference/json.md).
     #[arg(long, global = true)]
     pub json: bool,
 

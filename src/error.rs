@@ -2,7 +2,7 @@
 //!
 //! Every error that leaves the library says *where* (a path, and a line where
 //! there is one) and *what*. `Error::exit_code` is the single place that maps
-//! an error to the process exit status documented in the README:
+//! an error to the process exit status documented in docs/reference/exit-codes.md:
 //!
 //! | code | meaning                                                       |
 //! |------|---------------------------------------------------------------|

@@ -178,7 +178,7 @@ pub fn warn_problems(ctx: &Ctx, scan: &Scan) {
     }
 }
 
-/// The JSON shape of a task (documented in the README; stable).
+/// The JSON shape of a task (documented in docs/reference/json.md; stable).
 #[derive(Debug, Serialize)]
 pub struct TaskJson {
     /// The id (or the file stem, for a file without one).
