@@ -17,6 +17,7 @@
 //! | [`gate`] | whitelist, program, approval, cost cap, forecast | yes |
 //! | [`launch`] | register, mark the task, prepare the workspace and command, start the processes | |
 //! | [`prompt`] | the prompts an agent is given | yes |
+//! | [`session`] | session ids, and which session a retry resumes | |
 //! | [`supervise`] | one task per agent: wait, time limit, stop, memory samples | |
 //! | [`outcome`] | what an agent's end does to its task | yes |
 //! | [`record`] | writes that resolution to the task, the registry and the result file | |
@@ -42,6 +43,7 @@ mod record;
 mod recover;
 mod report;
 pub mod schedule;
+mod session;
 pub mod shutdown;
 mod step;
 mod supervise;
