@@ -38,13 +38,13 @@ pub struct Spec {
 }
 
 /// The wrapper script: run the agent, record its exit code, exit with it.
-const WRAPPER: &str =
-    r#""$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE"; exit "$rc""#;
+/// A record that cannot be written (a full disk) never changes the code.
+const WRAPPER: &str = r#""$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc""#;
 
 /// Records the shell's exit status when it exits (not when a signal kills
-/// it: then taskq knows the cause itself).
-const EXIT_TRAP: &str =
-    r#"trap 'printf "%s %s\n" "$TASKQ_EXIT_TAG" "$?" >> "$TASKQ_EXIT_FILE"' EXIT"#;
+/// it: then taskq knows the cause itself), and exits with that status even
+/// when the record cannot be written (`|| :`: the agent may run with `sh -e`).
+const EXIT_TRAP: &str = r#"trap 'rc=$?; printf "%s %s\n" "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc"' EXIT"#;
 
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it

@@ -10,6 +10,7 @@ mod docs;
 mod e2e;
 mod edits;
 mod factory;
+mod faults;
 mod firsthour;
 mod gates;
 mod git;

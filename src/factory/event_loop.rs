@@ -30,6 +30,8 @@ impl Factory {
             signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
         let mut sigint =
             signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        let mut sighup =
+            signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
         self.progress(format!(
             "factory started in {} (max_concurrent {}, {} roles)",
             self.root.dir.display(),
@@ -37,7 +39,7 @@ impl Factory {
             self.roles.len()
         ));
         let finished = self.recover()?;
-        self.step(finished)?;
+        self.step_or_retry(finished);
         let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
         loop {
             if self.opts.until_idle && self.is_idle() {
@@ -78,6 +80,10 @@ impl Factory {
                 () = tokio::time::sleep_until(wake) => due = true,
                 _ = sigterm.recv() => return self.shutdown("SIGTERM").await,
                 _ = sigint.recv() => return self.shutdown("SIGINT").await,
+                _ = sighup.recv() => {
+                    self.reload();
+                    due = true;
+                }
             }
             if !rescan && !due && finished.is_empty() {
                 continue; // only the echo of this factory's own writes
@@ -112,13 +118,68 @@ impl Factory {
             }
             let was_idle = self.is_idle();
             let (ended, began) = (finished.len(), std::time::Instant::now());
-            self.step(finished)?;
+            self.step_or_retry(finished);
             tracing::debug!(ended, running = self.running.len(), took = ?began.elapsed(), "step");
             if self.is_idle() && !was_idle {
                 self.hook("on-idle",
                     json!({"status": "idle", "spawned": self.stats.spawned, "done": self.stats.done, "failed": self.stats.failed}));
             }
         }
+    }
+
+    /// A step; when it fails (a full disk, an I/O error, the queue lock
+    /// held too long, a file gone mid-step), the factory says so loudly,
+    /// keeps supervising its agents, reads everything afresh and tries
+    /// again after a backoff. The ends the failed step took are taken
+    /// again (recording an end twice changes nothing).
+    pub(super) fn step_or_retry(&mut self, finished: Vec<super::Finished>) {
+        let again = finished.clone();
+        match self.step(finished) {
+            Ok(()) => {
+                if let Some(n) = self.step_failures.take() {
+                    self.progress(format!(
+                        "recovered: a step succeeded after {n} failed one{}",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
+            }
+            Err(e) => {
+                let n = self.step_failures.map_or(1, |n| n + 1);
+                self.step_failures = Some(n);
+                self.retry_ends.extend(again);
+                // What is in memory may not have reached the files.
+                self.cache = None;
+                self.reg_cache = None;
+                let wait = Duration::from_millis(250)
+                    .saturating_mul(1 << (n - 1).min(7))
+                    .min(Duration::from_secs(30));
+                let running = self.running.len();
+                self.progress(format!(
+                    "error: a step failed: {e}; {running} agent{} still supervised; trying again in {}",
+                    if running == 1 { "" } else { "s" },
+                    format!("{:.2}s", wait.as_secs_f64())
+                ));
+                let at = std::time::Instant::now() + wait;
+                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+            }
+        }
+    }
+
+    /// SIGHUP: the config and the roles are read again (each kept as it
+    /// was when the new one has an error).
+    fn reload(&mut self) {
+        match crate::config::Config::load(&self.root) {
+            Ok(config) => self.config = config,
+            Err(e) => self.progress(format!("SIGHUP: {e} (keeping the config loaded before)")),
+        }
+        self.reload_roles();
+        self.recheck_stuck = true;
+        self.progress(format!(
+            "SIGHUP: reloaded the config (max_concurrent {}) and {} role{}",
+            self.config.max_concurrent,
+            self.roles.len(),
+            if self.roles.len() == 1 { "" } else { "s" }
+        ));
     }
 
     /// True when the watcher saw a change this factory did not make

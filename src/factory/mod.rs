@@ -134,7 +134,7 @@ enum Event {
 }
 
 /// The end of one agent process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Finished {
     /// The agent.
     pub agent: String,
@@ -229,6 +229,10 @@ struct Factory {
     counts_shown: std::cell::Cell<bool>,
     stats: Stats,
     rng: u64,
+    /// Steps failed in a row (see `step_or_retry`), while they do.
+    step_failures: Option<u32>,
+    /// Ends a failed step took, for the next one.
+    retry_ends: Vec<Finished>,
 }
 
 #[derive(Default)]
@@ -284,6 +288,8 @@ impl Factory {
             found: HashSet::new(),
             stats: Stats::default(),
             rng: seed | 1,
+            step_failures: None,
+            retry_ends: Vec::new(),
         }
     }
 

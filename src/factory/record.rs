@@ -38,6 +38,11 @@ impl Factory {
             tracing::warn!(agent = %f.agent, "finished agent is not in the registry");
             return Ok(());
         };
+        if !agent.status.is_live() {
+            // Recorded already (a step that failed after recording it is
+            // being redone).
+            return Ok(());
+        }
         let stopping = f.stopped || agent.status == AgentStatus::Stopping;
         let output = spawn::read_tail(&self.root.log(&agent.id), 8 << 20);
         let outcome = if stopping {

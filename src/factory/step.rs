@@ -32,7 +32,13 @@ use crate::watch;
 impl Factory {
     /// One scheduling step under the queue lock: record finished agents,
     /// then spawn what the limits allow.
-    pub(super) fn step(&mut self, finished: Vec<Finished>) -> Result<()> {
+    pub(super) fn step(&mut self, mut finished: Vec<Finished>) -> Result<()> {
+        // Ends a failed step took first (see `step_or_retry`).
+        if !self.retry_ends.is_empty() {
+            let mut again = std::mem::take(&mut self.retry_ends);
+            again.retain(|a| !finished.iter().any(|f| f.agent == a.agent));
+            finished.splice(0..0, again);
+        }
         // The queue: as the last step left it while no one else changed a
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();

@@ -76,6 +76,12 @@ async fn supervise(
         tokio::select! {
             code = wait_exit(&mut child, pid, pid_start, &exit_file, &agent) => break code,
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)), if !timed_out && !stopped => {
+                // A factory that was suspended (SIGSTOP) or slow wakes up
+                // past the deadline: an agent that ended meanwhile did not
+                // time out, and its recorded exit code wins.
+                if let Some(code) = ended_already(&mut child, pid, pid_start, &exit_file, &agent) {
+                    break code;
+                }
                 timed_out = true;
                 let _ = tokio::task::spawn_blocking(move || spawn::terminate_group(pid, grace)).await;
             }
@@ -102,6 +108,28 @@ async fn supervise(
         timed_out,
         stopped,
         max_rss_kb: rss,
+    }
+}
+
+/// The exit code of an agent that has ended already (`Some(None)`: killed
+/// by a signal), without waiting; `None` while it runs. Its wrapper
+/// records the job's exit code before it exits: a recorded code means the
+/// job is over even if the wrapper still is not.
+fn ended_already(
+    child: &mut Option<tokio::process::Child>,
+    pid: u32,
+    pid_start: Option<u64>,
+    exit_file: &Path,
+    agent: &str,
+) -> Option<Option<i32>> {
+    let recorded = spawn::read_exit_file(exit_file, agent);
+    match child {
+        Some(c) => match c.try_wait() {
+            Ok(Some(status)) => Some(status.code().or(recorded)),
+            _ => recorded.map(Some),
+        },
+        None if !spawn::is_alive(pid, pid_start) => Some(recorded),
+        None => recorded.map(Some),
     }
 }
 
