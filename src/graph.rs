@@ -80,6 +80,18 @@ impl Graph {
                 }
             }
         }
+        // A dependency may name a task file (`setup-db.md`) until adoption
+        // rewrites it to the id; read commands already follow it.
+        if !missing.is_empty() {
+            let files = scan.files();
+            missing.retain(|(i, d)| match files.find(d) {
+                Some(j) if j != *i => {
+                    edges.push((*i as u32, j as u32));
+                    false
+                }
+                _ => true,
+            });
+        }
         let deps = Adjacency::from_edges(n, &edges);
         for e in &mut edges {
             *e = (e.1, e.0);

@@ -11,5 +11,6 @@ mod edits;
 mod factory;
 mod gates;
 mod git;
+mod newcomer;
 mod openclaw;
 mod properties;

@@ -1,0 +1,103 @@
+//! A newcomer's first hour (issue 12): hand-written files that name each
+//! other by file name, approvals and who gave them, stopping a task's
+//! agent, one warning per broken file, plain wording, one spelling for ids
+//! and flags.
+
+use crate::util::{Run, TestRoot};
+
+fn at(root: &TestRoot, args: &[&str]) -> Run {
+    Run::from(
+        root.cmd(args)
+            .env("TASKQ_NOW", "2026-03-01T10:00:00Z")
+            .output()
+            .unwrap(),
+    )
+}
+
+/// The `id:` a file was given.
+fn id_of(root: &TestRoot, rel: &str) -> String {
+    root.read(rel)
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("{rel} has no id"))
+        .to_string()
+}
+
+const API: &str = "---\ntitle: The API   # after the db\ndependencies: [setup-db.md]  # by file\npriority: high\n---\nBuild it.\n";
+
+/// Hand-written files name their dependencies by file (`setup-db.md`,
+/// `tasks/todo/setup-db.md`) or by the stem they are listed under
+/// (`setup-db`): read commands follow the name, and adoption rewrites
+/// it to the id the file got, changing only the `dependencies:` line.
+#[test]
+fn adoption_rewrites_file_name_dependencies_to_ids() {
+    let root = TestRoot::new();
+    root.write("tasks/todo/setup-db.md", "# Set up the database\n");
+    root.write("tasks/todo/api.md", API);
+    root.write(
+        "tasks/todo/cli.md",
+        "---\ndependencies: [setup-db]\n---\nThe CLI.\n",
+    );
+    root.write(
+        "tasks/todo/web.md",
+        "---\ndependencies:\n  - tasks/todo/setup-db.md\n  - api\n---\n",
+    );
+
+    // Before adoption: the names already count as the files' tasks.
+    let list = root.taskq(&["list"]).ok().stdout;
+    assert!(list.contains("(waits for setup-db)"), "{list}");
+    let check = root.taskq(&["check"]).ok();
+    assert!(!check.stdout.contains("does not exist"), "{}", check.stdout);
+
+    let adopt = at(&root, &["adopt"]).ok();
+    let db = id_of(&root, "tasks/todo/setup-db.md");
+    let api = id_of(&root, "tasks/todo/api.md");
+    assert_eq!(
+        root.read("tasks/todo/api.md"),
+        API.replace("[setup-db.md]  # by file", &format!("[{db}]  # by file"))
+            .replace(
+                "priority: high\n",
+                &format!(
+                    "priority: high\nid: {api}\nstatus: ready\ncreated: 2026-03-01T10:00:00Z\n"
+                )
+            )
+    );
+    assert!(root
+        .read("tasks/todo/cli.md")
+        .starts_with(&format!("---\ndependencies: [{db}]\n")));
+    assert!(root
+        .read("tasks/todo/web.md")
+        .starts_with(&format!("---\ndependencies: [{db}, {api}]\n")));
+    assert!(
+        adopt.stderr.contains(&format!(
+            "{api}: ready → ready (dependencies: setup-db.md → {db})"
+        )),
+        "{}",
+        adopt.stderr
+    );
+    root.taskq(&["check"]).ok();
+    let deps = root.taskq(&["deps", &api]).ok().stdout;
+    assert!(
+        deps.contains(&format!("{api} [blocked] → {db} [ready]")),
+        "{deps}"
+    );
+
+    // A file written later naming an adopted file: the next writing
+    // command rewrites it too.
+    root.write(
+        "tasks/todo/docs.md",
+        "---\nid: TASK-100\ndependencies: [tasks/todo/api.md, nothing.md]\n---\n",
+    );
+    root.taskq(&["add", "Something else"]).ok();
+    assert_eq!(
+        root.read("tasks/todo/docs.md"),
+        format!("---\nid: TASK-100\ndependencies: [{api}, nothing.md]\n---\n")
+    );
+    let check = root.taskq(&["check"]).code(1).stdout;
+    assert!(
+        check.contains(
+            "tasks/todo/docs.md:3: `TASK-100` depends on `nothing.md`, which does not exist"
+        ),
+        "{check}"
+    );
+}
