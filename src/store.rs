@@ -794,16 +794,26 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// What changed, without the id: `ready → running (claimed by BLD-002)`,
+    /// `new → ready`; a change that keeps the status names it once
+    /// (`review (review by TST-002 tester)`), and a word the note repeats
+    /// back to back (a model named like its role) is said once.
+    pub fn change(&self) -> String {
+        let mut text = match self.from {
+            None => format!("new → {}", self.to),
+            Some(from) if from == self.to => self.to.to_string(),
+            Some(from) => format!("{from} → {}", self.to),
+        };
+        if !self.note.is_empty() {
+            let mut words: Vec<&str> = self.note.split(' ').collect();
+            words.dedup_by(|a, b| !a.is_empty() && a == b);
+            text.push_str(&format!(" ({})", words.join(" ")));
+        }
+        text
+    }
+
     /// The commit-message line and trailers of this transition.
     pub fn entry(&self) -> crate::git::Entry {
-        let from = self
-            .from
-            .map_or_else(|| "new".to_string(), |s| s.to_string());
-        let note = if self.note.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", self.note)
-        };
         let mut trailers = vec![("Task".to_string(), self.id.clone())];
         if let Some(a) = &self.agent {
             trailers.push(("Agent".into(), a.clone()));
@@ -812,7 +822,7 @@ impl Transition {
             trailers.push(("Cost-USD".into(), format!("{c:.4}")));
         }
         crate::git::Entry {
-            line: format!("{} {from} → {}{note}", self.id, self.to),
+            line: format!("{} {}", self.id, self.change()),
             trailers,
         }
     }
@@ -1416,6 +1426,27 @@ mod tests {
         );
         let c = scan.get("c").unwrap();
         assert_eq!(display_title(&root, c), "Heading title");
+    }
+
+    #[test]
+    fn a_change_says_each_thing_once() {
+        let t = |from, to, note: &str| Transition {
+            id: "TASK-3".into(),
+            from,
+            to,
+            note: note.into(),
+            agent: None,
+            cost: None,
+        };
+        let review = t(Some(Status::Review), Status::Review, "assigned TST-002");
+        assert_eq!(review.entry().line, "TASK-3 review (assigned TST-002)");
+        let claim = t(
+            Some(Status::Ready),
+            Status::Running,
+            "BLD-002 builder builder",
+        );
+        assert_eq!(claim.change(), "ready → running (BLD-002 builder)");
+        assert_eq!(t(None, Status::Ready, "").change(), "new → ready");
     }
 
     #[test]

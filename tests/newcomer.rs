@@ -69,9 +69,9 @@ fn adoption_rewrites_file_name_dependencies_to_ids() {
         .read("tasks/todo/web.md")
         .starts_with(&format!("---\ndependencies: [{db}, {api}]\n")));
     assert!(
-        adopt.stderr.contains(&format!(
-            "{api}: ready → ready (dependencies: setup-db.md → {db})"
-        )),
+        adopt
+            .stderr
+            .contains(&format!("{api}: ready (dependencies: setup-db.md → {db})")),
         "{}",
         adopt.stderr
     );
@@ -100,4 +100,93 @@ fn adoption_rewrites_file_name_dependencies_to_ids() {
         ),
         "{check}"
     );
+}
+
+fn git(root: &TestRoot, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root.path())
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A taskq root in a git repository with everything committed, as
+/// `Person`.
+fn repo() -> TestRoot {
+    let root = TestRoot::new();
+    git(&root, &["init", "-q"]);
+    git(&root, &["config", "user.email", "person@example.com"]);
+    git(&root, &["config", "user.name", "Person"]);
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "setup"]);
+    root
+}
+
+/// Counts read `1 task`, `2 tasks`, never `task(s)`; a change that keeps
+/// the status does not say it twice (`review → review`), nor a word twice
+/// in a row (a model named like its role: `BLD-001 builder builder`).
+#[test]
+fn counts_are_plural_and_commit_subjects_say_each_thing_once() {
+    let root = repo();
+    root.factory("");
+    root.role(
+        "builder",
+        "prefix: BLD\nmodel: builder\ntags: [build]\nmax_concurrent: 1\nreview: tester",
+    );
+    root.write(
+        "agents/templates/tester.md",
+        "---\nprefix: TST\nagent: command\ncommand: \"echo fine\"\nmax_concurrent: 1\nenv: [PATH, HOME]\n---\nTest it.\n",
+    );
+    let a = root.add(&["Build it", "--tags", "build"]);
+    let b = root.add(&["Ship it", "--deps", &a]);
+    let check = root.taskq(&["check"]).ok();
+    assert!(
+        check.stderr.contains("2 tasks checked: ok (0 warnings)"),
+        "{}",
+        check.stderr
+    );
+    let show = root.taskq(&["show", &a]).ok().stdout;
+    assert!(show.contains("unblocks:    1 task\n"), "{show}");
+    root.write(
+        "tasks/todo/bad.md",
+        "---\nid: TASK-050\nstatus: redy\n---\n",
+    );
+    let check = root.taskq(&["check"]).code(1);
+    assert!(
+        check
+            .stderr
+            .contains("3 tasks checked: 1 problem, 0 warnings"),
+        "{}",
+        check.stderr
+    );
+    std::fs::remove_file(root.path().join("tasks/todo/bad.md")).unwrap();
+
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        root.taskq(&["--json", "show", &a]).ok().json()["status"],
+        "done"
+    );
+    let log = git(&root, &["log", "--format=%B"]);
+    assert!(
+        log.contains(&format!("{a} review (review by TST-002 tester")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{a} ready → running (BLD-001 builder)")),
+        "{log}"
+    );
+    for line in log.lines() {
+        assert!(!line.contains("review → review"), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(!words.windows(2).any(|w| w[0] == w[1]), "{line}");
+    }
+    let _ = b;
 }

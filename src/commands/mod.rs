@@ -105,13 +105,7 @@ fn adopt(ctx: &Ctx) -> Result<ExitCode> {
 /// Prints every transition a writer made on stderr.
 pub fn report(ctx: &Ctx, writer: &Writer) {
     for t in &writer.transitions {
-        let from = t.from.map_or_else(|| "new".to_string(), |s| s.to_string());
-        let note = if t.note.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", t.note)
-        };
-        ctx.out.note(format!("{}: {from} → {}{note}", t.id, t.to));
+        ctx.out.note(format!("{}: {}", t.id, t.change()));
     }
 }
 
