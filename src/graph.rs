@@ -225,7 +225,12 @@ pub fn problems(
             .and_then(|bytes| crate::frontmatter::value_line(&bytes, "dependencies", dep))
             .unwrap_or(t.id_line.max(1) as usize)
     };
+    // A dependency written twice is one problem.
+    let mut seen = HashSet::new();
     for (i, missing) in &graph.missing {
+        if !seen.insert((*i, missing)) {
+            continue;
+        }
         let t = &scan.tasks[*i];
         out.push(Problem::at(
             root.rel_path(t.folder, &t.rel),

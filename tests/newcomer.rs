@@ -190,3 +190,59 @@ fn counts_are_plural_and_commit_subjects_say_each_thing_once() {
     }
     let _ = b;
 }
+
+/// Every warning a read command prints, printed once: a broken file, a
+/// bad field, and a dependency written twice that names nothing.
+#[test]
+fn each_problem_is_warned_about_once_per_command() {
+    let root = TestRoot::new();
+    let a = root.add(&["First"]);
+    root.write("tasks/todo/broken.md", "---\nid: [x\n---\n");
+    root.write(
+        "tasks/todo/bad.md",
+        "---\nid: TASK-009\nstatus: redy\ndependencies: [TASK-001, TASK-050, TASK-050]\n---\n",
+    );
+    root.write(
+        "tasks/todo/c.md",
+        "---\nid: TASK-010\ndependencies: [TASK-050, TASK-009, TASK-050]\n---\n",
+    );
+    for args in [
+        &["list"][..],
+        &["list", "--ready"],
+        &["show", "9"],
+        &["show", &a],
+        &["deps", "10"],
+        &["deps", "10", "--reverse"],
+        &["next"],
+        &["graph"],
+        &["status"],
+        &["why", "10"],
+    ] {
+        let run = root.taskq(args);
+        assert!(run.code == 0 || run.code == 1, "{args:?}: {}", run.stderr);
+        let warnings: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("taskq: warning:"))
+            .collect();
+        assert!(!warnings.is_empty(), "{args:?}: no warnings");
+        for w in &warnings {
+            assert_eq!(
+                warnings.iter().filter(|x| *x == w).count(),
+                1,
+                "{args:?} says twice: {w}\n{}",
+                run.stderr
+            );
+        }
+    }
+    let check = root.taskq(&["check"]).code(1);
+    for line in check.stdout.lines() {
+        assert_eq!(
+            check.stdout.lines().filter(|l| *l == line).count(),
+            1,
+            "check says twice: {line}\n{}",
+            check.stdout
+        );
+    }
+    assert!(check.stderr.contains("4 problems"), "{}", check.stderr);
+}

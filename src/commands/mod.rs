@@ -159,7 +159,7 @@ pub fn warn_graph(ctx: &Ctx, scan: &Scan, graph: &crate::graph::Graph) {
     for mut p in crate::graph::problems(&ctx.root, scan, graph) {
         p.path = ctx.display_path(&p.path);
         p.hint = None;
-        ctx.out.warn(&p);
+        warn_once(ctx, &p);
     }
 }
 
@@ -168,7 +168,20 @@ pub fn warn_problems(ctx: &Ctx, scan: &Scan) {
     for p in &scan.problems {
         let mut p = p.clone();
         p.path = ctx.display_path(&p.path);
-        ctx.out.warn(&p);
+        warn_once(ctx, &p);
+    }
+}
+
+/// Warns about `p` unless this command already did: one that scans twice,
+/// or warns about a scan and then its graph, says each thing once.
+fn warn_once(ctx: &Ctx, p: &crate::error::Problem) {
+    static SHOWN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut shown = SHOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if shown.insert(p.to_string()) {
+        ctx.out.warn(p);
     }
 }
 
