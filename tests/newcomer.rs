@@ -246,3 +246,69 @@ fn each_problem_is_warned_about_once_per_command() {
     }
     assert!(check.stderr.contains("4 problems"), "{}", check.stderr);
 }
+
+/// `taskq stop` takes a task id (`2`, `TASK-002`, `task-2`) as well as an
+/// agent id: it stops the agent running the task; a task with no running
+/// agent is a clear error.
+#[test]
+fn stop_takes_a_task_id() {
+    use std::time::Duration;
+    let root = TestRoot::new();
+    root.factory("");
+    root.role(
+        "slow",
+        "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 2\ntimeout: 10m",
+    );
+    root.add(&["One", "--tags", "slow"]);
+    root.add(&["Two", "--tags", "slow"]);
+    let idle = root.add(&["Three, for no role"]);
+    let daemon = root.daemon(&[], &[("FAKE_AGENT_DELAY_MS", "600000")]);
+    crate::util::wait_for("2 active agents", Duration::from_secs(30), || {
+        root.agents()
+            .iter()
+            .filter(|a| a["status"] == "active")
+            .count()
+            == 2
+    });
+    let agent = root
+        .agents()
+        .iter()
+        .find(|a| a["task"] == "TASK-002")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = root.taskq(&["stop", "task-2", "--cancel"]).ok();
+    assert!(
+        stop.stderr.contains(&format!("{agent}: stopped")),
+        "{}",
+        stop.stderr
+    );
+    crate::util::wait_for("TASK-002 cancelled", Duration::from_secs(30), || {
+        root.taskq(&["--json", "show", "2"]).json()["status"] == "cancelled"
+    });
+    let again = root.taskq(&["stop", "TASK-002"]).code(3);
+    assert!(
+        again
+            .stderr
+            .contains("`TASK-002` has no running agent (it is cancelled)"),
+        "{}",
+        again.stderr
+    );
+    let idle_stop = root.taskq(&["stop", &idle]).code(3);
+    assert!(
+        idle_stop
+            .stderr
+            .contains(&format!("`{idle}` has no running agent (it is ready)")),
+        "{}",
+        idle_stop.stderr
+    );
+    let nothing = root.taskq(&["stop", "99"]).code(2);
+    assert!(
+        nothing.stderr.contains("no agent or task `99`"),
+        "{}",
+        nothing.stderr
+    );
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
