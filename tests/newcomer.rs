@@ -144,7 +144,7 @@ fn counts_are_plural_and_commit_subjects_say_each_thing_once() {
         "agents/templates/tester.md",
         "---\nprefix: TST\nagent: command\ncommand: \"echo fine\"\nmax_concurrent: 1\nenv: [PATH, HOME]\n---\nTest it.\n",
     );
-    let a = root.add(&["Build it", "--tags", "build"]);
+    let a = root.add(&["Build it", "--tag", "build"]);
     let b = root.add(&["Ship it", "--deps", &a]);
     let check = root.taskq(&["check"]).ok();
     assert!(
@@ -259,7 +259,7 @@ fn stop_takes_a_task_id() {
         "slow",
         "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 2\ntimeout: 10m",
     );
-    root.add(&["One", "--tags", "slow"]);
+    root.add(&["One", "--tag", "slow"]);
     root.add(&["Two", "--tags", "slow"]);
     let idle = root.add(&["Three, for no role"]);
     let daemon = root.daemon(&[], &[("FAKE_AGENT_DELAY_MS", "600000")]);
@@ -311,4 +311,81 @@ fn stop_takes_a_task_id() {
     );
     let run = daemon.wait_after_term();
     assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// `--tag` is the one spelling (`--tags` too), repeated or `a,b`, on
+/// every command that takes tags; every argument naming a task takes `1`,
+/// `TASK-001` or `task-1`.
+#[test]
+fn one_spelling_for_tags_and_for_ids() {
+    let root = TestRoot::new();
+    let a = root.add(&["Alpha", "--tag", "build", "--tag", "api,build"]);
+    let b = root.add(&["Beta", "--tags", "build"]);
+    let c = root.add(&["Gamma", "--deps", "1,task-2", "--tag", "docs"]);
+    assert_eq!(
+        (a.as_str(), b.as_str(), c.as_str()),
+        ("TASK-001", "TASK-002", "TASK-003")
+    );
+    let alpha = root.taskq(&["--json", "show", "task-1"]).ok().json();
+    assert_eq!(alpha["tags"], serde_json::json!(["build", "api"]));
+    let gamma = root.taskq(&["--json", "show", "3"]).ok().json();
+    assert_eq!(
+        gamma["dependencies"],
+        serde_json::json!(["TASK-001", "TASK-002"])
+    );
+
+    let ids = |run: Run| -> Vec<String> {
+        run.stdout
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(root.taskq(&["list", "--tag", "build"]).ok()),
+        ["TASK-001", "TASK-002"]
+    );
+    assert_eq!(
+        ids(root.taskq(&["list", "--tags", "build,api"]).ok()),
+        ["TASK-001"]
+    );
+    assert_eq!(
+        ids(root
+            .taskq(&["list", "--tag", "build", "--tag", "docs"])
+            .ok()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        root.taskq(&["next", "--tags", "api"]).ok().stdout,
+        "TASK-001\n"
+    );
+    assert_eq!(root.taskq(&["next", "--tag", "docs"]).code(1).stdout, "");
+    for cmd in ["add", "list", "next"] {
+        let help = root.taskq(&[cmd, "--help"]).ok().stdout;
+        assert!(help.contains("--tag <"), "{cmd}: {help}");
+        assert!(help.contains("[alias: --tags]"), "{cmd}: {help}");
+    }
+
+    root.taskq(&["claim", "TASK-1", "--agent", "me"]).ok();
+    root.taskq(&["renew", "task-001", "--lease", "1h"]).ok();
+    let deps = root.taskq(&["deps", "3"]).ok().stdout;
+    assert!(deps.contains("TASK-001 [running]"), "{deps}");
+    root.taskq(&["hold", "2"]).ok();
+    root.taskq(&["release", "Task-2"]).ok();
+    root.taskq(&["done", "1"]).ok();
+    root.taskq(&["fail", "task-2", "--reason", "no"]).ok();
+    root.taskq(&["release", "TASK-002"]).ok();
+    let why = root.taskq(&["why", "3"]).ok().stdout;
+    assert!(why.contains("TASK-002"), "{why}");
+    root.taskq(&["status", "task-3"]).ok();
+    root.taskq(&["cancel", "3"]).ok();
+    assert_eq!(
+        root.taskq(&["--json", "show", "TASK-003"]).ok().json()["status"],
+        "cancelled"
+    );
+    let unknown = root.taskq(&["show", "task-9"]).code(2);
+    assert!(
+        unknown.stderr.contains("no task `task-9`"),
+        "{}",
+        unknown.stderr
+    );
 }

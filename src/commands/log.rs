@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             "taskq records its history as git commits: run `git init` in the root",
         )
     })?;
-    let records = match (&args.id, &args.agent) {
+    let (records, wanted) = match (&args.id, &args.agent) {
         (Some(id), _) => {
             let (scan, i, path) = super::open_task(ctx, store::scan(&ctx.root), id, |p| {
                 std::fs::canonicalize(p)
@@ -47,14 +47,19 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             let id = scan.tasks[i].id.to_string();
             // --follow can take a similar new task file for a copy of this
             // one: keep taskq's commits only where they name this task.
-            git.log(Some(&path), None)?
+            let records = git
+                .log(Some(&path), None)?
                 .into_iter()
                 .filter(|(_, _, subject, body)| {
                     !subject.starts_with("taskq:") || mentions(subject, &id) || mentions(body, &id)
                 })
-                .collect()
+                .collect::<Vec<_>>();
+            (records, id)
         }
-        (None, Some(agent)) => git.log(None, Some(&format!("^Agent: {}$", regex_escape(agent))))?,
+        (None, Some(agent)) => (
+            git.log(None, Some(&format!("^Agent: {}$", regex_escape(agent))))?,
+            agent.clone(),
+        ),
         (None, None) => unreachable!("clap requires one"),
     };
     let events: Vec<Event> = records
@@ -76,7 +81,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if events.is_empty() {
         return Ok(ExitCode::from(1));
     }
-    let wanted = args.id.as_deref().or(args.agent.as_deref()).unwrap_or("");
     let mut out = String::new();
     // Oldest first reads as a timeline.
     for e in events.iter().rev() {
@@ -86,7 +90,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             .body
             .lines()
             .filter_map(|l| l.strip_prefix("- "))
-            .filter(|l| l.contains(wanted))
+            .filter(|l| mentions(l, &wanted))
             .collect();
         if lines.is_empty() {
             out.push_str(&format!("{date}  {}  {}\n", e.subject, e.commit));

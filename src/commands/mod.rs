@@ -294,6 +294,22 @@ pub fn path_string(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
 }
 
+/// The tags of every `--tag` (each `a,b` or one tag), once each.
+pub fn tag_list(values: &[String]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for t in values.iter().flat_map(|v| split_list(v)) {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    tags
+}
+
+/// True when `task` has every tag of `wanted`.
+pub fn has_tags(task: &Task, wanted: &[String]) -> bool {
+    wanted.iter().all(|w| task.tags.iter().any(|t| **t == **w))
+}
+
 /// Splits `a,b, c` into trimmed, non-empty items.
 pub fn split_list(s: &str) -> Vec<String> {
     s.split(',')
