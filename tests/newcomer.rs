@@ -389,3 +389,127 @@ fn one_spelling_for_tags_and_for_ids() {
         unknown.stderr
     );
 }
+
+/// `taskq log` shows a task's approval steps and who approved: `approve`
+/// records its approver (`--by`, else git's `user.name`); a file moved by
+/// hand shows as approved by whoever committed the move, or as moved by
+/// hand when the factory committed it.
+#[test]
+fn log_shows_approval_steps_and_who_approved() {
+    let root = repo();
+    root.factory("");
+    root.role(
+        "fake",
+        "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 1",
+    );
+    for title in ["By hand", "By command", "Committed by a person", "Rejected"] {
+        root.add(&[title, "--tag", "x", "--body", "Do it."]);
+    }
+    for n in 1..=4 {
+        root.taskq(&["hold", &n.to_string()]).ok();
+        let file = root.task_file(&format!("TASK-00{n}"));
+        let text = root
+            .read(&file)
+            .replace("status: hold", "status: hold\napproval: required");
+        root.write(&file, text);
+        root.taskq(&["release", &n.to_string()]).ok();
+    }
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "approval: required"]);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for n in 1..=4 {
+        assert!(root
+            .path()
+            .join(format!("approvals/pending/TASK-00{n}.md"))
+            .is_file());
+    }
+    // 1: a plain mv, committed by the factory with the start of the task.
+    std::fs::rename(
+        root.path().join("approvals/pending/TASK-001.md"),
+        root.path().join("approvals/approved/TASK-001.md"),
+    )
+    .unwrap();
+    // 2: taskq approve, by git's user.name; 4: rejected with --by.
+    root.taskq(&["approve", "2"]).ok();
+    assert!(root
+        .read("approvals/approved/TASK-002.md")
+        .contains("\nby: Person\n"));
+    root.taskq(&["reject", "task-4", "--by", "Carol", "--reason", "not now"])
+        .ok();
+    assert!(root
+        .read("approvals/rejected/TASK-004.md")
+        .contains("\nby: Carol\n"));
+    // 3: a person's own commit of the move.
+    git(
+        &root,
+        &["mv", "approvals/pending/TASK-003.md", "approvals/approved/"],
+    );
+    git(
+        &root,
+        &["-c", "user.name=Alice", "commit", "-q", "-m", "ship it"],
+    );
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let log = |id: &str| root.taskq(&["log", id]).ok().stdout;
+    let one = log("1");
+    assert_lines(
+        &one,
+        &[
+            "TASK-001 new → ready",
+            "TASK-001 needs approval (approvals/pending/TASK-001.md)",
+            "TASK-001 approved (moved by hand: approvals/approved/TASK-001.md)",
+            "TASK-001 ready → running (FAK-",
+            "TASK-001 running → done",
+        ],
+    );
+    assert_lines(
+        &log("TASK-002"),
+        &[
+            "TASK-002 needs approval (approvals/pending/TASK-002.md)",
+            "TASK-002 approved by Person (approvals/approved/TASK-002.md)",
+            "TASK-002 ready → running (FAK-",
+        ],
+    );
+    assert_lines(
+        &log("3"),
+        &[
+            "TASK-003 needs approval (approvals/pending/TASK-003.md)",
+            "TASK-003 approved by Alice (approvals/approved/TASK-003.md)",
+            "TASK-003 ready → running (FAK-",
+        ],
+    );
+    assert_lines(
+        &log("4"),
+        &[
+            "TASK-004 needs approval (approvals/pending/TASK-004.md)",
+            "TASK-004 rejected by Carol (approvals/rejected/TASK-004.md)",
+            "TASK-004 ready → cancelled (approval rejected: not now)",
+        ],
+    );
+    let json = root.taskq(&["--json", "log", "3"]).ok().json();
+    let by_alice = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["author"] == "Alice")
+        .expect("Alice's commit");
+    assert_eq!(by_alice["subject"], "ship it");
+    assert_eq!(
+        by_alice["lines"],
+        serde_json::json!(["TASK-003 approved by Alice (approvals/approved/TASK-003.md)"])
+    );
+}
+
+/// Each of `wanted` starts a line of `log` (after the date), in this order.
+#[track_caller]
+fn assert_lines(log: &str, wanted: &[&str]) {
+    let mut lines = log.lines().map(|l| l.get(18..).unwrap_or(""));
+    for w in wanted {
+        assert!(
+            lines.any(|l| l.starts_with(w)),
+            "no `{w}` (in this order) in:\n{log}"
+        );
+    }
+}
