@@ -170,14 +170,15 @@ pub fn request_action(
     unreachable!("an unbounded range always yields a free name")
 }
 
-/// Moves a pending file to `approved/` or `rejected/`, recording who and
-/// when (and why, for a rejection) in its frontmatter. `what` is a gate
+/// Moves a pending file to `approved/` or `rejected/`, recording who (`by`)
+/// and when (and why, for a rejection) in its frontmatter. `what` is a gate
 /// name (`TASK-006`, `TASK-006-1`) or a path to the pending file.
 pub fn decide(
     root: &Root,
     what: &str,
     approve: bool,
     reason: Option<&str>,
+    by: &str,
     now: Timestamp,
 ) -> Result<PathBuf> {
     let pending = locate_pending(root, what)?;
@@ -189,13 +190,12 @@ pub fn decide(
         return Err(Error::conflict(format!("{} already exists", to.display())));
     }
     fsutil::rename(&pending, &to)?;
-    let by = std::env::var("USER").unwrap_or_else(|_| "someone".into());
     let mut changes = vec![
         Change::set(
             if approve { "approved" } else { "rejected" },
             &format_timestamp(now),
         ),
-        Change::set("by", &by),
+        Change::set("by", by),
     ];
     if let Some(r) = reason {
         changes.push(Change::set("reason", r));

@@ -101,8 +101,8 @@ pub enum Command {
     /// Show active agents, queue counts and spend; or one agent or task in
     /// detail with the tail of its log.
     Status(status::Args),
-    /// Stop an agent (and every agent it spawned); its task returns to
-    /// ready, or is cancelled with `--cancel`.
+    /// Stop an agent, or the agent running a task (and every agent it
+    /// spawned); its task returns to ready, or is cancelled with `--cancel`.
     Stop(stop::Args),
     /// Approve a pending request: moves approvals/pending/<ID>.md to
     /// approvals/approved/ (the same as `mv`).

@@ -294,24 +294,26 @@ impl Git {
             .is_ok_and(|s| s.success())
     }
 
-    /// The history of a path (following renames) or of commits whose
-    /// trailers match `grep`: `(hash, date, subject, body)`, newest first.
-    pub fn log(
-        &self,
-        path: Option<&Path>,
-        grep: Option<&str>,
-    ) -> Result<Vec<(String, String, String, String)>> {
+    /// The commits, newest first, that touch `paths` (pathspecs, relative
+    /// to the top or absolute; one path with `follow` follows its renames),
+    /// or whose message matches `grep`; each with the files it changed
+    /// among `paths`.
+    pub fn log(&self, paths: &[PathBuf], follow: bool, grep: Option<&str>) -> Result<Vec<Commit>> {
         let mut c = self.git();
         c.args([
             "log",
             "--date=iso-strict",
-            "--format=%h%x1f%ad%x1f%s%x1f%b%x1e",
+            "--format=%x1e%h%x1f%ad%x1f%an%x1f%s%x1f%b%x1f",
         ]);
         if let Some(g) = grep {
             c.arg(format!("--grep={g}"));
         }
-        if let Some(p) = path {
-            c.args(["--follow", "--"]).arg(p);
+        if !paths.is_empty() {
+            c.arg("--name-status");
+            if follow {
+                c.arg("--follow");
+            }
+            c.arg("--").args(paths);
         }
         let out = c.output().map_err(|e| Error::io("git", e))?;
         if !out.status.success() {
@@ -323,17 +325,87 @@ impl Git {
         Ok(String::from_utf8_lossy(&out.stdout)
             .split('\u{1e}')
             .filter_map(|rec| {
-                let mut f = rec.trim_start_matches('\n').splitn(4, '\u{1f}');
-                Some((
-                    f.next()?.to_string(),
-                    f.next()?.to_string(),
-                    f.next()?.to_string(),
-                    f.next().unwrap_or("").trim().to_string(),
-                ))
+                let mut f = rec.splitn(6, '\u{1f}');
+                let hash = f.next()?.trim().to_string();
+                let (date, author, subject) = (f.next()?, f.next()?, f.next()?);
+                let body = f.next().unwrap_or("").trim().to_string();
+                let files = f
+                    .next()
+                    .unwrap_or("")
+                    .lines()
+                    .filter_map(|l| {
+                        let mut parts = l.split('\t');
+                        let status = parts.next()?.chars().next()?;
+                        let first = parts.next()?.to_string();
+                        Some(match parts.next() {
+                            Some(to) => FileChange {
+                                status,
+                                path: to.to_string(),
+                                from: Some(first),
+                            },
+                            None => FileChange {
+                                status,
+                                path: first,
+                                from: None,
+                            },
+                        })
+                    })
+                    .collect();
+                Some(Commit {
+                    hash,
+                    date: date.to_string(),
+                    author: author.to_string(),
+                    subject: subject.to_string(),
+                    body,
+                    files,
+                })
             })
-            .filter(|r| !r.0.is_empty())
+            .filter(|c| !c.hash.is_empty())
             .collect())
     }
+
+    /// `user.name` as git would use it for a commit in `dir` (the repo's,
+    /// else the global one).
+    pub fn user_name(dir: &Path) -> Option<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["config", "user.name"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !name.is_empty()).then_some(name)
+    }
+}
+
+/// One commit of [`Git::log`].
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The short hash.
+    pub hash: String,
+    /// The author date, RFC 3339.
+    pub date: String,
+    /// The author's name.
+    pub author: String,
+    /// The subject line.
+    pub subject: String,
+    /// The rest of the message, trimmed.
+    pub body: String,
+    /// The files it changed among the paths asked for.
+    pub files: Vec<FileChange>,
+}
+
+/// One file a commit changed (`git log --name-status`).
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    /// `A`dded, `M`odified, `D`eleted, `R`enamed, `C`opied.
+    pub status: char,
+    /// The path, relative to the top (the new one for a rename).
+    pub path: String,
+    /// The old path of a rename or copy.
+    pub from: Option<String>,
 }
 
 /// The commit message: one transition → its line as the subject; several

@@ -80,6 +80,18 @@ impl Graph {
                 }
             }
         }
+        // A dependency may name a task file (`setup-db.md`) until adoption
+        // rewrites it to the id; read commands already follow it.
+        if !missing.is_empty() {
+            let files = scan.files();
+            missing.retain(|(i, d)| match files.find(d) {
+                Some(j) if j != *i => {
+                    edges.push((*i as u32, j as u32));
+                    false
+                }
+                _ => true,
+            });
+        }
         let deps = Adjacency::from_edges(n, &edges);
         for e in &mut edges {
             *e = (e.1, e.0);
@@ -213,7 +225,12 @@ pub fn problems(
             .and_then(|bytes| crate::frontmatter::value_line(&bytes, "dependencies", dep))
             .unwrap_or(t.id_line.max(1) as usize)
     };
+    // A dependency written twice is one problem.
+    let mut seen = HashSet::new();
     for (i, missing) in &graph.missing {
+        if !seen.insert((*i, missing)) {
+            continue;
+        }
         let t = &scan.tasks[*i];
         out.push(Problem::at(
             root.rel_path(t.folder, &t.rel),

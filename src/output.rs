@@ -84,3 +84,23 @@ impl Out {
         }
     }
 }
+
+/// `1 task`, `2 tasks`, `0 problems`: a count with its noun (a regular
+/// plural; every noun taskq counts is one).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(super::count(0, "problem"), "0 problems");
+        assert_eq!(super::count(1, "task"), "1 task");
+        assert_eq!(super::count(2, "line"), "2 lines");
+    }
+}

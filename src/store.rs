@@ -97,12 +97,48 @@ impl Scan {
         ))
     }
 
+    /// The tasks by file name, for dependencies written as a file name
+    /// rather than an id (see [`Files`]).
+    pub fn files(&self) -> Files<'_> {
+        let mut by_rel: HashMap<&str, [Option<usize>; 2]> = HashMap::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            by_rel.entry(&t.rel).or_default()[t.folder as usize] = Some(i);
+        }
+        Files { by_rel }
+    }
+
     /// Rebuilds the id index after tasks were added or changed.
     fn reindex(&mut self) {
         let tasks = &self.tasks;
         let mut index: Vec<u32> = (0..tasks.len() as u32).collect();
         index.sort_by(|&a, &b| tasks[a as usize].id.cmp(&tasks[b as usize].id));
         self.index = index;
+    }
+}
+
+/// The tasks of a scan by their file (path under `tasks/todo/` or
+/// `tasks/done/`), built once for the dependencies that name no id.
+pub struct Files<'a> {
+    /// Each path's task in todo/ and in done/.
+    by_rel: HashMap<&'a str, [Option<usize>; 2]>,
+}
+
+impl Files<'_> {
+    /// The task a dependency names as a file: `setup-db.md`,
+    /// `tasks/todo/setup-db.md`, or the bare stem `setup-db` (how an id-less
+    /// file is listed, so a person writes it before adoption). Without a
+    /// folder, the file in todo/ wins over the one in done/.
+    pub fn find(&self, dep: &str) -> Option<usize> {
+        let (folder, rel) = task::dependency_file(dep).unwrap_or((None, dep));
+        let slots = if rel.ends_with(".md") {
+            self.by_rel.get(rel)
+        } else {
+            self.by_rel.get(format!("{rel}.md").as_str())
+        }?;
+        match folder {
+            Some(f) => slots[f as usize],
+            None => slots[0].or(slots[1]),
+        }
     }
 }
 
@@ -711,16 +747,26 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// What changed, without the id: `ready → running (claimed by BLD-002)`,
+    /// `new → ready`; a change that keeps the status names it once
+    /// (`review (review by TST-002 tester)`), and a word the note repeats
+    /// back to back (a model named like its role) is said once.
+    pub fn change(&self) -> String {
+        let mut text = match self.from {
+            None => format!("new → {}", self.to),
+            Some(from) if from == self.to => self.to.to_string(),
+            Some(from) => format!("{from} → {}", self.to),
+        };
+        if !self.note.is_empty() {
+            let mut words: Vec<&str> = self.note.split(' ').collect();
+            words.dedup_by(|a, b| !a.is_empty() && a == b);
+            text.push_str(&format!(" ({})", words.join(" ")));
+        }
+        text
+    }
+
     /// The commit-message line and trailers of this transition.
     pub fn entry(&self) -> crate::git::Entry {
-        let from = self
-            .from
-            .map_or_else(|| "new".to_string(), |s| s.to_string());
-        let note = if self.note.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", self.note)
-        };
         let mut trailers = vec![("Task".to_string(), self.id.clone())];
         if let Some(a) = &self.agent {
             trailers.push(("Agent".into(), a.clone()));
@@ -729,7 +775,7 @@ impl Transition {
             trailers.push(("Cost-USD".into(), format!("{c:.4}")));
         }
         crate::git::Entry {
-            line: format!("{} {from} → {}{note}", self.id, self.to),
+            line: format!("{} {}", self.id, self.change()),
             trailers,
         }
     }
@@ -903,6 +949,7 @@ impl Writer {
                 cost: None,
             });
         }
+        self.relink()?;
         // Expired leases go back to ready.
         let expired: Vec<usize> = (0..self.scan.tasks.len())
             .filter(|&i| {
@@ -937,6 +984,58 @@ impl Writer {
             .collect();
         for i in unmoved {
             self.move_to_done(i)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites dependencies written as task files (`setup-db.md`,
+    /// `tasks/todo/setup-db.md`, or `setup-db`, the name an id-less file is
+    /// listed under) to the ids those files have now, in the open tasks,
+    /// changing only their `dependencies:` line.
+    fn relink(&mut self) -> Result<()> {
+        let scan = &self.scan;
+        let unknown = |t: &Task| {
+            t.folder == Folder::Todo
+                && t.has_id
+                && !t.broken
+                && t.dependencies.iter().any(|d| scan.position(d).is_none())
+        };
+        if !scan.tasks.iter().any(unknown) {
+            return Ok(());
+        }
+        let files = scan.files();
+        let mut edits = Vec::new();
+        for (i, t) in scan.tasks.iter().enumerate().filter(|(_, t)| unknown(t)) {
+            let mut renamed = Vec::new();
+            let deps: Vec<String> = t
+                .dependencies
+                .iter()
+                .map(|d| {
+                    let target = scan.position(d).is_none().then(|| files.find(d)).flatten();
+                    match target.map(|j| &scan.tasks[j]) {
+                        Some(dt) if dt.has_id && dt.id != t.id => {
+                            renamed.push(format!("{d} → {}", dt.id));
+                            dt.id.to_string()
+                        }
+                        _ => d.to_string(),
+                    }
+                })
+                .collect();
+            if !renamed.is_empty() {
+                edits.push((i, deps, renamed));
+            }
+        }
+        for (i, deps, renamed) in edits {
+            let status = self.scan.tasks[i].status;
+            self.set(
+                i,
+                &[Change::set_raw(
+                    "dependencies",
+                    frontmatter::yaml_list(&deps),
+                )],
+                status,
+                &format!("dependencies: {}", renamed.join(", ")),
+            )?;
         }
         Ok(())
     }
@@ -1280,6 +1379,27 @@ mod tests {
         );
         let c = scan.get("c").unwrap();
         assert_eq!(display_title(&root, c), "Heading title");
+    }
+
+    #[test]
+    fn a_change_says_each_thing_once() {
+        let t = |from, to, note: &str| Transition {
+            id: "TASK-3".into(),
+            from,
+            to,
+            note: note.into(),
+            agent: None,
+            cost: None,
+        };
+        let review = t(Some(Status::Review), Status::Review, "assigned TST-002");
+        assert_eq!(review.entry().line, "TASK-3 review (assigned TST-002)");
+        let claim = t(
+            Some(Status::Ready),
+            Status::Running,
+            "BLD-002 builder builder",
+        );
+        assert_eq!(claim.change(), "ready → running (BLD-002 builder)");
+        assert_eq!(t(None, Status::Ready, "").change(), "new → ready");
     }
 
     #[test]

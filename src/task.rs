@@ -438,7 +438,7 @@ impl Task {
                 "dependencies" => match list(&field.value) {
                     Some(items) => {
                         for dep in items.iter() {
-                            if let Err(why) = validate_id(dep) {
+                            if let Err(why) = validate_dependency(dep) {
                                 bad(format!("invalid dependency `{dep}`: {why}"), None);
                                 task.broken = true;
                             }
@@ -670,6 +670,38 @@ pub fn validate_id(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The task file a dependency names when it is written as a file rather
+/// than an id (`setup-db.md`, `tasks/todo/setup-db.md`, `tasks/done/a/b`):
+/// the folder, when the path gives it, and the path inside the folder.
+/// `None` for anything else (an id, or a bare stem like `setup-db`).
+pub fn dependency_file(dep: &str) -> Option<(Option<Folder>, &str)> {
+    let dep = dep.strip_prefix("./").unwrap_or(dep);
+    for folder in [Folder::Todo, Folder::Done] {
+        if let Some(rel) = dep
+            .strip_prefix("tasks/")
+            .and_then(|d| d.strip_prefix(folder.dir_name()))
+            .and_then(|d| d.strip_prefix('/'))
+        {
+            return Some((Some(folder), rel));
+        }
+    }
+    dep.ends_with(".md").then_some((None, dep))
+}
+
+/// Checks a dependency: a task id (see [`validate_id`]), or a task file
+/// (see [`dependency_file`]) as a relative path without `.` or `..` parts,
+/// which `taskq adopt` (any writing command) rewrites to the file's id.
+pub fn validate_dependency(dep: &str) -> Result<(), &'static str> {
+    let Some((_, rel)) = dependency_file(dep) else {
+        return validate_id(dep);
+    };
+    let bad_part = |c: &str| c.is_empty() || c == "." || c == "..";
+    if rel.split('/').any(bad_part) || rel.contains('\\') || rel.chars().any(char::is_control) {
+        return Err("a task file is named by its path under tasks/todo/ or tasks/done/, without `.` or `..`");
+    }
+    Ok(())
+}
+
 /// Parses RFC 3339 (`2026-02-03T12:04:30-05:00`, `...Z`), also with a space
 /// instead of `T`, or a bare date (midnight UTC).
 pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
@@ -775,6 +807,40 @@ mod tests {
         assert!(validate_id("TASK-006").is_ok());
         let (t, p) = task("id: TASK-1\ndependencies: [TASK-1]\n");
         assert!(t.broken && p[0].message.contains("depends on itself"));
+    }
+
+    #[test]
+    fn dependencies_may_name_task_files() {
+        assert_eq!(dependency_file("setup-db.md"), Some((None, "setup-db.md")));
+        assert_eq!(
+            dependency_file("tasks/todo/setup-db.md"),
+            Some((Some(Folder::Todo), "setup-db.md"))
+        );
+        assert_eq!(
+            dependency_file("./tasks/done/a/b"),
+            Some((Some(Folder::Done), "a/b"))
+        );
+        assert_eq!(dependency_file("setup-db"), None);
+        assert_eq!(dependency_file("TASK-003"), None);
+        for ok in [
+            "setup-db.md",
+            "tasks/todo/sub/x.md",
+            "setup-db",
+            "my notes.md",
+        ] {
+            assert!(validate_dependency(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../x.md",
+            "tasks/todo/../../x.md",
+            "tasks/todo/",
+            "a/b",
+            "a\\b.md",
+        ] {
+            assert!(validate_dependency(bad).is_err(), "{bad}");
+        }
+        let (t, p) = task("dependencies: [tasks/todo/setup-db.md, api]\n");
+        assert!(p.is_empty() && !t.broken, "{p:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::graph::Graph;
 use crate::store::{Transition, Writer};
 use crate::task::{format_timestamp, validate_id, Priority, Status};
 
-use super::{report, split_list};
+use super::{report, split_list, tag_list};
 
 /// Arguments of `taskq add`.
 #[derive(Debug, clap::Args)]
@@ -23,12 +23,13 @@ pub struct Args {
     #[arg(long, value_name = "TEXT|-")]
     pub body: Option<String>,
 
-    /// Comma-separated tags (they route the task to a role).
-    #[arg(long, value_name = "A,B")]
-    pub tags: Option<String>,
+    /// Its tags (they route the task to a role): `--tag a,b`, or the flag
+    /// repeated.
+    #[arg(long = "tag", visible_alias = "tags", value_name = "A,B")]
+    pub tags: Vec<String>,
 
-    /// Comma-separated ids of tasks that must be done first. Unknown ids
-    /// are refused.
+    /// Comma-separated ids of tasks that must be done first (`3`,
+    /// `TASK-003`). Unknown ids are refused.
     #[arg(long, value_name = "TASK-1,TASK-2")]
     pub deps: Option<String>,
 
@@ -61,7 +62,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if let Some(role) = &args.role {
         validate_id(role).map_err(|why| Error::usage(format!("invalid role `{role}`: {why}")))?;
     }
-    let tags = args.tags.as_deref().map(split_list).unwrap_or_default();
+    let tags = tag_list(&args.tags);
     let mut writer = Writer::open(&ctx.root)?;
 
     // Dependencies must exist; store them under their canonical ids.

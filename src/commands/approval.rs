@@ -17,9 +17,14 @@ use super::report;
 /// `taskq approve`.
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
-    /// The task id (its gate `approvals/pending/TASK-006.md`), a request's
-    /// name (`TASK-006-1`) or the pending file's path.
+    /// The task id (`6`, `TASK-006`: its gate
+    /// `approvals/pending/TASK-006.md`), a request's name (`TASK-006-1`) or
+    /// the pending file's path.
     pub what: String,
+    /// Who approves (recorded as `by:` in the file and in the commit).
+    /// Default: git's `user.name` for the root, else `$USER`.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
 }
 
 /// `taskq reject`.
@@ -30,6 +35,9 @@ pub struct RejectArgs {
     /// Why (recorded in the approval file, and on the task it cancels).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Who rejects, as for `approve`.
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
 }
 
 /// `taskq approval`.
@@ -62,8 +70,9 @@ pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
     let mut writer = Writer::open(&ctx.root)?;
     let what = gate_name(&writer, &ctx.root, &args.what);
     let from = approval::decision(&ctx.root, &what);
-    let path = approval::decide(&ctx.root, &what, true, None, writer.now)?;
-    record_move(&mut writer, &ctx.root, from, &path, "approved");
+    let by = decider(ctx, args.by)?;
+    let path = approval::decide(&ctx.root, &what, true, None, &by, writer.now)?;
+    record_move(&mut writer, &ctx.root, from, &path, "approved", &by);
     let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
     ctx.out.note(format!("approved: {}", shown.display()));
     if ctx.out.json {
@@ -78,8 +87,16 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     let mut writer = Writer::open(&ctx.root)?;
     let what = gate_name(&writer, &ctx.root, &args.what);
     let from = approval::decision(&ctx.root, &what);
-    let path = approval::decide(&ctx.root, &what, false, args.reason.as_deref(), writer.now)?;
-    record_move(&mut writer, &ctx.root, from, &path, "rejected");
+    let by = decider(ctx, args.by)?;
+    let path = approval::decide(
+        &ctx.root,
+        &what,
+        false,
+        args.reason.as_deref(),
+        &by,
+        writer.now,
+    )?;
+    record_move(&mut writer, &ctx.root, from, &path, "rejected", &by);
     let gate = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -111,6 +128,21 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who decides: `--by`, else git's `user.name` for the root, else `$USER`,
+/// else `someone`.
+fn decider(ctx: &Ctx, by: Option<String>) -> Result<String> {
+    if let Some(by) = by {
+        let by = by.trim();
+        if by.is_empty() || by.contains(['\n', '\r']) {
+            return Err(Error::usage("--by must be a name on one line"));
+        }
+        return Ok(by.to_string());
+    }
+    Ok(crate::git::Git::user_name(&ctx.root.dir)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| "someone".into()))
+}
+
 /// What the person typed, as a gate name: a path stays a path; `6` or
 /// `task-6` becomes `TASK-006` when that task exists and no gate has the
 /// name as typed.
@@ -134,6 +166,7 @@ fn record_move(
     from: approval::Decision,
     to: &std::path::Path,
     what: &str,
+    by: &str,
 ) {
     if let approval::Decision::Pending(p) = from {
         writer.touch(p);
@@ -146,7 +179,7 @@ fn record_move(
     let task = approval::read_field(to, "task").unwrap_or_else(|| name.clone());
     writer.notes.push(crate::git::Entry {
         line: format!(
-            "{name} {what} ({})",
+            "{name} {what} by {by} ({})",
             to.strip_prefix(&root.dir).unwrap_or(to).display()
         ),
         trailers: vec![("Task".into(), task)],

@@ -9,6 +9,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Problem, Result};
 use crate::frontmatter::Layout;
 use crate::graph::Graph;
+use crate::output::count;
 use crate::role;
 use crate::store;
 
@@ -164,13 +165,16 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         ctx.out.text(out)?;
         if errors == 0 {
             ctx.out.note(format!(
-                "{} tasks checked: ok ({warnings} warnings)",
-                scan.tasks.len()
+                "{} checked: ok ({})",
+                count(scan.tasks.len(), "task"),
+                count(warnings, "warning")
             ));
         } else {
             ctx.out.note(format!(
-                "{} tasks checked: {errors} problems, {warnings} warnings",
-                scan.tasks.len()
+                "{} checked: {}, {}",
+                count(scan.tasks.len(), "task"),
+                count(errors, "problem"),
+                count(warnings, "warning")
             ));
         }
     }

@@ -20,9 +20,10 @@ pub struct Args {
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
 
-    /// Only tasks with this tag.
-    #[arg(long, value_name = "T")]
-    pub tag: Option<String>,
+    /// Only tasks with this tag (`a,b` or the flag repeated: with every
+    /// one of them).
+    #[arg(long, visible_alias = "tags", value_name = "T")]
+    pub tag: Vec<String>,
 
     /// Only tasks that can be claimed now, in queue order (the order
     /// `taskq next` hands them out).
@@ -58,15 +59,14 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     // need little of them, and their full fields are read again a batch at
     // a time as they are printed (at 100,000 tasks, half of them done:
     // 45-49 MB, not 65-67 MB; 20% slower, so smaller queues are read in full).
-    let scan = store::scan_open_full(&ctx.root, args.tag.is_some());
+    let tags = super::tag_list(&args.tag);
+    let scan = store::scan_open_full(&ctx.root, !tags.is_empty());
     super::warn_problems(ctx, &scan);
     let queue = Queue::new(&scan, ctx.now);
     super::warn_graph(ctx, &scan, &queue.graph);
     let keep = |i: usize| {
         let t = &scan.tasks[i];
-        args.tag
-            .as_deref()
-            .is_none_or(|tag| t.tags.iter().any(|x| &**x == tag))
+        super::has_tags(t, &tags)
             && args.status.as_deref().is_none_or(|s| {
                 queue.state[i].as_str() == s || s.parse::<Status>().is_ok_and(|st| st == t.status)
             })

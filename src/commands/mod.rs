@@ -105,13 +105,7 @@ fn adopt(ctx: &Ctx) -> Result<ExitCode> {
 /// Prints every transition a writer made on stderr.
 pub fn report(ctx: &Ctx, writer: &Writer) {
     for t in &writer.transitions {
-        let from = t.from.map_or_else(|| "new".to_string(), |s| s.to_string());
-        let note = if t.note.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", t.note)
-        };
-        ctx.out.note(format!("{}: {from} → {}{note}", t.id, t.to));
+        ctx.out.note(format!("{}: {}", t.id, t.change()));
     }
 }
 
@@ -165,7 +159,7 @@ pub fn warn_graph(ctx: &Ctx, scan: &Scan, graph: &crate::graph::Graph) {
     for mut p in crate::graph::problems(&ctx.root, scan, graph) {
         p.path = ctx.display_path(&p.path);
         p.hint = None;
-        ctx.out.warn(&p);
+        warn_once(ctx, &p);
     }
 }
 
@@ -174,7 +168,20 @@ pub fn warn_problems(ctx: &Ctx, scan: &Scan) {
     for p in &scan.problems {
         let mut p = p.clone();
         p.path = ctx.display_path(&p.path);
-        ctx.out.warn(&p);
+        warn_once(ctx, &p);
+    }
+}
+
+/// Warns about `p` unless this command already did: one that scans twice,
+/// or warns about a scan and then its graph, says each thing once.
+fn warn_once(ctx: &Ctx, p: &crate::error::Problem) {
+    static SHOWN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut shown = SHOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if shown.insert(p.to_string()) {
+        ctx.out.warn(p);
     }
 }
 
@@ -285,6 +292,22 @@ impl TaskJson {
 /// A path as a `/`-separated string.
 pub fn path_string(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
+}
+
+/// The tags of every `--tag` (each `a,b` or one tag), once each.
+pub fn tag_list(values: &[String]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for t in values.iter().flat_map(|v| split_list(v)) {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    tags
+}
+
+/// True when `task` has every tag of `wanted`.
+pub fn has_tags(task: &Task, wanted: &[String]) -> bool {
+    wanted.iter().all(|w| task.tags.iter().any(|t| **t == **w))
 }
 
 /// Splits `a,b, c` into trimmed, non-empty items.

@@ -18,9 +18,10 @@ use super::{report, transition, TaskJson};
 /// Arguments of `taskq next`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only tasks with this tag.
-    #[arg(long, value_name = "T")]
-    pub tag: Option<String>,
+    /// Only tasks with this tag (`a,b` or the flag repeated: with every
+    /// one of them).
+    #[arg(long, visible_alias = "tags", value_name = "T")]
+    pub tag: Vec<String>,
 
     /// Only tasks that go to this role (their `role:` field, else the tags
     /// of agents/templates/<R>.md, else the config's default_role).
@@ -53,12 +54,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         .map(transition::parse_lease)
         .transpose()?;
     let router = Router::new(&ctx.root, args.role.as_deref())?;
-    let filter = |t: &Task| {
-        args.tag
-            .as_deref()
-            .is_none_or(|tag| t.tags.iter().any(|x| &**x == tag))
-            && router.accepts(t)
-    };
+    let tags = super::tag_list(&args.tag);
+    let filter = |t: &Task| super::has_tags(t, &tags) && router.accepts(t);
     let Some(agent) = args.claim else {
         let scan = super::scan_lean_and_warn(ctx);
         let queue = Queue::new(&scan, ctx.now);

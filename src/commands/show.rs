@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::frontmatter::{self, Layout};
+use crate::output::count;
 use crate::queue::Queue;
 use crate::store::display_title;
 use crate::task::{format_timestamp, Priority};
@@ -124,7 +125,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     );
     field(
         "unblocks",
-        (unblocks > 0).then(|| format!("{unblocks} task(s)")),
+        (unblocks > 0).then(|| count(unblocks as usize, "task")),
     );
     field("assigned", t.assigned.as_deref().map(str::to_string));
     field("role", t.role.as_deref().map(str::to_string));
@@ -149,8 +150,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         "review",
         (e.review_rounds + e.review_errors > 0).then(|| {
             format!(
-                "{} round(s) sent back, {} without a verdict",
-                e.review_rounds, e.review_errors
+                "{} sent back, {} without a verdict",
+                count(e.review_rounds as usize, "round"),
+                e.review_errors
             )
         }),
     );

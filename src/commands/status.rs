@@ -295,8 +295,8 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
     if !tail.is_empty() {
         let _ = writeln!(
             out,
-            "--- last {} lines of {} ---",
-            tail.len(),
+            "--- last {} of {} ---",
+            crate::output::count(tail.len(), "line"),
             log_path(&last.id).display()
         );
         for l in tail {

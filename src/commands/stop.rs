@@ -1,4 +1,5 @@
-//! `taskq stop AGENT-ID`: stop one agent and everything it spawned.
+//! `taskq stop AGENT-ID|TASK-ID`: stop one agent (or the agent running a
+//! task) and everything it spawned.
 //!
 //! Marks them `stopping` in the registry (under the queue lock), then
 //! signals their process groups (TERM, grace, KILL). A running factory sees
@@ -22,7 +23,9 @@ use crate::task::Status;
 /// Arguments of `taskq stop`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The agent id (`BLD-004`).
+    /// The agent id (`BLD-004`), or a task id (`42`, `TASK-042`) to stop
+    /// the agent running that task.
+    #[arg(value_name = "AGENT|TASK")]
     pub agent: String,
 
     /// Cancel its task instead of returning it to ready.
@@ -37,20 +40,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let targets = {
         let w = Writer::open(&ctx.root)?;
         let mut reg = Registry::load(&ctx.root)?;
-        let Some(agent) = reg.agents.get(&args.agent) else {
-            return Err(Error::usage_hint(
-                format!("no agent `{}` in the registry", args.agent),
-                "`taskq status` lists the agents",
-            ));
+        let agent_id = match reg.agents.get(&args.agent) {
+            Some(_) => args.agent.clone(),
+            None => agent_of_task(&w, &reg, &args.agent)?,
         };
+        let agent = &reg.agents[&agent_id];
         if !agent.status.is_live() {
             return Err(Error::conflict(format!(
-                "`{}` is not running (it is {})",
-                args.agent,
+                "`{agent_id}` is not running (it is {})",
                 agent.status.as_str()
             )));
         }
-        let mut targets = vec![(0usize, args.agent.clone())];
+        let mut targets = vec![(0usize, agent_id.clone())];
         let mut k = 0;
         while k < targets.len() {
             let (depth, parent) = targets[k].clone();
@@ -67,7 +68,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         for (_, id) in &targets {
             let a = reg.agents.get_mut(id).expect("listed from the registry");
             a.status = AgentStatus::Stopping;
-            a.cancel_task = args.cancel && *id == args.agent;
+            a.cancel_task = args.cancel && *id == agent_id;
         }
         reg.save(&ctx.root, w.now)?;
         targets
@@ -121,4 +122,34 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     let _ = Duration::ZERO;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The live agent running the task `input` names (`42`, `TASK-042`): the
+/// task's `assigned` agent, else the newest live agent on it.
+fn agent_of_task(w: &Writer, reg: &Registry, input: &str) -> Result<String> {
+    let i = w.scan.resolve(input).map_err(|_| {
+        Error::usage_hint(
+            format!("no agent or task `{input}`"),
+            "`taskq status` lists the agents, `taskq list` the tasks",
+        )
+    })?;
+    let t = &w.scan.tasks[i];
+    let assigned = t
+        .assigned
+        .as_deref()
+        .and_then(|a| reg.agents.get(a))
+        .filter(|a| a.status.is_live() && *a.task == *t.id);
+    let newest = || {
+        reg.live()
+            .filter(|a| *a.task == *t.id)
+            .max_by_key(|a| a.spawned)
+    };
+    match assigned.or_else(newest) {
+        Some(a) => Ok(a.id.clone()),
+        None => Err(Error::conflict(format!(
+            "`{}` has no running agent (it is {})",
+            t.id,
+            crate::queue::Queue::new(&w.scan, w.now).state[i].as_str()
+        ))),
+    }
 }
