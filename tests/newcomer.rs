@@ -169,7 +169,13 @@ fn counts_are_plural_and_commit_subjects_say_each_thing_once() {
     std::fs::remove_file(root.path().join("tasks/todo/bad.md")).unwrap();
 
     let run = root.run_until_idle(&[]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The second task has no role: the run ends saying so, with exit 1.
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("1 task can never run as things are:"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         root.taskq(&["--json", "show", &a]).ok().json()["status"],
         "done"

@@ -154,10 +154,10 @@ impl Factory {
                     .saturating_mul(1 << (n - 1).min(7))
                     .min(Duration::from_secs(30));
                 let running = self.running.len();
+                let wait_s = wait.as_secs_f64();
                 self.progress(format!(
-                    "error: a step failed: {e}; {running} agent{} still supervised; trying again in {}",
+                    "error: a step failed: {e}; {running} agent{} still supervised; trying again in {wait_s:.2}s",
                     if running == 1 { "" } else { "s" },
-                    format!("{:.2}s", wait.as_secs_f64())
                 ));
                 let at = std::time::Instant::now() + wait;
                 self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));

@@ -43,6 +43,11 @@ impl Factory {
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();
         let patched = std::mem::take(&mut self.patched);
+        // The files as they are before a full read: what the next heartbeat
+        // compares with. Taken before, not after: a file someone writes
+        // while the step runs is then a change the heartbeat finds (with
+        // `watch: false` nothing else would).
+        let before = fresh.then(|| watch::fingerprint(&self.root, !self.config.watch));
         let mut w = match self.cache.take() {
             Some(scan) => Writer::with_scan(&self.root, scan)?,
             None => Writer::open(&self.root)?,
@@ -79,11 +84,12 @@ impl Factory {
             self.own.clear();
         }
         let wrote = w.changed.iter().any(|p| watch::is_watched(&self.root, p));
-        if fresh || (patched && !wrote) {
-            // The files as this factory now knows them (read in full, or
-            // brought up to date from the events' paths): what the next
-            // heartbeat compares with (after the step, so it delays no
-            // agent).
+        if fresh && !wrote {
+            self.fingerprint = before;
+        } else if patched && !wrote {
+            // Brought up to date from the watcher's paths (the watcher sees
+            // what is written meanwhile): walked after the step, so it
+            // delays no agent.
             self.fingerprint = Some(watch::fingerprint(&self.root, !self.config.watch));
         } else if wrote {
             // It wrote task files itself: agents starting and ending will
