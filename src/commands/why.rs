@@ -52,8 +52,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             t.id
         )),
         State::Failed => lines.push(format!(
-            "failed after {} attempt(s){}; `taskq release {}` to try again",
-            t.attempts,
+            "failed after {}{}; `taskq release {}` to try again",
+            crate::output::count(t.attempts as usize, "attempt"),
             e.reason
                 .as_deref()
                 .map(|r| format!(": {r}"))

@@ -33,10 +33,10 @@ impl Factory {
         let mut sighup =
             signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
         self.progress(format!(
-            "factory started in {} (max_concurrent {}, {} roles)",
+            "factory started in {} (max_concurrent {}, {})",
             self.root.dir.display(),
             self.config.max_concurrent,
-            self.roles.len()
+            crate::output::count(self.roles.len(), "role")
         ));
         let finished = self.recover()?;
         self.step_or_retry(finished);
