@@ -85,6 +85,64 @@ pub fn waiting(root: &Root, tasks: impl Iterator<Item = (usize, Task)>) -> Vec<(
     out
 }
 
+/// The human gates of a root, for commands other than the factory: a task
+/// that needs a person's approval and has none is not handed out by
+/// `next`, and `claim`, `done` and `fail` refuse it.
+pub struct Gates {
+    config: crate::config::Config,
+    roles: Vec<Role>,
+    /// Some role needs approval (else only tasks and tags can).
+    any_role: bool,
+}
+
+impl Gates {
+    /// The config and roles of `root` (defaults when they are broken:
+    /// `check` reports that).
+    pub fn load(root: &Root) -> Gates {
+        let config = crate::config::Config::load(root).unwrap_or_default();
+        let (roles, _) = crate::role::load_all(root);
+        let any_role = roles
+            .iter()
+            .any(|r| needs_approval_field(r.settings.approval.as_deref()));
+        Gates {
+            config,
+            roles,
+            any_role,
+        }
+    }
+
+    /// Why `t` may not be handed out or finished now: it waits for a
+    /// person's approval (naming the file), or it was rejected. `None`
+    /// when no approval is needed or it was given.
+    pub fn blocks(&self, root: &Root, t: &Task) -> Option<String> {
+        let cheap = needs_approval_field(t.extra().approval.as_deref())
+            || t.tags
+                .iter()
+                .any(|g| self.config.approval_tags.iter().any(|a| **g == **a));
+        if !cheap && !self.any_role {
+            return None;
+        }
+        let role = crate::role::route(t, &self.roles, &self.config);
+        if !needs_approval(t, role, &self.config) {
+            return None;
+        }
+        let shown = |p: &Path| p.strip_prefix(&root.dir).unwrap_or(p).display().to_string();
+        match decision(root, &t.id) {
+            Decision::Approved(_) => None,
+            Decision::Pending(p) => Some(format!("waits for approval: {}", shown(&p))),
+            Decision::Rejected(p, _) => Some(format!("its approval was rejected: {}", shown(&p))),
+            Decision::Missing => Some(format!(
+                "needs a person's approval: approvals/pending/{}.md is not written yet (`taskq run` writes it)",
+                t.id
+            )),
+        }
+    }
+}
+
+fn needs_approval_field(v: Option<&str>) -> bool {
+    v.is_some_and(|a| matches!(a.trim(), "required" | "yes" | "true"))
+}
+
 /// The state of the gate named `name` (`TASK-006` for a task's gate).
 pub fn decision(root: &Root, name: &str) -> Decision {
     for state in STATES {

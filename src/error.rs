@@ -53,6 +53,8 @@ pub enum Error {
     Conflict {
         /// One line, lowercase, user values in backticks.
         message: String,
+        /// An optional second line: what to do instead.
+        hint: Option<String>,
     },
 
     /// No taskq root was found.
@@ -78,7 +80,7 @@ impl Error {
     /// A hint line printed after the error, if there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Usage { hint, .. } => hint.clone(),
+            Error::Usage { hint, .. } | Error::Conflict { hint, .. } => hint.clone(),
             Error::Invalid { problem } => problem.hint.clone(),
             Error::NoRoot { .. } => Some(
                 "run `taskq init` to create one, or pass `--root DIR` / set `TASKQ_ROOT`".into(),
@@ -115,6 +117,15 @@ impl Error {
     pub fn conflict(message: impl Into<String>) -> Self {
         Error::Conflict {
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Builds an [`Error::Conflict`] with a hint.
+    pub fn conflict_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Conflict {
+            message: message.into(),
+            hint: Some(hint.into()),
         }
     }
 }

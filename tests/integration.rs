@@ -9,6 +9,7 @@ mod cli;
 mod docs;
 mod e2e;
 mod edits;
+mod exactly_once;
 mod factory;
 mod faults;
 mod firsthour;

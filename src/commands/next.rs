@@ -55,7 +55,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         .transpose()?;
     let router = Router::new(&ctx.root, args.role.as_deref())?;
     let tags = super::tag_list(&args.tag);
-    let filter = |t: &Task| super::has_tags(t, &tags) && router.accepts(t);
+    // A task waiting for a person's approval is never handed out.
+    let gates = crate::approval::Gates::load(&ctx.root);
+    let filter = |t: &Task| {
+        super::has_tags(t, &tags) && router.accepts(t) && gates.blocks(&ctx.root, t).is_none()
+    };
     let Some(agent) = args.claim else {
         let scan = super::scan_lean_and_warn(ctx);
         let queue = Queue::new(&scan, ctx.now);

@@ -166,6 +166,32 @@ fn open(ctx: &Ctx, id: &str) -> Result<(Writer, usize)> {
     Ok((writer, i))
 }
 
+/// The human gates hold for scripts too: a task that waits for a
+/// person's approval, or for its tester's verdict, is refused (exit 3).
+pub fn check_gates(writer: &Writer, i: usize, gates: &crate::approval::Gates) -> Result<()> {
+    let t = &writer.scan.tasks[i];
+    if t.folder == crate::task::Folder::Todo && t.status == Status::Review {
+        return Err(Error::conflict_hint(
+            format!(
+                "`{}` is in review: its tester (`{}`) decides",
+                t.id,
+                t.extra().review_role.as_deref().unwrap_or("tester")
+            ),
+            format!(
+                "`taskq release {}` returns it to its builder; `taskq why {}` says more",
+                t.id, t.id
+            ),
+        ));
+    }
+    if let Some(why) = gates.blocks(&writer.root, t) {
+        return Err(Error::conflict_hint(
+            format!("`{}` {why}", t.id),
+            "a person approves with `taskq approve ID` (or moves the file to approvals/approved/)",
+        ));
+    }
+    Ok(())
+}
+
 fn finish(ctx: &Ctx, writer: &Writer) -> Result<ExitCode> {
     report(ctx, writer);
     Ok(ExitCode::SUCCESS)
@@ -176,6 +202,7 @@ pub fn claim(ctx: &Ctx, args: ClaimArgs) -> Result<ExitCode> {
     validate_agent(&args.agent)?;
     let lease = args.lease.as_deref().map(parse_lease).transpose()?;
     let (mut writer, i) = open(ctx, &args.id)?;
+    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
     claim_index(&mut writer, i, &args.agent, lease)?;
     finish(ctx, &writer)
 }
@@ -190,6 +217,7 @@ pub fn done(ctx: &Ctx, args: DoneArgs) -> Result<ExitCode> {
             t.id, t.status
         )));
     }
+    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
     let mut changes = vec![
         Change::set("status", "done"),
         Change::set("completed", &format_timestamp(writer.now)),
@@ -223,6 +251,7 @@ pub fn fail(ctx: &Ctx, args: FailArgs) -> Result<ExitCode> {
             t.id, t.status
         )));
     }
+    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
     let changes = [
         Change::set("status", "failed"),
         Change::set("reason", args.reason.trim()),
