@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{Run, TestRoot};
+use crate::util::{timestamp, Run, TestRoot};
 use mock::Mock;
 
 /// The Codex model (its price is in the config).
@@ -245,8 +245,7 @@ impl E2e {
     /// `paused` is how long the mock deliberately waited in total.
     pub fn figures(&self, cli: &str, mock: &Mock, agent: &Value, paused: Duration) -> Figures {
         let id = agent["id"].as_str().unwrap();
-        let spawned = chrono::DateTime::parse_from_rfc3339(agent["spawned"].as_str().unwrap())
-            .expect("spawned is RFC 3339");
+        let spawned = timestamp(agent, "spawned");
         let first = mock
             .model_requests()
             .into_iter()

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::mock::{self, Api, Mock, Reply, INPUT_TOKENS, OUTPUT_TOKENS};
 use super::{claude_result, E2e, CODEX_PRICE, GEMINI_MODEL, GEMINI_PRICE};
-use crate::util::max_overlap;
+use crate::util::{max_overlap, timestamp};
 
 /// The success runs' mock waits this long before each answer, so that
 /// taskq's memory sampling (every 500 ms) sees the CLI itself rather than
@@ -564,19 +564,21 @@ fn three_claude_agents_at_once() {
     e.run(LIMIT);
     let agents = e.root.agents();
     assert_eq!(agents.len(), 4, "{agents:#?}");
-    let time =
-        |a: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap();
     // Overlap of [spawned, completed]: at most 3, and 3 did run at once.
     let mut events = Vec::new();
     for a in &agents {
         assert_eq!(a["status"], "completed", "{a}");
-        events.push((time(a, "spawned"), 1));
-        events.push((time(a, "completed"), -1));
+        events.push((timestamp(a, "spawned"), 1));
+        events.push((timestamp(a, "completed"), -1));
     }
     let max = max_overlap(events);
     assert_eq!(max, 3, "three agents at once, never more");
     // The mock saw three sessions in flight together.
-    let first_done = agents.iter().map(|a| time(a, "completed")).min().unwrap();
+    let first_done = agents
+        .iter()
+        .map(|a| timestamp(a, "completed"))
+        .min()
+        .unwrap();
     let mut early: Vec<String> = mock
         .model_requests()
         .iter()
