@@ -192,7 +192,7 @@ fn a_worktree_role_leaves_a_branch_and_no_worktree() {
         ("FAKE_AGENT_WRITE_CONTENT", "the feature\n"),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = root.taskq(&["--json", "show", "TASK-001"]).ok().json();
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert!(
         t["result"]
