@@ -11,5 +11,4 @@ mod edits;
 mod factory;
 mod gates;
 mod git;
-mod openclaw;
 mod properties;
