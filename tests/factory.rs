@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot};
-
-const LONG: Duration = Duration::from_secs(30);
+use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot, LONG};
 
 /// A file dropped into tasks/todo while the factory runs is adopted,
 /// spawned with the exact claude flags, and done; the registry and the

@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{wait_for, Run, TestRoot};
-
-const LONG: Duration = Duration::from_secs(30);
+use crate::util::{wait_for, Run, TestRoot, LONG};
 
 /// `taskq run --until-idle` with the clock at `now` and `env`.
 fn until_idle_at(root: &TestRoot, now: &str, env: &[(&str, &str)]) -> Run {

@@ -60,6 +60,11 @@ impl Run {
     }
 }
 
+/// How long a test waits for something that normally takes well under a
+/// second (a factory start, an agent's spawn, a file move), so a slow
+/// machine is not a failure.
+pub const LONG: Duration = Duration::from_secs(30);
+
 /// Waits until `cond` holds, polling every 20 ms, up to `timeout`; panics
 /// with `what` past it. Tests wait on conditions, never on sleeps.
 #[track_caller]
@@ -134,7 +139,7 @@ impl TestRoot {
     /// Waits until a factory runs in this root: it has written its pid in
     /// the run lock.
     pub fn wait_factory_started(&self) {
-        wait_for("the factory to start", Duration::from_secs(30), || {
+        wait_for("the factory to start", LONG, || {
             std::fs::read_to_string(self.path().join("agents/factory/run.lock"))
                 .is_ok_and(|s| !s.trim().is_empty())
         });
@@ -200,7 +205,7 @@ impl Daemon {
     /// SIGTERM, then waits for the exit.
     pub fn wait_after_term(self) -> Run {
         self.signal("TERM");
-        self.wait(Duration::from_secs(30))
+        self.wait(LONG)
     }
 
     /// Waits for the factory to exit (up to `timeout`) and returns its
