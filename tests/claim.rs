@@ -97,35 +97,39 @@ fn claiming_a_claimed_or_blocked_task_exits_3_and_changes_nothing() {
 fn an_expired_lease_returns_the_task_to_ready() {
     let root = TestRoot::new();
     let a = root.add(&["A"]);
-    let run = root
-        .cmd(&["next", "--claim", "crashy", "--lease", "10m"])
-        .env("TASKQ_NOW", "2026-03-01T10:00:00Z")
-        .output()
-        .unwrap();
-    assert!(run.status.success());
+    root.taskq_at(
+        "2026-03-01T10:00:00Z",
+        &["next", "--claim", "crashy", "--lease", "10m"],
+    )
+    .ok();
     let file = root.task_file(&a);
     assert!(root
         .read(&file)
         .contains("lease_expires: 2026-03-01T10:10:00Z"));
     // Before expiry: still claimed. After: `next` (read-only) already sees
     // it as ready, and a writing command returns it to ready for real.
-    let at = |t: &str, args: &[&str]| {
-        crate::util::Run::from(root.cmd(args).env("TASKQ_NOW", t).output().unwrap())
-    };
-    assert_eq!(at("2026-03-01T10:05:00Z", &["next"]).code, 1);
-    at(
+    assert_eq!(root.taskq_at("2026-03-01T10:05:00Z", &["next"]).code, 1);
+    root.taskq_at(
         "2026-03-01T10:05:00Z",
         &["renew", &a, "--lease", "1h", "--agent", "crashy"],
     )
     .ok();
-    assert_eq!(at("2026-03-01T10:30:00Z", &["next"]).code, 1);
-    assert_eq!(at("2026-03-01T11:06:00Z", &["next"]).ok().stdout.trim(), a);
+    assert_eq!(root.taskq_at("2026-03-01T10:30:00Z", &["next"]).code, 1);
+    assert_eq!(
+        root.taskq_at("2026-03-01T11:06:00Z", &["next"])
+            .ok()
+            .stdout
+            .trim(),
+        a
+    );
     let before = root.read(&file);
     assert!(
         before.contains("status: running"),
         "read-only next never writes"
     );
-    let run = at("2026-03-01T11:06:00Z", &["next", "--claim", "second"]).ok();
+    let run = root
+        .taskq_at("2026-03-01T11:06:00Z", &["next", "--claim", "second"])
+        .ok();
     assert_eq!(run.stdout.trim(), a);
     assert!(
         run.stderr.contains("lease of crashy expired"),

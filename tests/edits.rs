@@ -2,7 +2,7 @@
 //! of the keys it changes; comments, order, quoting, blank lines, unknown
 //! fields and the body stay exactly as they were.
 
-use crate::util::{Run, TestRoot};
+use crate::util::TestRoot;
 
 const ODD: &str = r#"---
 # Task header: hand-written, odd on purpose
@@ -26,16 +26,11 @@ and trailing spaces
 
 "#;
 
-fn at(root: &TestRoot, now: &str, args: &[&str]) -> Run {
-    Run::from(root.cmd(args).env("TASKQ_NOW", now).output().unwrap())
-}
-
 #[test]
 fn claim_and_done_change_only_their_lines() {
     let root = TestRoot::new();
     root.write("tasks/todo/odd.md", ODD);
-    at(
-        &root,
+    root.taskq_at(
         "2026-03-01T10:00:00Z",
         &["claim", "TASK-042", "--agent", "BLD-001", "--lease", "1h"],
     )
@@ -48,8 +43,7 @@ fn claim_and_done_change_only_their_lines() {
         );
     assert_eq!(root.read("tasks/todo/odd.md"), expected_claimed);
 
-    at(
-        &root,
+    root.taskq_at(
         "2026-03-01T10:30:00Z",
         &["done", "TASK-042", "--result", "shipped: v1"],
     )
@@ -67,7 +61,7 @@ fn claim_and_done_change_only_their_lines() {
         );
     assert_eq!(root.read("tasks/done/odd.md"), expected_done);
     // And it still parses to what we wrote.
-    let show = root.taskq(&["--json", "show", "TASK-042"]).ok().json();
+    let show = root.show("TASK-042");
     assert_eq!(show["title"], "It's: a \"title\"");
     assert_eq!(show["tags"], serde_json::json!(["build", "backend"]));
     assert_eq!(show["result"], "shipped: v1");
@@ -83,7 +77,7 @@ fn adoption_keeps_the_body_byte_for_byte_with_crlf_and_bom() {
         "tasks/todo/partial.md",
         "---\n# has a comment, no id\npriority: low\n---\nBody\n",
     );
-    let run = at(&root, "2026-03-01T10:00:00Z", &["adopt"]).ok();
+    let run = root.taskq_at("2026-03-01T10:00:00Z", &["adopt"]).ok();
     assert!(
         run.stderr
             .contains("TASK-001: new → ready (adopted login.md)"),
@@ -98,7 +92,7 @@ fn adoption_keeps_the_body_byte_for_byte_with_crlf_and_bom() {
         "---\n# has a comment, no id\npriority: low\nid: TASK-002\nstatus: ready\ncreated: 2026-03-01T10:00:00Z\n---\nBody\n"
     );
     // Title falls back to the heading.
-    let show = root.taskq(&["--json", "show", "TASK-001"]).ok().json();
+    let show = root.show("TASK-001");
     assert_eq!(show["title"], "Fix the login bug");
 }
 

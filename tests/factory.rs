@@ -5,20 +5,7 @@
 
 use std::time::Duration;
 
-use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot};
-
-const LONG: Duration = Duration::from_secs(30);
-
-fn task(root: &TestRoot, name: &str, header: &str, body: &str) {
-    root.write(
-        &format!("tasks/todo/{name}.md"),
-        format!("---\n{header}\n---\n{body}\n"),
-    );
-}
-
-fn task_state(root: &TestRoot, id: &str) -> serde_json::Value {
-    root.taskq(&["--json", "show", id]).ok().json()
-}
+use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot, LONG};
 
 /// A file dropped into tasks/todo while the factory runs is adopted,
 /// spawned with the exact claude flags, and done; the registry and the
@@ -53,7 +40,7 @@ fn a_dropped_file_is_spawned_and_done() {
             .first()
             .is_some_and(|a| a["status"] == "completed")
     });
-    let t = task_state(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "done");
     assert_eq!(t["result"], "Wrote out.txt.");
     assert_eq!(t["assigned"], "FAK-001");
@@ -113,14 +100,12 @@ fn concurrency_limits_are_never_exceeded() {
         "prefix: BET\nmodel: model-beta\ntags: [b]\nmax_concurrent: 2",
     );
     for n in 0..6 {
-        task(
-            &root,
+        root.write_task(
             &format!("a{n}"),
             &format!("id: TASK-{:03}\ntags: [a]", n + 1),
             "work",
         );
-        task(
-            &root,
+        root.write_task(
             &format!("b{n}"),
             &format!("id: TASK-{:03}\ntags: [b]", n + 11),
             "work",
@@ -163,14 +148,14 @@ fn a_timeout_kills_the_agent_and_its_grandchildren() {
         "slow",
         "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 1\ntimeout: 1s\nretries: 0",
     );
-    task(&root, "t", "id: TASK-001\ntags: [slow]", "sleep");
+    root.write_task("t", "id: TASK-001\ntags: [slow]", "sleep");
     let pidfile = root.path().join("grandchild.pid");
     let run = root.run_until_idle(&[
         ("FAKE_AGENT_DELAY_MS", "60000"),
         ("FAKE_AGENT_SPAWN_CHILD", pidfile.to_str().unwrap()),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = task_state(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "failed");
     assert!(
         t["reason"]
@@ -202,10 +187,10 @@ fn failures_retry_with_fallback_models_then_fail() {
         "fb",
         "prefix: FB\nmodel: model-a\nfallback_models: [model-b]\ntags: [fb]\nmax_concurrent: 1\nretries: 1",
     );
-    task(&root, "t", "id: TASK-001\ntags: [fb]", "x");
+    root.write_task("t", "id: TASK-001\ntags: [fb]", "x");
     let run = root.run_until_idle(&[("FAKE_AGENT_FAIL_MODELS", "model-a,model-b")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = task_state(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "failed");
     assert_eq!(t["attempts"], 2);
     assert!(
@@ -226,10 +211,10 @@ fn failures_retry_with_fallback_models_then_fail() {
 
     // Only the first model fails: the retry on the fallback succeeds.
     std::fs::remove_file(root.path().join("tasks/todo/t.md")).unwrap();
-    task(&root, "u", "id: TASK-002\ntags: [fb]", "x");
+    root.write_task("u", "id: TASK-002\ntags: [fb]", "x");
     let run = root.run_until_idle(&[("FAKE_AGENT_FAIL_MODELS", "model-a")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = task_state(&root, "TASK-002");
+    let t = root.show("TASK-002");
     assert_eq!(t["status"], "done", "{t}");
     assert_eq!(t["attempts"], 1);
 }
@@ -245,10 +230,10 @@ fn claude_errors_and_denials_are_failures() {
         "c",
         "prefix: C\nmodel: m\ntags: [c]\nmax_concurrent: 1\nretries: 0",
     );
-    task(&root, "t", "id: TASK-001\ntags: [c]", "x");
+    root.write_task("t", "id: TASK-001\ntags: [c]", "x");
     let run = root.run_until_idle(&[("FAKE_AGENT_IS_ERROR", "1"), ("FAKE_AGENT_EXIT", "0")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = task_state(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "failed");
     assert!(
         t["reason"]
@@ -258,10 +243,10 @@ fn claude_errors_and_denials_are_failures() {
         "{t}"
     );
 
-    task(&root, "u", "id: TASK-002\ntags: [c]", "x");
+    root.write_task("u", "id: TASK-002\ntags: [c]", "x");
     let run = root.run_until_idle(&[("FAKE_AGENT_DENY", "out.txt")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = task_state(&root, "TASK-002");
+    let t = root.show("TASK-002");
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["reason"], "blocked: permission denied for Write");
 }
@@ -277,8 +262,7 @@ fn sigterm_stops_every_agent_and_returns_tasks_to_ready() {
         "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 3\ntimeout: 10m",
     );
     for n in 1..=3 {
-        task(
-            &root,
+        root.write_task(
             &format!("t{n}"),
             &format!("id: TASK-00{n}\ntags: [slow]"),
             "x",
@@ -327,7 +311,7 @@ fn sigterm_stops_every_agent_and_returns_tasks_to_ready() {
         assert_eq!(a["status"], "stopped", "{a}");
     }
     for n in 1..=3 {
-        let t = task_state(&root, &format!("TASK-00{n}"));
+        let t = root.show(&format!("TASK-00{n}"));
         assert_eq!(t["status"], "ready", "{t}");
         assert_eq!(t["assigned"], serde_json::Value::Null);
         assert_eq!(t["attempts"], 0, "a stop is not a failed attempt");
@@ -346,12 +330,7 @@ fn kill_9_and_restart_finishes_every_task_exactly_once() {
         "prefix: W\nmodel: m\ntags: [w]\nmax_concurrent: 2\nretries: 2",
     );
     for n in 1..=6 {
-        task(
-            &root,
-            &format!("t{n}"),
-            &format!("id: TASK-00{n}\ntags: [w]"),
-            "x",
-        );
+        root.write_task(&format!("t{n}"), &format!("id: TASK-00{n}\ntags: [w]"), "x");
     }
     let env = [("FAKE_AGENT_DELAY_MS", "400")];
     let daemon = root.daemon(&[], &env);
@@ -374,7 +353,7 @@ fn kill_9_and_restart_finishes_every_task_exactly_once() {
     let agents = root.agents();
     for n in 1..=6 {
         let id = format!("TASK-00{n}");
-        assert_eq!(task_state(&root, &id)["status"], "done", "{id}");
+        assert_eq!(root.show(&id)["status"], "done", "{id}");
         let completed = agents
             .iter()
             .filter(|a| a["task"] == id.as_str() && a["status"] == "completed")
@@ -414,15 +393,14 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         "one",
         "prefix: ONE\nmodel: model-one\ntags: [x]\nmax_concurrent: 1",
     );
-    task(&root, "a", "id: TASK-001\ntags: [x]\npriority: high", "x");
-    task(&root, "b", "id: TASK-002\ntags: [x]", "x");
-    task(
-        &root,
+    root.write_task("a", "id: TASK-001\ntags: [x]\npriority: high", "x");
+    root.write_task("b", "id: TASK-002\ntags: [x]", "x");
+    root.write_task(
         "c",
         "id: TASK-003\ntags: [x]\ndependencies: [TASK-001]",
         "x",
     );
-    task(&root, "d", "id: TASK-004\ntags: [nothing]", "x");
+    root.write_task("d", "id: TASK-004\ntags: [nothing]", "x");
     root.write(
         "tasks/todo/e.md",
         "---\nid: TASK-005\nstatus: redy\n---\nx\n",
@@ -473,8 +451,8 @@ fn stop_one_agent_returns_or_cancels_its_task() {
         "slow",
         "prefix: SLO\nmodel: m\ntags: [slow]\nmax_concurrent: 2\ntimeout: 10m",
     );
-    task(&root, "a", "id: TASK-001\ntags: [slow]", "x");
-    task(&root, "b", "id: TASK-002\ntags: [slow]", "x");
+    root.write_task("a", "id: TASK-001\ntags: [slow]", "x");
+    root.write_task("b", "id: TASK-002\ntags: [slow]", "x");
     let daemon = root.daemon(&[], &[("FAKE_AGENT_DELAY_MS", "600000")]);
     wait_for("2 active agents", LONG, || {
         root.agents()
@@ -493,13 +471,13 @@ fn stop_one_agent_returns_or_cancels_its_task() {
     let (a1, a2) = (of("TASK-001"), of("TASK-002"));
     root.taskq(&["stop", &a2, "--cancel"]).ok();
     wait_for("TASK-002 cancelled", LONG, || {
-        task_state(&root, "TASK-002")["status"] == "cancelled"
+        root.show("TASK-002")["status"] == "cancelled"
     });
     // Stop the other; with the factory still running it is spawned again,
     // so stop the factory first for a stable end state.
     let run = daemon.wait_after_term();
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(task_state(&root, "TASK-001")["status"], "ready");
+    assert_eq!(root.show("TASK-001")["status"], "ready");
     let reg = root.registry();
     assert_eq!(reg["agents"][&a1]["status"], "stopped");
     assert_eq!(reg["agents"][&a2]["status"], "stopped");
@@ -543,12 +521,7 @@ fn the_memory_cap_holds_back_new_agents() {
         "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 3",
     );
     for n in 1..=3 {
-        task(
-            &root,
-            &format!("t{n}"),
-            &format!("id: TASK-00{n}\ntags: [x]"),
-            "x",
-        );
+        root.write_task(&format!("t{n}"), &format!("id: TASK-00{n}\ntags: [x]"), "x");
     }
     let log = root.path().join("fake.log");
     let run = root.run_until_idle(&[
@@ -576,14 +549,9 @@ fn logs_stay_with_their_agents_even_when_a_leftover_process_writes_late() {
     // The escapee leaves the agent's process group (setsid), so the
     // factory does not stop it when the agent ends; the agent waits until
     // it runs.
-    task(
-        &root,
-        "a",
-        "id: TASK-001\ntags: [job]",
-        "```sh\nsetsid sh -c 'touch scratch/up; sleep 1; echo late' &\nwhile [ ! -f scratch/up ]; do sleep 0.01; done\n```",
-    );
-    task(&root, "b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
-    task(&root, "c", "id: TASK-003\ntags: [job]", "```sh\ntrue\n```");
+    root.write_task("a", "id: TASK-001\ntags: [job]", "```sh\nsetsid sh -c 'touch scratch/up; sleep 1; echo late' &\nwhile [ ! -f scratch/up ]; do sleep 0.01; done\n```");
+    root.write_task("b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
+    root.write_task("c", "id: TASK-003\ntags: [job]", "```sh\ntrue\n```");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     wait_for("the late line", LONG, || {
@@ -623,7 +591,7 @@ fn an_exec_command_that_ends_while_the_factory_is_down_is_not_run_again() {
         "---\nprefix: CMD\nagent: command\ncommand: \"echo run >> scratch/runs; exec sh -c 'while [ ! -f scratch/go ]; do sleep 0.02; done'\"\ntags: [cmd]\nworkspace: root\nenv: [PATH, HOME]\n---\n",
     );
     std::fs::create_dir_all(root.path().join("scratch")).unwrap();
-    task(&root, "a", "id: TASK-001\ntags: [cmd]", "x");
+    root.write_task("a", "id: TASK-001\ntags: [cmd]", "x");
     let daemon = root.daemon(&[], &[]);
     wait_for("the agent to start", LONG, || {
         root.agents().iter().any(|a| a["status"] == "active")
@@ -636,7 +604,7 @@ fn an_exec_command_that_ends_while_the_factory_is_down_is_not_run_again() {
     wait_for("the agent to end", LONG, || !crate::util::pid_alive(pid));
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(task_state(&root, "TASK-001")["status"], "done");
+    assert_eq!(root.show("TASK-001")["status"], "done");
     assert_eq!(root.read("scratch/runs"), "run\n", "ran once");
     let agents = root.agents();
     assert_eq!(agents.len(), 1, "{agents:?}");
@@ -655,14 +623,14 @@ fn without_the_watcher_the_heartbeat_finds_new_files() {
     let daemon = root.daemon(&[], &[]);
     root.wait_factory_started();
     let done = |name: &str| root.path().join(format!("tasks/done/{name}.md")).is_file();
-    task(&root, "a", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("a", "tags: [job]", "```sh\ntrue\n```");
     wait_for("a to be done", LONG, || done("a"));
-    task(&root, "b", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("b", "tags: [job]", "```sh\ntrue\n```");
     wait_for("b to be done", LONG, || done("b"));
     // Two heartbeats (2 s each) with nothing new: the next file is found by
     // comparing the files' stat digest with the last one.
     std::thread::sleep(Duration::from_secs(5));
-    task(&root, "c", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("c", "tags: [job]", "```sh\ntrue\n```");
     wait_for("c to be done", LONG, || done("c"));
     let run = daemon.wait_after_term();
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -682,8 +650,7 @@ fn a_task_deleted_while_its_agent_runs_is_reported_not_lost() {
     root.factory("");
     root.shell_role(2);
     std::fs::create_dir_all(root.path().join("scratch")).unwrap();
-    task(
-        &root,
+    root.write_task(
         "a",
         "id: TASK-001\ntags: [job]",
         "```sh\nwhile [ ! -f scratch/go ]; do sleep 0.02; done\necho finished anyway\n```",
@@ -699,7 +666,7 @@ fn a_task_deleted_while_its_agent_runs_is_reported_not_lost() {
     });
     assert_eq!(root.agents()[0]["result"], "finished anyway");
     // The factory still works.
-    task(&root, "b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
+    root.write_task("b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
     wait_for("b to be done", LONG, || {
         root.path().join("tasks/done/b.md").is_file()
     });
@@ -729,7 +696,7 @@ fn broken_task_files_are_reported_once_at_their_line() {
         "tasks/todo/late.md",
         "---\nid: TASK-050\nstatus: redy\n---\nbroken\n",
     );
-    task(&root, "good", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("good", "tags: [job]", "```sh\ntrue\n```");
     wait_for("the good task to be done", LONG, || {
         root.path().join("tasks/done/good.md").is_file()
     });
@@ -755,7 +722,7 @@ fn progress_says_adopted_before_spawned() {
     let root = TestRoot::new();
     root.factory("");
     root.shell_role(1);
-    task(&root, "first", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("first", "tags: [job]", "```sh\ntrue\n```");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let adopted = run
@@ -777,8 +744,8 @@ fn a_terminal_shows_the_counts_in_place() {
     let root = TestRoot::new();
     root.factory("");
     root.shell_role(2);
-    task(&root, "a", "tags: [job]", "```sh\ntrue\n```");
-    task(&root, "b", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("a", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("b", "tags: [job]", "```sh\ntrue\n```");
     // util-linux `script` gives the factory a pseudo-terminal.
     let command = format!(
         "'{}' --root '{}' run --until-idle",
@@ -801,7 +768,7 @@ fn a_terminal_shows_the_counts_in_place() {
     assert!(last.contains("idle: 2 spawned, 2 done"), "{text:?}");
     assert!(!last.contains("running"), "{text:?}");
     // Piped: no escape sequences.
-    task(&root, "c", "tags: [job]", "```sh\ntrue\n```");
+    root.write_task("c", "tags: [job]", "```sh\ntrue\n```");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);

@@ -4,25 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{wait_for, Run, TestRoot};
+use crate::util::{wait_for, Run, TestRoot, LONG};
 
-const LONG: Duration = Duration::from_secs(30);
-
-fn task(root: &TestRoot, name: &str, header: &str) {
-    root.write(
-        &format!("tasks/todo/{name}.md"),
-        format!("---\n{header}\n---\nDo it.\n"),
-    );
-}
-
-fn show(root: &TestRoot, id: &str) -> serde_json::Value {
-    root.taskq(&["--json", "show", id]).ok().json()
-}
-
+/// `taskq run --until-idle` with the clock at `now` and `env`.
 fn until_idle_at(root: &TestRoot, now: &str, env: &[(&str, &str)]) -> Run {
-    let mut cmd = root.cmd(&["run", "--until-idle"]);
-    cmd.env("TASKQ_NOW", now).envs(env.iter().copied());
-    Run::from(cmd.output().unwrap())
+    root.run_until_idle(&[&[("TASKQ_NOW", now)], env].concat())
 }
 
 /// A task that needs approval waits with a pending file; moving it with
@@ -35,7 +21,7 @@ fn an_approval_moved_by_mv_starts_the_agent_within_a_second() {
         "fake",
         "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 1",
     );
-    task(&root, "a", "id: TASK-001\ntags: [x]\napproval: required");
+    root.write_task("a", "id: TASK-001\ntags: [x]\napproval: required", "Do it.");
     let daemon = root.daemon(&[], &[]);
     let pending = root.path().join("approvals/pending/TASK-001.md");
     wait_for("the pending approval file", LONG, || pending.is_file());
@@ -87,7 +73,7 @@ fn an_approval_moved_by_mv_starts_the_agent_within_a_second() {
         moved.elapsed()
     );
     wait_for("the task to be done", LONG, || {
-        show(&root, "TASK-001")["status"] == "done"
+        root.show("TASK-001")["status"] == "done"
     });
     assert!(approved.is_file(), "approval files are never deleted");
     daemon.wait_after_term();
@@ -103,8 +89,8 @@ fn rejection_cancels_the_task_with_the_reason() {
         "fake",
         "prefix: FAK\nmodel: m\ntags: [x, deploy]\nmax_concurrent: 1",
     );
-    task(&root, "a", "id: TASK-001\ntags: [deploy]");
-    task(&root, "b", "id: TASK-002\ntags: [deploy]");
+    root.write_task("a", "id: TASK-001\ntags: [deploy]", "Do it.");
+    root.write_task("b", "id: TASK-002\ntags: [deploy]", "Do it.");
     let run = root.run_until_idle(&[]);
     assert!(
         run.stderr.contains("TASK-001 waits for approval"),
@@ -113,7 +99,7 @@ fn rejection_cancels_the_task_with_the_reason() {
     );
     root.taskq(&["reject", "TASK-001", "--reason", "not on a Friday"])
         .ok();
-    let t = show(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "cancelled");
     assert_eq!(t["reason"], "approval rejected: not on a Friday");
     let file = root.read("approvals/rejected/TASK-001.md");
@@ -126,7 +112,7 @@ fn rejection_cancels_the_task_with_the_reason() {
     .unwrap();
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(show(&root, "TASK-002")["status"], "cancelled");
+    assert_eq!(root.show("TASK-002")["status"], "cancelled");
     assert!(root.agents().is_empty());
     root.taskq(&["approve", "TASK-001"]).code(3);
 }
@@ -142,7 +128,7 @@ fn review_root(tester_command: &str, extra_config: &str) -> TestRoot {
         "agents/templates/tester.md",
         format!("---\nprefix: TST\nagent: command\ncommand: {tester_command:?}\nmax_concurrent: 1\nenv: [PATH, HOME]\n---\nTest it.\n"),
     );
-    task(&root, "a", "id: TASK-001\ntags: [build]");
+    root.write_task("a", "id: TASK-001\ntags: [build]", "Do it.");
     root
 }
 
@@ -151,7 +137,7 @@ fn tester_gate_pass() {
     let root = review_root("echo looks good", "");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = show(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     let file = root.read("tasks/done/a.md");
     assert!(file.contains("tested_by: TST-002"), "{file}");
@@ -180,7 +166,7 @@ fn tester_gate_fail_then_pass() {
     );
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = show(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}\n{}", run.stderr);
     let file = root.read("tasks/done/a.md");
     assert!(file.contains("review_rounds: 1"), "{file}");
@@ -208,7 +194,7 @@ fn tester_gate_fail_past_the_limit() {
     let root = review_root("echo still broken; exit 1", "max_review_rounds: 1\n");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = show(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["reason"], "failed review 2 times (max_review_rounds 1)");
     let file = root.read("tasks/todo/a.md");
@@ -225,10 +211,10 @@ fn tester_gate_reads_the_verdict_line_of_a_model_agent() {
         "prefix: BLD\nmodel: m\ntags: [build]\nmax_concurrent: 1\nreview: tester",
     );
     root.role("tester", "prefix: TST\nmodel: m\nmax_concurrent: 1");
-    task(&root, "a", "id: TASK-001\ntags: [build]");
+    root.write_task("a", "id: TASK-001\ntags: [build]", "Do it.");
     let run = root.run_until_idle(&[("FAKE_AGENT_RESULT", "Checked.\nVERDICT: PASS")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(show(&root, "TASK-001")["status"], "done");
+    assert_eq!(root.show("TASK-001")["status"], "done");
     let prompt = root.read("agents/logs/TST-002.prompt.md");
     assert!(
         prompt.contains("# The builder's result (BLD-001)") && prompt.contains("VERDICT: PASS"),
@@ -247,10 +233,10 @@ fn the_cost_cap_stops_new_spawns_and_resumes_next_day() {
         "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 1",
     );
     for n in 1..=4 {
-        task(
-            &root,
+        root.write_task(
             &format!("t{n}"),
             &format!("id: TASK-00{n}\ntags: [x]"),
+            "Do it.",
         );
     }
     let env = [("FAKE_AGENT_COST", "0.01")];
@@ -264,16 +250,11 @@ fn the_cost_cap_stops_new_spawns_and_resumes_next_day() {
     );
     let done = |root: &TestRoot| {
         (1..=4)
-            .filter(|n| show(root, &format!("TASK-00{n}"))["status"] == "done")
+            .filter(|n| root.show(&format!("TASK-00{n}"))["status"] == "done")
             .count()
     };
     assert_eq!(done(&root), 2);
-    let status = Run::from(
-        root.cmd(&["status"])
-            .env("TASKQ_NOW", "2026-03-01T11:00:00Z")
-            .output()
-            .unwrap(),
-    );
+    let status = root.taskq_at("2026-03-01T11:00:00Z", &["status"]);
     assert!(
         status
             .stdout
@@ -281,12 +262,7 @@ fn the_cost_cap_stops_new_spawns_and_resumes_next_day() {
         "{}",
         status.stdout
     );
-    let plan = Run::from(
-        root.cmd(&["run", "--dry-run"])
-            .env("TASKQ_NOW", "2026-03-01T11:00:00Z")
-            .output()
-            .unwrap(),
-    );
+    let plan = root.taskq_at("2026-03-01T11:00:00Z", &["run", "--dry-run"]);
     assert!(
         plan.stdout.contains("daily cost cap: $0.02"),
         "{}",
@@ -309,10 +285,10 @@ fn a_model_outside_the_whitelist_is_refused() {
     let root = TestRoot::new();
     root.factory("model_whitelist: [good-model]\n");
     root.role("fake", "prefix: FAK\nmodel: bad-model\nfallback_models: [good-model]\ntags: [x]\nmax_concurrent: 1");
-    task(&root, "a", "id: TASK-001\ntags: [x]");
+    root.write_task("a", "id: TASK-001\ntags: [x]", "Do it.");
     let run = root.run_until_idle(&[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = show(&root, "TASK-001");
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "failed");
     assert!(
         t["reason"]
@@ -334,7 +310,7 @@ fn hooks_run_with_the_event_json() {
         "fake",
         "prefix: FAK\nmodel: m\ntags: [x]\nmax_concurrent: 1",
     );
-    task(&root, "a", "id: TASK-001\ntags: [x]");
+    root.write_task("a", "id: TASK-001\ntags: [x]", "Do it.");
     let out = root.path().join("events.jsonl");
     root.write(
         "agents/hooks/on-done",
@@ -376,7 +352,7 @@ fn an_agent_requests_and_waits_for_approval() {
         "agents/templates/poster.md",
         "---\nprefix: PST\nagent: command\ncommand: 'f=$(taskq approval request \"Post the release note\") && taskq approval wait \"$f\" --timeout 20s && echo posted'\ntags: [post]\nmax_concurrent: 1\nenv: [PATH, HOME]\n---\n",
     );
-    task(&root, "a", "id: TASK-001\ntags: [post]");
+    root.write_task("a", "id: TASK-001\ntags: [post]", "Do it.");
     let daemon = root.daemon(&[], &[]);
     let pending = root.path().join("approvals/pending/TASK-001-1.md");
     wait_for("the agent's request", LONG, || pending.is_file());
@@ -387,9 +363,9 @@ fn an_agent_requests_and_waits_for_approval() {
     );
     root.taskq(&["approve", "TASK-001-1"]).ok();
     wait_for("the task to be done", LONG, || {
-        show(&root, "TASK-001")["status"] == "done"
+        root.show("TASK-001")["status"] == "done"
     });
-    assert_eq!(show(&root, "TASK-001")["result"], "posted");
+    assert_eq!(root.show("TASK-001")["result"], "posted");
     daemon.wait_after_term();
     // Rejected and timed-out waits, from a shell.
     let f = root

@@ -1,24 +1,8 @@
 //! Git as the audit trail, with real git in temp repositories.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::TestRoot;
-
-fn git(root: &TestRoot, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root.path())
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::util::{git, TestRoot};
 
 /// A taskq root that is a git repository with one commit, plus the user's
 /// own staged, unstaged and untracked changes.
@@ -208,7 +192,7 @@ fn a_worktree_role_leaves_a_branch_and_no_worktree() {
         ("FAKE_AGENT_WRITE_CONTENT", "the feature\n"),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let t = root.taskq(&["--json", "show", "TASK-001"]).ok().json();
+    let t = root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert!(
         t["result"]

@@ -16,6 +16,5 @@ mod firsthour;
 mod gates;
 mod git;
 mod newcomer;
-mod openclaw;
 mod properties;
 mod schedule;

@@ -299,6 +299,16 @@ impl Mock {
             .collect()
     }
 
+    /// The requests to a model API that agent `agent` made (by the
+    /// workspace its prompt names: `.../agents/workspaces/<agent>`).
+    pub fn model_requests_of(&self, agent: &str) -> Vec<Request> {
+        let tail = format!("/{agent}");
+        self.model_requests()
+            .into_iter()
+            .filter(|r| r.workspace().is_some_and(|w| w.ends_with(&tail)))
+            .collect()
+    }
+
     /// Waits until some request satisfies `cond` (up to `timeout`).
     pub fn wait_for(&self, timeout: Duration, cond: impl Fn(&Request) -> bool) -> Option<Request> {
         let start = Instant::now();

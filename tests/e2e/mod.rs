@@ -1,6 +1,7 @@
-//! End to end with the real agent CLIs: Claude Code, Codex and Gemini CLI,
-//! installed from the npm registry (pinned, see `clis.rs`), driven by
-//! `taskq run --until-idle` against a model mock on 127.0.0.1 (`mock.rs`).
+//! End to end with the real agent CLIs: Claude Code, Codex and Gemini CLI
+//! (`tests.rs`) and OpenClaw (`openclaw.rs`), installed from the npm
+//! registry (pinned, see `clis.rs`), driven by `taskq run --until-idle`
+//! against a model mock on 127.0.0.1 (`mock.rs`).
 //! The model asks for real tool calls; the CLIs really write files in the
 //! agents' workspaces; taskq reads their real structured output.
 //!
@@ -15,6 +16,7 @@
 
 mod clis;
 pub mod mock;
+mod openclaw;
 mod tests;
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{Run, TestRoot};
+use crate::util::{timestamp, Run, TestRoot};
 use mock::Mock;
 
 /// The Codex model (its price is in the config).
@@ -46,40 +48,67 @@ fn first_start() -> Instant {
 /// A taskq root set up for the real CLIs.
 pub struct E2e {
     pub root: TestRoot,
+    /// What its notes on stderr start with: `e2e` or `openclaw`.
+    label: &'static str,
     name: &'static str,
     started: Instant,
 }
 
 impl E2e {
-    /// A fresh root with the CLIs as adapters; `None` when skipped.
+    /// A fresh root with claude, codex and gemini as adapters; `None` when
+    /// skipped.
     pub fn new(name: &'static str) -> Option<E2e> {
         first_start();
         let clis = clis::clis()?;
+        Some(E2e::with_config(
+            "e2e",
+            name,
+            3,
+            &format!(
+                "  claude: {}\n  codex: {}\n  gemini: {}\n",
+                clis.claude.display(),
+                clis.codex.display(),
+                clis.gemini.display(),
+            ),
+            &format!(
+                "  {CODEX_MODEL}: {{input: {}, output: {}}}\n  {GEMINI_MODEL}: {{input: {}, output: {}}}\n",
+                CODEX_PRICE.0, CODEX_PRICE.1, GEMINI_PRICE.0, GEMINI_PRICE.1,
+            ),
+        ))
+    }
+
+    /// A fresh root whose factory config has `max_concurrent`, no retry
+    /// backoff, a short grace and heartbeat, and the `adapters` and
+    /// `prices` given (YAML map entries, one per line), without the
+    /// shipped roles.
+    fn with_config(
+        label: &'static str,
+        name: &'static str,
+        max_concurrent: u32,
+        adapters: &str,
+        prices: &str,
+    ) -> E2e {
+        first_start();
         let root = TestRoot::new();
         root.write(
             "agents/factory/config.yaml",
             format!(
-                "max_concurrent: 3\nretry_backoff: 0s\nstop_grace: 1s\nheartbeat: 2s\n\
-                 adapters:\n  claude: {}\n  codex: {}\n  gemini: {}\n\
-                 prices:\n  {CODEX_MODEL}: {{input: {}, output: {}}}\n  {GEMINI_MODEL}: {{input: {}, output: {}}}\n",
-                clis.claude.display(),
-                clis.codex.display(),
-                clis.gemini.display(),
-                CODEX_PRICE.0,
-                CODEX_PRICE.1,
-                GEMINI_PRICE.0,
-                GEMINI_PRICE.1,
+                "max_concurrent: {max_concurrent}\nretry_backoff: 0s\nstop_grace: 1s\nheartbeat: 2s\n\
+                 adapters:\n{adapters}prices:\n{prices}"
             ),
         );
         // The shipped roles would route nothing here; keep them out.
-        for r in ["research", "builder", "tester", "fixer", "shell"] {
+        for r in [
+            "research", "builder", "tester", "fixer", "shell", "openclaw",
+        ] {
             let _ = std::fs::remove_file(root.path().join(format!("agents/templates/{r}.md")));
         }
-        Some(E2e {
+        E2e {
             root,
+            label,
             name,
             started: Instant::now(),
-        })
+        }
     }
 
     /// Writes `agents/templates/<name>.md`.
@@ -197,9 +226,10 @@ impl E2e {
 
     /// A task for `role`.
     pub fn task(&self, id: &str, role: &str, title: &str, body: &str) {
-        self.root.write(
-            &format!("tasks/todo/{}.md", id.to_lowercase()),
-            format!("---\nid: {id}\nrole: {role}\n---\n# {title}\n\n{body}\n"),
+        self.root.write_task(
+            &id.to_lowercase(),
+            &format!("id: {id}\nrole: {role}"),
+            &format!("# {title}\n\n{body}"),
         );
     }
 
@@ -207,7 +237,7 @@ impl E2e {
     #[track_caller]
     pub fn run(&self, limit: Duration) -> (Run, Duration) {
         self.root
-            .run_until_idle_within(limit, &format!("e2e {}", self.name))
+            .run_until_idle_within(limit, &format!("{} {}", self.label, self.name))
     }
 
     /// A registry entry.
@@ -218,11 +248,6 @@ impl E2e {
             .into_iter()
             .find(|a| a["id"] == id)
             .unwrap_or_else(|| panic!("no agent {id} in the registry: {:#?}", self.root.agents()))
-    }
-
-    /// `taskq --json show ID`.
-    pub fn task_state(&self, id: &str) -> Value {
-        self.root.taskq(&["--json", "show", id]).ok().json()
     }
 
     /// A file in an agent's workspace, if it exists.
@@ -245,14 +270,8 @@ impl E2e {
     /// `paused` is how long the mock deliberately waited in total.
     pub fn figures(&self, cli: &str, mock: &Mock, agent: &Value, paused: Duration) -> Figures {
         let id = agent["id"].as_str().unwrap();
-        let spawned = chrono::DateTime::parse_from_rfc3339(agent["spawned"].as_str().unwrap())
-            .expect("spawned is RFC 3339");
-        let first = mock
-            .model_requests()
-            .into_iter()
-            .filter(|r| r.workspace().is_some_and(|w| w.ends_with(id)))
-            .map(|r| r.at)
-            .min();
+        let spawned = timestamp(agent, "spawned");
+        let first = mock.model_requests_of(id).into_iter().map(|r| r.at).min();
         let first_request_ms = first.map(|at| {
             let at: chrono::DateTime<chrono::Utc> = at.into();
             (at - spawned.with_timezone(&chrono::Utc)).num_milliseconds()
@@ -263,8 +282,9 @@ impl E2e {
             max_rss_kb: agent["max_rss_kb"].as_u64(),
         };
         eprintln!(
-            "e2e figures: {cli} ({id}): spawn to first model request {} ms, run {} ms \
+            "{} figures: {cli} ({id}): spawn to first model request {} ms, run {} ms \
              ({} ms without the mock's {} ms of pauses), peak RSS {} MB",
+            self.label,
             f.first_request_ms.map_or("?".into(), |v| v.to_string()),
             f.duration_ms.map_or("?".into(), |v| v.to_string()),
             f.duration_ms.map_or("?".into(), |v| v
@@ -281,7 +301,8 @@ impl E2e {
 impl Drop for E2e {
     fn drop(&mut self) {
         eprintln!(
-            "e2e {}: {:.1} s (e2e wall time so far: {:.1} s)",
+            "{} {}: {:.1} s (e2e wall time so far: {:.1} s)",
+            self.label,
             self.name,
             self.started.elapsed().as_secs_f64(),
             first_start().elapsed().as_secs_f64()
@@ -318,10 +339,13 @@ fn override_env<'a>(env: &mut Vec<(&'a str, String)>, with: &[(&'a str, &str)]) 
 
 /// The `{"type":"result"}` object Claude printed in a log.
 pub fn claude_result(log: &str) -> Value {
-    log.lines()
-        .rev()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "result")
+    taskq::agent::json_lines(log)
+        .filter(|v| v["type"] == "result")
+        .last()
         .unwrap_or_else(|| panic!("no claude result in the log:\n{log}"))
+}
+
+/// Equal but for floating-point rounding (costs are sums of products).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 + b.abs() * 1e-6
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::mock::{self, Api, Mock, Reply, INPUT_TOKENS, OUTPUT_TOKENS};
-use super::{claude_result, E2e, CODEX_PRICE, GEMINI_MODEL, GEMINI_PRICE};
-use crate::util::max_overlap;
+use super::{claude_result, close, E2e, CODEX_PRICE, GEMINI_MODEL, GEMINI_PRICE};
+use crate::util::{max_overlap, timestamp};
 
 /// The success runs' mock waits this long before each answer, so that
 /// taskq's memory sampling (every 500 ms) sees the CLI itself rather than
@@ -21,10 +21,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// Tokens of a two-request conversation (tool call, then text).
 fn two_turns() -> Value {
     serde_json::json!({"input": 2 * INPUT_TOKENS, "output": 2 * OUTPUT_TOKENS})
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 + b.abs() * 1e-6
 }
 
 /// Claude Code writes the file its `Write` tool call asks for; the task is
@@ -55,7 +51,7 @@ fn claude_writes_a_file_and_reports_cost() {
         e.workspace_file("CLA-001", "hello.txt").as_deref(),
         Some("hello from claude")
     );
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert_eq!(t["result"], "Wrote hello.txt.");
     let a = e.agent("CLA-001");
@@ -130,7 +126,7 @@ fn codex_writes_a_file_and_is_priced_from_tokens() {
         e.workspace_file("CDX-001", "hello.txt").as_deref(),
         Some("hello from codex\n")
     );
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert_eq!(t["result"], "Wrote hello.txt.");
     let a = e.agent("CDX-001");
@@ -144,9 +140,7 @@ fn codex_writes_a_file_and_is_priced_from_tokens() {
         "the non-fatal error item this test relies on is gone:\n{log}"
     );
     assert!(log.contains("\"type\":\"command_execution\""), "{log}");
-    let thread = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let thread = taskq::agent::json_lines(&log)
         .find(|v| v["type"] == "thread.started")
         .expect("thread.started");
     assert_eq!(a["session_id"], thread["thread_id"], "{a}");
@@ -192,7 +186,7 @@ fn gemini_writes_a_file_and_is_priced_from_tokens() {
         "{}",
         posts[0].path
     );
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert_eq!(t["result"], "Wrote hello.txt.");
     let a = e.agent("GEM-001");
@@ -254,7 +248,7 @@ fn claude_api_error_is_a_failed_attempt_and_retried() {
         e.workspace_file("CLA-002", "retry.txt").as_deref(),
         Some("second attempt")
     );
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
 }
 
@@ -277,7 +271,7 @@ fn claude_denied_write_is_blocked() {
     let r = claude_result(&e.log("CLA-001"));
     assert_eq!(r["is_error"], false, "{r}");
     assert_eq!(r["permission_denials"][0]["tool_name"], "Write", "{r}");
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["reason"], "blocked: permission denied for Write", "{t}");
 }
@@ -305,7 +299,7 @@ fn claude_turn_limit_fails_with_the_reason() {
     assert!(reason.starts_with("hit the turn limit"), "{reason}");
     let r = claude_result(&e.log("CLA-001"));
     assert_eq!(r["subtype"], "error_max_turns", "{r}");
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "failed", "{t}");
     assert!(
         t["reason"]
@@ -373,7 +367,7 @@ fn http_400_fails_each_cli_with_its_reason() {
         "{g}"
     );
     for id in ["TASK-001", "TASK-002", "TASK-003"] {
-        assert_eq!(e.task_state(id)["status"], "failed", "{id}");
+        assert_eq!(e.root.show(id)["status"], "failed", "{id}");
     }
 }
 
@@ -423,7 +417,7 @@ fn dead_server_fails_fast() {
     let xlog = e.log(x["id"].as_str().unwrap());
     assert!(xlog.contains("Reconnecting"), "{xlog}");
     for id in ["TASK-001", "TASK-002", "TASK-003"] {
-        assert_eq!(e.task_state(id)["status"], "failed", "{id}");
+        assert_eq!(e.root.show(id)["status"], "failed", "{id}");
     }
 }
 
@@ -526,7 +520,7 @@ fn check_resumed(e: &E2e, mock: &Mock) {
         resumed.tool_results() >= 1 && text.contains("toolu_mock_"),
         "the request after --resume carries the earlier tool call and result: {text}"
     );
-    let t = e.task_state("TASK-001");
+    let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
 }
 
@@ -564,19 +558,21 @@ fn three_claude_agents_at_once() {
     e.run(LIMIT);
     let agents = e.root.agents();
     assert_eq!(agents.len(), 4, "{agents:#?}");
-    let time =
-        |a: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap();
     // Overlap of [spawned, completed]: at most 3, and 3 did run at once.
     let mut events = Vec::new();
     for a in &agents {
         assert_eq!(a["status"], "completed", "{a}");
-        events.push((time(a, "spawned"), 1));
-        events.push((time(a, "completed"), -1));
+        events.push((timestamp(a, "spawned"), 1));
+        events.push((timestamp(a, "completed"), -1));
     }
     let max = max_overlap(events);
     assert_eq!(max, 3, "three agents at once, never more");
     // The mock saw three sessions in flight together.
-    let first_done = agents.iter().map(|a| time(a, "completed")).min().unwrap();
+    let first_done = agents
+        .iter()
+        .map(|a| timestamp(a, "completed"))
+        .min()
+        .unwrap();
     let mut early: Vec<String> = mock
         .model_requests()
         .iter()
@@ -596,6 +592,6 @@ fn three_claude_agents_at_once() {
         e.figures("claude (3 at once)", &mock, a, Duration::from_secs(2));
     }
     for n in 1..=4 {
-        assert_eq!(e.task_state(&format!("TASK-00{n}"))["status"], "done");
+        assert_eq!(e.root.show(&format!("TASK-00{n}"))["status"], "done");
     }
 }

