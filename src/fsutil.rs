@@ -142,7 +142,9 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Reads a whole file, naming it in the error (a staged write is read as
-/// it will be).
+/// it will be). Only a regular file, not through a symbolic link, and at
+/// most [`MAX_FILE`] bytes: anything else is an error, never a hang or an
+/// unbounded read (see [`open_regular`]).
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     match staged_state(path) {
         Some(Some(bytes)) => Ok(bytes),
@@ -152,8 +154,237 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
         }
         None => match remembered(path) {
             Some(bytes) => Ok(bytes),
-            None => fs::read(path).map_err(|e| Error::io(path, e)),
+            None => read_whole(path, MAX_FILE),
         },
+    }
+}
+
+/// The largest file taskq reads whole: a task file it changes, an approval
+/// file, a small state file. A larger one is refused with an error naming
+/// it (a task file that large is held, see `store`): changing a file means
+/// reading all of it, and a 200 MB task once cost the factory 1 GB.
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// The most of a task file read to show it or to put it in a prompt (the
+/// header alone stops at `frontmatter::MAX_HEADER`); the rest is left out
+/// and the reader says so.
+pub const MAX_TASK_BODY: u64 = 1 << 20;
+
+/// The most of a result file (`agents/results/<TASK>.md`, an agent's final
+/// message) read into another task's prompt or a review; the rest is left
+/// out and the prompt says so.
+pub const MAX_RESULT: u64 = 64 << 10;
+
+/// The largest config file (`agents/factory/config.yaml`) or role template
+/// (`agents/templates/*.md`) taskq reads; a larger one is an error at the
+/// file.
+pub const MAX_SETTINGS: u64 = 1 << 20;
+
+/// How [`open_regular`] treats a symbolic link at the path itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Refused: the files taskq writes (task files, results, logs,
+    /// approvals) are never links, and following one could read anything.
+    Refuse,
+    /// Followed (to a regular file only): files a person keeps where they
+    /// like (the config, role templates).
+    Follow,
+}
+
+/// Opens `path` for reading only if it is a regular file; `Ok(None)` when
+/// it does not exist.
+///
+/// The open itself can never block: `O_NONBLOCK` makes opening a FIFO
+/// (`mkfifo tasks/todo/x.md`) return at once instead of waiting for a
+/// writer, and `fstat` on the open file then refuses anything that is not
+/// a regular file (a FIFO, a socket, `/dev/zero` behind a link) with an
+/// error that names the kind (`is a FIFO (not a regular file)`). With
+/// [`Links::Refuse`], `O_NOFOLLOW` refuses a symbolic link at `path`.
+/// `O_NONBLOCK` has no effect on reads of regular files, so it stays set.
+pub fn open_regular(path: &Path, links: Links) -> Result<Option<File>> {
+    Ok(open_regular_sized(path, links)?.map(|(file, _)| file))
+}
+
+/// [`open_regular`], also giving the file's size (from the same `fstat`).
+pub fn open_regular_sized(path: &Path, links: Links) -> Result<Option<(File, u64)>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && links == Links::Refuse => {
+            return Err(not_regular(path, "a symbolic link"));
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(Some((file, meta.len())));
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    Err(not_regular(path, what))
+}
+
+fn not_regular(path: &Path, what: &str) -> Error {
+    Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NotRegular(format!("is {what} (not a regular file)")),
+        ),
+    )
+}
+
+/// The error [`open_regular`] gives for a path that exists but is no
+/// regular file; [`is_not_regular`] recognises it.
+#[derive(Debug)]
+struct NotRegular(String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// True for [`open_regular`]'s refusal of a FIFO, device, directory or
+/// (with [`Links::Refuse`]) symbolic link: the file is skipped with a
+/// warning, not reported as unreadable.
+pub fn is_not_regular(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if source.get_ref().is_some_and(|inner| inner.is::<NotRegular>()))
+}
+
+/// The reason alone (`is a FIFO (not a regular file)`) of an
+/// [`open_regular`] error, or the I/O error's text: for messages that name
+/// the file themselves.
+pub fn reason(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// At most `cap` bytes of a file, read by [`read_capped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capped {
+    /// The first bytes of the file (all of it unless `truncated`).
+    pub bytes: Vec<u8>,
+    /// The file is longer than the cap: the rest was not read.
+    pub truncated: bool,
+}
+
+impl Capped {
+    /// The bytes as text (invalid UTF-8 replaced; a character cut by the cap
+    /// dropped).
+    pub fn text(&self) -> String {
+        let mut bytes = &self.bytes[..];
+        if self.truncated {
+            // A multi-byte character cut in two at the cap.
+            if let Err(e) = std::str::from_utf8(bytes) {
+                if e.error_len().is_none() {
+                    bytes = &bytes[..e.valid_up_to()];
+                }
+            }
+        }
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// Reads at most `cap` bytes of the regular file at `path` (never a FIFO or
+/// device, never through a symbolic link; see [`open_regular`]): memory and
+/// time stay bounded whatever the file is. `Ok(None)` when it does not
+/// exist. A staged write is read as it will be.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Option<Capped>> {
+    use std::io::Read;
+    let known = match staged_state(path) {
+        Some(None) => return Ok(None),
+        Some(Some(bytes)) => Some(bytes),
+        None => remembered(path),
+    };
+    if let Some(mut bytes) = known {
+        let truncated = bytes.len() as u64 > cap;
+        bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+        return Ok(Some(Capped { bytes, truncated }));
+    }
+    let Some(file) = open_regular(path, Links::Refuse)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let truncated = bytes.len() as u64 > cap;
+    bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    Ok(Some(Capped { bytes, truncated }))
+}
+
+/// A whole regular file of at most `cap` bytes (a larger one is an error
+/// naming it and its size); through a symbolic link when `links` says so.
+/// A missing file is the usual `NotFound` error.
+pub fn read_whole_with(path: &Path, cap: u64, links: Links) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let Some((file, len)) = open_regular_sized(path, links)? else {
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        return Err(Error::io(path, gone));
+    };
+    let too_big = || {
+        let why = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "is larger than {} (taskq reads at most that much of it)",
+                size_text(cap)
+            ),
+        );
+        Error::io(path, why)
+    };
+    // The size first: a huge file is refused without reading any of it.
+    if len > cap {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+fn read_whole(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    read_whole_with(path, cap, Links::Refuse)
+}
+
+/// `16 MiB`, `64 KiB`, `300 bytes`: a size for messages.
+pub fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
