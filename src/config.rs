@@ -213,13 +213,16 @@ pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize, text
         .and_then(|rest| rest.split('`').next())
         .filter(|v| !v.is_empty())
         .and_then(|v| {
-            text.lines().position(|l| {
-                l.split_once(':')
-                    .is_some_and(|(_, after)| after.trim().trim_matches(['"', '\'']) == v)
+            text.lines().enumerate().find_map(|(n, l)| {
+                let (_, after) = l.split_once(':')?;
+                if after.trim().trim_matches(['"', '\'']) != v {
+                    return None;
+                }
+                Some((n, l.rfind(v)? + 1))
             })
         });
-    if let Some(line) = value {
-        return Problem::at(shown, line + first_line, message);
+    if let Some((line, column)) = value {
+        return Problem::at(shown, line + first_line, message).column(Some(column));
     }
     match e.location() {
         Some(loc) => {

@@ -1087,6 +1087,58 @@ mod tests {
         }
     }
 
+    /// Real YAML, however it nests its text, passes; only collections
+    /// count.
+    #[test]
+    fn nesting_check_passes_real_files() {
+        for text in [
+            "id: TASK-001\nstatus: ready\ntags: [a, b]\ndependencies:\n  - TASK-002\n  - TASK-003\n",
+            "title: fix a[0][1] and {x}\ncommand: \"[[[[[[[[[[[[[[[[\"\nnote: 'it''s [[[[['\n",
+            "max_concurrent: 2\nadapters:\n  claude: /usr/bin/claude\nprices:\n  m: {input: 3.0, output: 15.0}\n",
+            "body: |\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n  {{{{\nnext: 1\n",
+            "# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nkey: v # [[[[\n",
+            "quoted: \"line one [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n  line two ]]]]\"\nother: x\n",
+            "anchored: &a [1, 2]\ntagged: !!seq [3]\nalias: *a\n",
+        ] {
+            check_nesting(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            // Staying under the limit, exactly.
+        }
+        let deep_ok = format!("x: {}{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(check_nesting(&deep_ok).is_ok());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_passes_it() {
+        let err = |text: &str| check_nesting(text).expect_err(text);
+        let e = err(&format!("id: T-1\nx: {}\n", "[".repeat(64)));
+        assert_eq!((e.line, e.column), (1, Some(67)));
+        assert_eq!(e.message, "nesting deeper than 64 levels");
+        // Flow collections spanning lines, maps, block sequences on one
+        // line, indentation staircases.
+        let e = err(&format!("x:\n{}", "  [\n".repeat(100)));
+        assert_eq!(e.line, 63);
+        err(&format!("x: {}\n", "{a: ".repeat(100)));
+        err(&format!("x:\n  {}y\n", "- ".repeat(100)));
+        let stairs: String = (0..100)
+            .map(|k| format!("{}k{k}:\n", " ".repeat(k)))
+            .collect();
+        let e = err(&stairs);
+        assert_eq!((e.line, e.column), (64, Some(65)));
+        // Through `parse` (the serde_yaml fallback), in linear time: 250,000
+        // levels under the 256 KiB header cap once took minutes.
+        let header = format!("id: T-1\nx: {}\n", "[".repeat(250_000));
+        let start = std::time::Instant::now();
+        let e = parse(&header).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(e.message, "nesting deeper than 64 levels");
+        let long = format!("x: {}\n", "[a, ".repeat(60_000));
+        let start = std::time::Instant::now();
+        assert!(check_nesting(&long).is_err());
+        let flat = format!("x: [{}]\n", "\"a[b]\", ".repeat(60_000));
+        assert!(check_nesting(&flat).is_ok());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn value_line_finds_the_item_then_the_key() {
         let block = b"---\nid: T-1\ndependencies:\n  - T-10\n  - T-1\ntags: [T-1]\n---\nT-1\n";

@@ -1121,6 +1121,87 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    }
+
+    /// A FIFO named like a task once blocked every command forever in
+    /// `open`; a link to /dev/zero grew a reader past 1 GB.
+    #[test]
+    fn only_regular_files_are_opened_and_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.md");
+        mkfifo(&fifo);
+        for links in [Links::Refuse, Links::Follow] {
+            let e = open_regular(&fifo, links).unwrap_err();
+            assert!(is_not_regular(&e), "{e}");
+            assert_eq!(reason(&e), "is a FIFO (not a regular file)");
+            assert!(
+                e.to_string()
+                    .ends_with("x.md: is a FIFO (not a regular file)"),
+                "{e}"
+            );
+        }
+        assert!(read(&fifo).is_err());
+        assert!(read_capped(&fifo, 10).is_err());
+        // Links: refused, or followed to a regular file only.
+        let file = dir.path().join("a.md");
+        fs::write(&file, "0123456789abcdef").unwrap();
+        let link = dir.path().join("link.md");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = open_regular(&link, Links::Refuse).unwrap_err();
+        assert_eq!(reason(&e), "is a symbolic link (not a regular file)");
+        assert!(open_regular(&link, Links::Follow).unwrap().is_some());
+        let zero = dir.path().join("zero.md");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = open_regular(&zero, Links::Follow).unwrap_err();
+        assert_eq!(reason(&e), "is a character device (not a regular file)");
+        assert!(read_capped(&zero, 10).is_err());
+        let e = open_regular(dir.path(), Links::Follow).unwrap_err();
+        assert_eq!(reason(&e), "is a directory (not a regular file)");
+        assert!(open_regular(&dir.path().join("gone"), Links::Refuse)
+            .unwrap()
+            .is_none());
+        assert!(read_capped(&dir.path().join("gone"), 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn reads_stop_at_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.md");
+        fs::write(&file, "0123456789abcdef").unwrap();
+        let c = read_capped(&file, 10).unwrap().unwrap();
+        assert_eq!(
+            (c.bytes.as_slice(), c.truncated),
+            (&b"0123456789"[..], true)
+        );
+        let c = read_capped(&file, 16).unwrap().unwrap();
+        assert_eq!(
+            (c.text().as_str(), c.truncated),
+            ("0123456789abcdef", false)
+        );
+        // A character cut in two by the cap is dropped, not mangled.
+        fs::write(&file, "ab→cd").unwrap();
+        assert_eq!(read_capped(&file, 3).unwrap().unwrap().text(), "ab");
+        // Whole reads refuse a file past their cap, without reading it.
+        let e = read_whole_with(&file, 4, Links::Refuse).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("a.md: is larger than 4 bytes (taskq reads at most that much of it)"),
+            "{e}"
+        );
+        assert_eq!(
+            read_whole_with(&file, 7, Links::Refuse).unwrap(),
+            "ab→cd".as_bytes()
+        );
+        assert_eq!(size_text(MAX_FILE), "16 MiB");
+        assert_eq!(size_text(200 * 1024 * 1024 + 1), "200.0 MiB");
+        assert_eq!(size_text(MAX_RESULT), "64 KiB");
+    }
+
     #[test]
     fn writes_replace_and_leave_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();

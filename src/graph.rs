@@ -570,13 +570,15 @@ pub fn render_graph(
             out.push_str("flowchart LR\n");
             for &i in &order {
                 let t = &scan.tasks[i];
+                // Once per task: a label can read the task's file.
+                let (state, title) = label(i);
                 let _ = writeln!(
                     out,
                     "    {}[\"{}: {}\"]:::{}",
                     mermaid_id(&t.id),
                     t.id,
-                    escape_mermaid(&label(i).1),
-                    label(i).0
+                    escape_mermaid(&title),
+                    state
                 );
             }
             for &i in &order {
@@ -606,17 +608,18 @@ pub fn render_graph(
             out.push_str("digraph taskq {\n    rankdir=LR;\n    node [shape=box, style=\"rounded,filled\"];\n");
             for &i in &order {
                 let t = &scan.tasks[i];
+                let (state, title) = label(i);
                 let fill = STYLES
                     .iter()
-                    .find(|(s, _)| *s == label(i).0)
+                    .find(|(s, _)| *s == state)
                     .map_or("#ffffff", |(_, style)| &style[5..12]);
                 let _ = writeln!(
                     out,
                     "    \"{}\" [label=\"{}\\n{}\\n[{}]\", fillcolor=\"{}\"];",
                     t.id,
                     t.id,
-                    escape_dot(&label(i).1),
-                    label(i).0,
+                    escape_dot(&title),
+                    state,
                     fill
                 );
             }

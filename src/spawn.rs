@@ -240,8 +240,11 @@ pub fn read_exit_file(path: &Path, tag: &str) -> Option<i32> {
 
 /// Every exit record in `path` (the last one of each agent).
 pub fn exit_codes(path: &Path) -> std::collections::HashMap<String, i32> {
-    // A regular file of at most `fsutil::MAX_FILE`, never a FIFO.
-    let bytes = crate::fsutil::read(path).unwrap_or_default();
+    // A regular file only, never a FIFO. Read whole, uncapped: a record
+    // cut off would leave its agent unfinished, and the factory empties
+    // the file whenever no agent is alive (~15 bytes an agent).
+    let bytes = crate::fsutil::read_whole_with(path, u64::MAX, crate::fsutil::Links::Refuse)
+        .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .filter_map(|l| {
