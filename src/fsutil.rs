@@ -899,7 +899,9 @@ pub fn recycle_empty(path: &Path) -> bool {
         let Some(dir) = SPARES.with_borrow(|s| s.as_ref().map(|s| s.dir.clone())) else {
             return false;
         };
-        let Ok(file) = File::open(path) else {
+        // Never a plain open: an agent could leave a FIFO in its log's
+        // place.
+        let Ok(Some(file)) = open_regular(path, Links::Refuse) else {
             return false;
         };
         // Only a plain empty log with no other name.

@@ -204,6 +204,24 @@ fn task_files_are_read_up_to_their_caps() {
     assert!(run.json().get("body_truncated").is_none());
 }
 
+/// `add --body -` reads at most 8 MiB of stdin (`/dev/zero` once grew it
+/// without end).
+#[test]
+fn a_body_on_stdin_is_capped() {
+    let root = TestRoot::new();
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let run = Run::from(
+        root.cmd(&["add", "Endless", "--body", "-"])
+            .stdin(zero)
+            .output()
+            .unwrap(),
+    )
+    .code(2);
+    assert_names(&run, "the body on stdin is longer than 8 MiB");
+    let run = within(&root, PROMPT, &["list"]).ok();
+    assert!(!run.stdout.contains("Endless"), "{}", run.stdout);
+}
+
 /// A config or template larger than 1 MiB is an error at the file.
 #[test]
 fn settings_files_are_capped() {
