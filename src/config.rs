@@ -114,15 +114,29 @@ impl Config {
         root.config_file()
     }
 
-    /// Loads the config (defaults when the file is absent).
+    /// Loads the config (defaults when the file is absent). Only a regular
+    /// file (through a link is fine) of at most
+    /// [`fsutil::MAX_SETTINGS`](crate::fsutil::MAX_SETTINGS): a FIFO there
+    /// is an error at the file, never a hang.
     pub fn load(root: &Root) -> Result<Config> {
+        use crate::fsutil::{self, Links};
         let path = Config::path(root);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(crate::error::Error::io(&path, e)),
+        let shown = Path::new("agents/factory/config.yaml");
+        let bytes = match fsutil::read_whole_with(&path, fsutil::MAX_SETTINGS, Links::Follow) {
+            Ok(b) => b,
+            Err(crate::error::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(Config::default())
+            }
+            Err(e) => {
+                return Err(Problem::new(shown, fsutil::reason(&e))
+                    .hint("the config is a YAML file; see `taskq init` for one")
+                    .into())
+            }
         };
-        Config::parse(&text, Path::new("agents/factory/config.yaml"))
+        let text = String::from_utf8(bytes).map_err(|_| Problem::new(shown, "not valid UTF-8"))?;
+        Config::parse(&text, shown)
     }
 
     /// Parses config text; errors name `shown` and the line.
@@ -130,6 +144,10 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
+        // serde_yaml takes super-linear time on deep nesting: refuse it
+        // first, in one pass.
+        crate::frontmatter::check_nesting(text)
+            .map_err(|e| Problem::at(shown, e.line + 1, e.message).column(e.column))?;
         let config: Config =
             serde_yaml::from_str(text).map_err(|e| yaml_problem(shown, &e, 1, text))?;
         let bad = |key: &str, message: &str| -> crate::error::Error {
@@ -187,6 +205,25 @@ pub fn yaml_problem(shown: &Path, e: &serde_yaml::Error, first_line: usize, text
     if let Some(line) = duplicate {
         return Problem::at(shown, line + first_line - 1, message);
     }
+    // serde_yaml puts a value's own error (a duration out of range) at the
+    // start of its mapping: point at the line holding the value instead.
+    let value = ["duration `", "invalid duration `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next())
+        .filter(|v| !v.is_empty())
+        .and_then(|v| {
+            text.lines().enumerate().find_map(|(n, l)| {
+                let (_, after) = l.split_once(':')?;
+                if after.trim().trim_matches(['"', '\'']) != v {
+                    return None;
+                }
+                Some((n, l.rfind(v)? + 1))
+            })
+        });
+    if let Some((line, column)) = value {
+        return Problem::at(shown, line + first_line, message).column(Some(column));
+    }
     match e.location() {
         Some(loc) => {
             Problem::at(shown, loc.line() + first_line - 1, message).column(Some(loc.column()))
@@ -206,7 +243,9 @@ pub mod dur {
         s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 
-    /// Reads `30s`, `20m`, `1h30m`, or a number of seconds.
+    /// Reads `30s`, `20m`, `1h30m`, or a number of seconds, up to
+    /// [`duration::MAX`](crate::duration::MAX): a longer one is an error
+    /// at its line (the factory would overflow its date arithmetic).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -215,8 +254,8 @@ pub mod dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n)),
-            Raw::Num(n) => Err(serde::de::Error::custom(format!("invalid duration `{n}`"))),
+            Raw::Num(n) => crate::duration::seconds(n)
+                .ok_or_else(|| serde::de::Error::custom(crate::duration::seconds_error(n))),
             Raw::Text(t) => crate::duration::parse(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -288,5 +327,41 @@ mod tests {
             "{e}"
         );
         assert!(Config::parse("heartbeat: 100ms\n", Path::new("c.yaml")).is_ok());
+    }
+
+    /// Durations past 100 years overflowed the factory's date arithmetic
+    /// (`now - history_after` panicked on its first heartbeat).
+    #[test]
+    fn durations_past_the_bound_are_refused_at_their_line() {
+        for (text, line) in [
+            ("max_concurrent: 2\nhistory_after: 99999999999d\n", 2),
+            ("heartbeat: 1e300\n", 1),
+            ("# x\n\nretry_backoff: 18446744073709551615s\n", 3),
+            ("stop_grace: 36500d1s\n", 1),
+        ] {
+            let e = Config::parse(text, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("c.yaml:{line}:")), "{text}: {e}");
+            assert!(
+                e.contains("is out of range (at most 36500d)"),
+                "{text}: {e}"
+            );
+        }
+        let c = Config::parse("history_after: 36500d\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(c.history_after, crate::duration::MAX);
+    }
+
+    /// serde_yaml is super-linear on deep nesting: refused first, fast.
+    #[test]
+    fn deep_nesting_is_refused_in_linear_time() {
+        let text = format!("max_concurrent: 2\nadapters: {}\n", "{a: ".repeat(500_000));
+        let start = std::time::Instant::now();
+        let e = Config::parse(&text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(e.starts_with("c.yaml:2:"), "{e}");
+        assert!(e.contains("nesting deeper than 64 levels"), "{e}");
     }
 }

@@ -413,9 +413,186 @@ fn parse_flow_seq(mut text: &str) -> Option<Value<'_>> {
     }
 }
 
+/// The deepest nesting of YAML collections taskq reads (a task header, the
+/// config, a role template). Real files nest three or four levels; the YAML
+/// parser underneath serde_yaml takes super-linear time in the depth (an
+/// 80,000-deep `x: [[[…` header line took 21 s), so deeper text is refused
+/// before it is parsed.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses YAML `text` whose collections nest deeper than [`MAX_NESTING`],
+/// in one linear pass, at the line (0-based) and column where the limit is
+/// passed: `nesting deeper than 64 levels`.
+///
+/// A lexer, not a parser, and a conservative one: it counts block levels
+/// by indentation (and each `- ` or `? ` entry opened on one line) plus the
+/// flow brackets `[` `{` still open, skipping quoted scalars, block scalars
+/// (`|`, `>`), plain scalars and comments. What it cannot make sense of it
+/// leaves to the parser, which reports it.
+pub fn check_nesting(text: &str) -> Result<(), YamlError> {
+    let too_deep = |line: usize, column: usize| YamlError {
+        line,
+        column: Some(column + 1),
+        message: format!("nesting deeper than {MAX_NESTING} levels"),
+    };
+    // Columns of the block collections open above this line.
+    let mut indents: Vec<usize> = Vec::new();
+    // Flow brackets open (they may span lines).
+    let mut flow = 0usize;
+    // Inside a quoted scalar that goes on past its line.
+    let mut quote: Option<u8> = None;
+    // Inside a block scalar: the indentation of the line that opened it.
+    let mut block_scalar: Option<usize> = None;
+    for (n, line) in text.split('\n').enumerate() {
+        let line = line.as_bytes();
+        let indent = line.iter().take_while(|&&b| b == b' ').count();
+        let mut i = 0;
+        let mut continued = false;
+        if let Some(q) = quote {
+            match skip_quoted(line, 0, q) {
+                Some(end) => {
+                    quote = None;
+                    i = end;
+                    continued = true;
+                }
+                None => continue,
+            }
+        } else if let Some(parent) = block_scalar {
+            if indent > parent || line[indent..].iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            block_scalar = None;
+        }
+        if !continued && flow == 0 {
+            let rest = &line[indent..];
+            if rest.iter().all(u8::is_ascii_whitespace) || rest[0] == b'#' {
+                continue;
+            }
+            if indent == 0 && (rest.starts_with(b"---") || rest.starts_with(b"...")) {
+                indents.clear();
+                continue;
+            }
+            // The block levels this line's node sits in: every level at or
+            // right of its column is closed; `- - x` opens one per entry.
+            let mut col = indent;
+            loop {
+                while indents.last().is_some_and(|&top| top >= col) {
+                    indents.pop();
+                }
+                indents.push(col);
+                if indents.len() > MAX_NESTING {
+                    return Err(too_deep(n, col));
+                }
+                let entry = matches!(line[col], b'-' | b'?')
+                    && line.get(col + 1).is_none_or(|b| matches!(b, b' ' | b'\r'));
+                if !entry {
+                    break;
+                }
+                col += 1;
+                while line.get(col) == Some(&b' ') {
+                    col += 1;
+                }
+                if col >= line.len() || line[col] == b'\r' {
+                    break;
+                }
+            }
+            i = col;
+        }
+        // At the start of a node (a quote or bracket here opens one).
+        let mut at_start = !continued;
+        // Inside a plain scalar of block context (brackets are text there).
+        let mut plain = false;
+        while i < line.len() {
+            let b = line[i];
+            match b {
+                b' ' | b'\t' | b'\r' => {}
+                b'#' if i == 0 || matches!(line[i - 1], b' ' | b'\t') => break,
+                b'"' | b'\'' if at_start => match skip_quoted(line, i + 1, b) {
+                    Some(end) => {
+                        i = end;
+                        at_start = false;
+                        continue;
+                    }
+                    None => {
+                        quote = Some(b);
+                        break;
+                    }
+                },
+                b'[' | b'{' if flow > 0 || (at_start && !plain) => {
+                    flow += 1;
+                    if indents.len() + flow > MAX_NESTING {
+                        return Err(too_deep(n, i));
+                    }
+                    at_start = true;
+                }
+                b']' | b'}' if flow > 0 => {
+                    flow -= 1;
+                    at_start = false;
+                }
+                b',' if flow > 0 => at_start = true,
+                b':' if line
+                    .get(i + 1)
+                    .is_none_or(|c| matches!(c, b' ' | b'\r' | b'\t' | b',' | b']' | b'}')) =>
+                {
+                    at_start = true;
+                    plain = false;
+                }
+                b'|' | b'>' if at_start && flow == 0 => {
+                    block_scalar = Some(indent);
+                    break;
+                }
+                b'&' | b'!' | b'*' if at_start => {
+                    // An anchor or a tag comes before its node; an alias is
+                    // one.
+                    while i < line.len()
+                        && !matches!(
+                            line[i],
+                            b' ' | b'\t' | b'\r' | b',' | b'[' | b']' | b'{' | b'}'
+                        )
+                    {
+                        i += 1;
+                    }
+                    at_start = b != b'*';
+                    continue;
+                }
+                _ => {
+                    if at_start {
+                        at_start = false;
+                        plain = flow == 0;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The index just past the closing `q` of a quoted scalar whose text starts
+/// at `from`, or `None` when it goes on past this line. `''` is a quote in
+/// single quotes; `\` escapes the next character in double quotes.
+fn skip_quoted(line: &[u8], from: usize, q: u8) -> Option<usize> {
+    let mut i = from;
+    while i < line.len() {
+        match line[i] {
+            b'\\' if q == b'"' => i += 2,
+            c if c == q => {
+                if q == b'\'' && line.get(i + 1) == Some(&b'\'') {
+                    i += 2;
+                } else {
+                    return Some(i + 1);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// The full YAML parser, for headers the line parser does not take.
 fn parse_yaml(header: &str) -> Result<Vec<Field<'_>>, YamlError> {
     use serde_yaml::Value as Y;
+    check_nesting(header)?;
     let doc: Y = serde_yaml::from_str(header).map_err(|e| yaml_error(header, &e))?;
     let map = match doc {
         Y::Mapping(m) => m,
@@ -908,6 +1085,58 @@ mod tests {
             Layout::Header { start, end, .. } => &text[start..end],
             other => panic!("no header: {other:?}"),
         }
+    }
+
+    /// Real YAML, however it nests its text, passes; only collections
+    /// count.
+    #[test]
+    fn nesting_check_passes_real_files() {
+        for text in [
+            "id: TASK-001\nstatus: ready\ntags: [a, b]\ndependencies:\n  - TASK-002\n  - TASK-003\n",
+            "title: fix a[0][1] and {x}\ncommand: \"[[[[[[[[[[[[[[[[\"\nnote: 'it''s [[[[['\n",
+            "max_concurrent: 2\nadapters:\n  claude: /usr/bin/claude\nprices:\n  m: {input: 3.0, output: 15.0}\n",
+            "body: |\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n  {{{{\nnext: 1\n",
+            "# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nkey: v # [[[[\n",
+            "quoted: \"line one [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n  line two ]]]]\"\nother: x\n",
+            "anchored: &a [1, 2]\ntagged: !!seq [3]\nalias: *a\n",
+        ] {
+            check_nesting(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            // Staying under the limit, exactly.
+        }
+        let deep_ok = format!("x: {}{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(check_nesting(&deep_ok).is_ok());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_passes_it() {
+        let err = |text: &str| check_nesting(text).expect_err(text);
+        let e = err(&format!("id: T-1\nx: {}\n", "[".repeat(64)));
+        assert_eq!((e.line, e.column), (1, Some(67)));
+        assert_eq!(e.message, "nesting deeper than 64 levels");
+        // Flow collections spanning lines, maps, block sequences on one
+        // line, indentation staircases.
+        let e = err(&format!("x:\n{}", "  [\n".repeat(100)));
+        assert_eq!(e.line, 63);
+        err(&format!("x: {}\n", "{a: ".repeat(100)));
+        err(&format!("x:\n  {}y\n", "- ".repeat(100)));
+        let stairs: String = (0..100)
+            .map(|k| format!("{}k{k}:\n", " ".repeat(k)))
+            .collect();
+        let e = err(&stairs);
+        assert_eq!((e.line, e.column), (64, Some(65)));
+        // Through `parse` (the serde_yaml fallback), in linear time: 250,000
+        // levels under the 256 KiB header cap once took minutes.
+        let header = format!("id: T-1\nx: {}\n", "[".repeat(250_000));
+        let start = std::time::Instant::now();
+        let e = parse(&header).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(e.message, "nesting deeper than 64 levels");
+        let long = format!("x: {}\n", "[a, ".repeat(60_000));
+        let start = std::time::Instant::now();
+        assert!(check_nesting(&long).is_err());
+        let flat = format!("x: [{}]\n", "\"a[b]\", ".repeat(60_000));
+        assert!(check_nesting(&flat).is_ok());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -142,7 +142,9 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Reads a whole file, naming it in the error (a staged write is read as
-/// it will be).
+/// it will be). Only a regular file, not through a symbolic link, and at
+/// most [`MAX_FILE`] bytes: anything else is an error, never a hang or an
+/// unbounded read (see [`open_regular`]).
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     match staged_state(path) {
         Some(Some(bytes)) => Ok(bytes),
@@ -152,8 +154,237 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
         }
         None => match remembered(path) {
             Some(bytes) => Ok(bytes),
-            None => fs::read(path).map_err(|e| Error::io(path, e)),
+            None => read_whole(path, MAX_FILE),
         },
+    }
+}
+
+/// The largest file taskq reads whole: a task file it changes, an approval
+/// file, a small state file. A larger one is refused with an error naming
+/// it (a task file that large is held, see `store`): changing a file means
+/// reading all of it, and a 200 MB task once cost the factory 1 GB.
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// The most of a task file read to show it or to put it in a prompt (the
+/// header alone stops at `frontmatter::MAX_HEADER`); the rest is left out
+/// and the reader says so.
+pub const MAX_TASK_BODY: u64 = 1 << 20;
+
+/// The most of a result file (`agents/results/<TASK>.md`, an agent's final
+/// message) read into another task's prompt or a review; the rest is left
+/// out and the prompt says so.
+pub const MAX_RESULT: u64 = 64 << 10;
+
+/// The largest config file (`agents/factory/config.yaml`) or role template
+/// (`agents/templates/*.md`) taskq reads; a larger one is an error at the
+/// file.
+pub const MAX_SETTINGS: u64 = 1 << 20;
+
+/// How [`open_regular`] treats a symbolic link at the path itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Refused: the files taskq writes (task files, results, logs,
+    /// approvals) are never links, and following one could read anything.
+    Refuse,
+    /// Followed (to a regular file only): files a person keeps where they
+    /// like (the config, role templates).
+    Follow,
+}
+
+/// Opens `path` for reading only if it is a regular file; `Ok(None)` when
+/// it does not exist.
+///
+/// The open itself can never block: `O_NONBLOCK` makes opening a FIFO
+/// (`mkfifo tasks/todo/x.md`) return at once instead of waiting for a
+/// writer, and `fstat` on the open file then refuses anything that is not
+/// a regular file (a FIFO, a socket, `/dev/zero` behind a link) with an
+/// error that names the kind (`is a FIFO (not a regular file)`). With
+/// [`Links::Refuse`], `O_NOFOLLOW` refuses a symbolic link at `path`.
+/// `O_NONBLOCK` has no effect on reads of regular files, so it stays set.
+pub fn open_regular(path: &Path, links: Links) -> Result<Option<File>> {
+    Ok(open_regular_sized(path, links)?.map(|(file, _)| file))
+}
+
+/// [`open_regular`], also giving the file's size (from the same `fstat`).
+pub fn open_regular_sized(path: &Path, links: Links) -> Result<Option<(File, u64)>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && links == Links::Refuse => {
+            return Err(not_regular(path, "a symbolic link"));
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(Some((file, meta.len())));
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    Err(not_regular(path, what))
+}
+
+fn not_regular(path: &Path, what: &str) -> Error {
+    Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NotRegular(format!("is {what} (not a regular file)")),
+        ),
+    )
+}
+
+/// The error [`open_regular`] gives for a path that exists but is no
+/// regular file; [`is_not_regular`] recognises it.
+#[derive(Debug)]
+struct NotRegular(String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// True for [`open_regular`]'s refusal of a FIFO, device, directory or
+/// (with [`Links::Refuse`]) symbolic link: the file is skipped with a
+/// warning, not reported as unreadable.
+pub fn is_not_regular(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if source.get_ref().is_some_and(|inner| inner.is::<NotRegular>()))
+}
+
+/// The reason alone (`is a FIFO (not a regular file)`) of an
+/// [`open_regular`] error, or the I/O error's text: for messages that name
+/// the file themselves.
+pub fn reason(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// At most `cap` bytes of a file, read by [`read_capped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capped {
+    /// The first bytes of the file (all of it unless `truncated`).
+    pub bytes: Vec<u8>,
+    /// The file is longer than the cap: the rest was not read.
+    pub truncated: bool,
+}
+
+impl Capped {
+    /// The bytes as text (invalid UTF-8 replaced; a character cut by the cap
+    /// dropped).
+    pub fn text(&self) -> String {
+        let mut bytes = &self.bytes[..];
+        if self.truncated {
+            // A multi-byte character cut in two at the cap.
+            if let Err(e) = std::str::from_utf8(bytes) {
+                if e.error_len().is_none() {
+                    bytes = &bytes[..e.valid_up_to()];
+                }
+            }
+        }
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// Reads at most `cap` bytes of the regular file at `path` (never a FIFO or
+/// device, never through a symbolic link; see [`open_regular`]): memory and
+/// time stay bounded whatever the file is. `Ok(None)` when it does not
+/// exist. A staged write is read as it will be.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Option<Capped>> {
+    use std::io::Read;
+    let known = match staged_state(path) {
+        Some(None) => return Ok(None),
+        Some(Some(bytes)) => Some(bytes),
+        None => remembered(path),
+    };
+    if let Some(mut bytes) = known {
+        let truncated = bytes.len() as u64 > cap;
+        bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+        return Ok(Some(Capped { bytes, truncated }));
+    }
+    let Some(file) = open_regular(path, Links::Refuse)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let truncated = bytes.len() as u64 > cap;
+    bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    Ok(Some(Capped { bytes, truncated }))
+}
+
+/// A whole regular file of at most `cap` bytes (a larger one is an error
+/// naming it and its size); through a symbolic link when `links` says so.
+/// A missing file is the usual `NotFound` error.
+pub fn read_whole_with(path: &Path, cap: u64, links: Links) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let Some((file, len)) = open_regular_sized(path, links)? else {
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        return Err(Error::io(path, gone));
+    };
+    let too_big = || {
+        let why = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "is larger than {} (taskq reads at most that much of it)",
+                size_text(cap)
+            ),
+        );
+        Error::io(path, why)
+    };
+    // The size first: a huge file is refused without reading any of it.
+    if len > cap {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+fn read_whole(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    read_whole_with(path, cap, Links::Refuse)
+}
+
+/// `16 MiB`, `64 KiB`, `300 bytes`: a size for messages.
+pub fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -668,7 +899,9 @@ pub fn recycle_empty(path: &Path) -> bool {
         let Some(dir) = SPARES.with_borrow(|s| s.as_ref().map(|s| s.dir.clone())) else {
             return false;
         };
-        let Ok(file) = File::open(path) else {
+        // Never a plain open: an agent could leave a FIFO in its log's
+        // place.
+        let Ok(Some(file)) = open_regular(path, Links::Refuse) else {
             return false;
         };
         // Only a plain empty log with no other name.
@@ -889,6 +1122,87 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    }
+
+    /// A FIFO named like a task once blocked every command forever in
+    /// `open`; a link to /dev/zero grew a reader past 1 GB.
+    #[test]
+    fn only_regular_files_are_opened_and_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.md");
+        mkfifo(&fifo);
+        for links in [Links::Refuse, Links::Follow] {
+            let e = open_regular(&fifo, links).unwrap_err();
+            assert!(is_not_regular(&e), "{e}");
+            assert_eq!(reason(&e), "is a FIFO (not a regular file)");
+            assert!(
+                e.to_string()
+                    .ends_with("x.md: is a FIFO (not a regular file)"),
+                "{e}"
+            );
+        }
+        assert!(read(&fifo).is_err());
+        assert!(read_capped(&fifo, 10).is_err());
+        // Links: refused, or followed to a regular file only.
+        let file = dir.path().join("a.md");
+        fs::write(&file, "0123456789abcdef").unwrap();
+        let link = dir.path().join("link.md");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = open_regular(&link, Links::Refuse).unwrap_err();
+        assert_eq!(reason(&e), "is a symbolic link (not a regular file)");
+        assert!(open_regular(&link, Links::Follow).unwrap().is_some());
+        let zero = dir.path().join("zero.md");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = open_regular(&zero, Links::Follow).unwrap_err();
+        assert_eq!(reason(&e), "is a character device (not a regular file)");
+        assert!(read_capped(&zero, 10).is_err());
+        let e = open_regular(dir.path(), Links::Follow).unwrap_err();
+        assert_eq!(reason(&e), "is a directory (not a regular file)");
+        assert!(open_regular(&dir.path().join("gone"), Links::Refuse)
+            .unwrap()
+            .is_none());
+        assert!(read_capped(&dir.path().join("gone"), 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn reads_stop_at_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.md");
+        fs::write(&file, "0123456789abcdef").unwrap();
+        let c = read_capped(&file, 10).unwrap().unwrap();
+        assert_eq!(
+            (c.bytes.as_slice(), c.truncated),
+            (&b"0123456789"[..], true)
+        );
+        let c = read_capped(&file, 16).unwrap().unwrap();
+        assert_eq!(
+            (c.text().as_str(), c.truncated),
+            ("0123456789abcdef", false)
+        );
+        // A character cut in two by the cap is dropped, not mangled.
+        fs::write(&file, "ab→cd").unwrap();
+        assert_eq!(read_capped(&file, 3).unwrap().unwrap().text(), "ab");
+        // Whole reads refuse a file past their cap, without reading it.
+        let e = read_whole_with(&file, 4, Links::Refuse).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("a.md: is larger than 4 bytes (taskq reads at most that much of it)"),
+            "{e}"
+        );
+        assert_eq!(
+            read_whole_with(&file, 7, Links::Refuse).unwrap(),
+            "ab→cd".as_bytes()
+        );
+        assert_eq!(size_text(MAX_FILE), "16 MiB");
+        assert_eq!(size_text(200 * 1024 * 1024 + 1), "200.0 MiB");
+        assert_eq!(size_text(MAX_RESULT), "64 KiB");
+    }
 
     #[test]
     fn writes_replace_and_leave_no_temp_files() {

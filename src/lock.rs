@@ -11,7 +11,7 @@
 //!   root); it holds the factory's pid so a second one can name it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -98,9 +98,9 @@ impl Drop for LockGuard {
 
 /// The pid written into a lock file, if any.
 pub fn read_pid(path: &Path) -> Option<u32> {
-    let mut s = String::new();
-    File::open(path).ok()?.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    // A regular file only, a few bytes: never a read that waits.
+    let pid = crate::fsutil::read_capped(path, 64).ok()??;
+    pid.text().trim().parse().ok()
 }
 
 fn open(path: &Path) -> Result<File> {

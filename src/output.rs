@@ -32,6 +32,15 @@ impl Out {
             .map_err(|e| Error::io("<stdout>", e))
     }
 
+    /// Prints data on stdout as `write` produces it (buffered): for output
+    /// too large, or too deep, to build first (`deps` of a long chain).
+    pub fn stream(&self, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+        let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        write(&mut stdout)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::io("<stdout>", e))
+    }
+
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
         let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());

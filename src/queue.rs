@@ -218,9 +218,8 @@ impl<'a> Queue<'a> {
             .collect();
         open.extend(
             self.graph
-                .missing
+                .missing_of(i)
                 .iter()
-                .filter(|(j, _)| *j == i)
                 .map(|(_, id)| id.to_string()),
         );
         open
@@ -236,7 +235,7 @@ fn classify(t: &Task, graph: &Graph, scan: &Scan, i: usize, now: Timestamp) -> S
             let deps_done = graph.deps[i]
                 .iter()
                 .all(|&d| is_satisfied(&scan.tasks[d as usize]))
-                && !graph.missing.iter().any(|(j, _)| *j == i);
+                && graph.missing_of(i).is_empty();
             if !deps_done {
                 State::Blocked
             } else if !t.has_id

@@ -197,6 +197,10 @@ impl Default for Registry {
     }
 }
 
+/// The largest `registry.json` taskq reads (finished agents move to
+/// `history/` after `history_after`; 1,000 agents take 450 KB).
+pub const MAX_REGISTRY: u64 = 256 << 20;
+
 impl Registry {
     /// `agents/factory/registry.json`.
     pub fn path(root: &Root) -> PathBuf {
@@ -207,12 +211,18 @@ impl Registry {
     /// naming it: taskq never silently starts over.
     pub fn load(root: &Root) -> Result<Registry> {
         let path = Registry::path(root);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        serde_json::from_str(&text).map_err(|e| {
+        // A regular file only (a FIFO would block the read forever), and a
+        // bounded one.
+        let bytes =
+            match crate::fsutil::read_whole_with(&path, MAX_REGISTRY, crate::fsutil::Links::Refuse)
+            {
+                Ok(b) => b,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Registry::default())
+                }
+                Err(e) => return Err(e),
+            };
+        serde_json::from_slice(&bytes).map_err(|e| {
             Problem::at(
                 "agents/factory/registry.json",
                 e.line(),

@@ -182,7 +182,19 @@ pub fn load_all(root: &Root) -> (Vec<Role>, Vec<Problem>) {
 
 /// Loads one template; errors name `shown` and the line.
 pub fn load(path: &Path, shown: &Path) -> Result<Role> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    use crate::fsutil::{self, Links};
+    // Only a regular file (a link to one is fine), at most MAX_SETTINGS: a
+    // FIFO named `x.md` is skipped with a problem, never waited on.
+    let bytes =
+        fsutil::read_whole_with(path, fsutil::MAX_SETTINGS, Links::Follow).map_err(|e| {
+            let skipped = if fsutil::is_not_regular(&e) {
+                "; skipped"
+            } else {
+                ""
+            };
+            Problem::new(shown, format!("{}{skipped}", fsutil::reason(&e)))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| Problem::new(shown, "not valid UTF-8"))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let name = path
         .file_stem()
@@ -190,6 +202,20 @@ pub fn load(path: &Path, shown: &Path) -> Result<Role> {
         .unwrap_or_default();
     validate_id(&name)
         .map_err(|why| Problem::new(shown, format!("invalid role name `{name}`: {why}")))?;
+    // gray_matter and serde_yaml take super-linear time (or stack) on deep
+    // nesting: refuse it first, in one pass, at its line.
+    if let Some(crate::frontmatter::Layout::Header { start, end, .. }) =
+        crate::frontmatter::split(text.as_bytes(), true)
+    {
+        crate::frontmatter::check_nesting(&text[start..end]).map_err(|e| {
+            Problem::at(
+                shown,
+                e.line + crate::frontmatter::Layout::FIRST_LINE,
+                e.message,
+            )
+            .column(e.column)
+        })?;
+    }
     let parsed = Matter::<YAML>::new()
         .parse::<gray_matter::Pod>(text)
         .map_err(|e| Problem::new(shown, format!("invalid frontmatter: {e}")))?;

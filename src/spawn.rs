@@ -11,7 +11,7 @@
 //! with one short write each (atomic with O_APPEND), instead of a file per
 //! agent: no inode is created per job.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -240,7 +240,12 @@ pub fn read_exit_file(path: &Path, tag: &str) -> Option<i32> {
 
 /// Every exit record in `path` (the last one of each agent).
 pub fn exit_codes(path: &Path) -> std::collections::HashMap<String, i32> {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    // A regular file only, never a FIFO. Read whole, uncapped: a record
+    // cut off would leave its agent unfinished, and the factory empties
+    // the file whenever no agent is alive (~15 bytes an agent).
+    let bytes = crate::fsutil::read_whole_with(path, u64::MAX, crate::fsutil::Links::Refuse)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .filter_map(|l| {
             let (tag, code) = l.split_once(' ')?;
@@ -305,18 +310,22 @@ pub fn environment(allow: &[String], extra: &[(String, String)]) -> Vec<(String,
     env
 }
 
-/// Opens a log file for reading its tail.
+/// The last `max` bytes (at most) of a log file: empty when it is missing,
+/// or is no regular file (a FIFO would block the read, a link to
+/// `/dev/zero` would never end; see [`crate::fsutil::open_regular`]).
+/// Bounded even while the agent still writes to it.
 pub fn read_tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else {
+    let Ok(Some((mut f, len))) =
+        crate::fsutil::open_regular_sized(path, crate::fsutil::Links::Refuse)
+    else {
         return String::new();
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > max {
         let _ = f.seek(SeekFrom::Start(len - max));
     }
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
+    let _ = f.take(max).read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
 }
 

@@ -10,8 +10,7 @@
 //! crash between edit and move is moved.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -520,17 +519,28 @@ fn read_task(
         return None;
     }
     let path = root.folder(folder).join(rel);
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    // Never a plain open: a FIFO named `x.md` would block it forever.
+    let (mut file, len) = match fsutil::open_regular_sized(&path, fsutil::Links::Refuse) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
             // Moved mid-scan? A task leaving todo/ shows up in done/.
             if folder == Folder::Todo {
                 return read_task(root, Folder::Done, rel, false, buf, &mut Vec::new());
             }
             return None;
         }
+        Err(e) if fsutil::is_not_regular(&e) => {
+            problems.push(
+                Problem::new(&shown, format!("{}; skipped", fsutil::reason(&e)))
+                    .hint("a task is a regular markdown file; remove or rename this one"),
+            );
+            return None;
+        }
         Err(e) => {
-            problems.push(Problem::new(&shown, format!("cannot read: {e}")));
+            problems.push(Problem::new(
+                &shown,
+                format!("cannot read: {}", fsutil::reason(&e)),
+            ));
             return None;
         }
     };
@@ -541,7 +551,24 @@ fn read_task(
             return None;
         }
     };
-    task_from_bytes(buf, layout, folder, rel, &shown, problems)
+    let mut task = task_from_bytes(buf, layout, folder, rel, &shown, problems)?;
+    // Changing a task means reading all of it: one too large to read whole
+    // is held (never claimed, run or rewritten) rather than read.
+    if len > fsutil::MAX_FILE && folder == Folder::Todo {
+        problems.push(
+            Problem::new(
+                &shown,
+                format!(
+                    "the file is {}, more than taskq reads whole ({}); held",
+                    fsutil::size_text(len),
+                    fsutil::size_text(fsutil::MAX_FILE)
+                ),
+            )
+            .hint("keep long text (logs, data) in another file and name it in the task"),
+        );
+        task.broken = true;
+    }
+    Some(task)
 }
 
 /// Builds a task from the bytes of (at least) its header.
@@ -662,7 +689,7 @@ pub fn full<'a>(root: &Root, t: &'a Task) -> std::borrow::Cow<'a, Task> {
 /// The `title:` of a task file's header (for tasks a lean scan kept
 /// without it).
 fn header_title(path: &Path) -> Option<String> {
-    let mut file = File::open(path).ok()?;
+    let mut file = fsutil::open_regular(path, fsutil::Links::Refuse).ok()??;
     let mut buf = Vec::new();
     let layout = frontmatter::read_header(&mut file, &mut buf).ok()?;
     let Layout::Header { start, end, .. } = layout else {
@@ -679,14 +706,12 @@ fn header_title(path: &Path) -> Option<String> {
         })
 }
 
+/// The body's first `# ` heading, looked for in the first
+/// [`HEADING_SCAN`] bytes of the file only.
 fn heading_title(path: &Path) -> Option<String> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(64 * 1024)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    let body = match frontmatter::split(&bytes, true)? {
+    let capped = fsutil::read_capped(path, HEADING_SCAN).ok()??;
+    let bytes = capped.bytes;
+    let body = match frontmatter::split(&bytes, !capped.truncated)? {
         Layout::None { body } | Layout::Header { body, .. } => &bytes[body..],
         Layout::Unterminated => return None,
     };
@@ -710,13 +735,18 @@ fn heading_title(path: &Path) -> Option<String> {
     None
 }
 
+/// How far into a task file [`display_title`] looks for a `# ` heading.
+pub const HEADING_SCAN: u64 = 64 * 1024;
+
 /// How long a writing command waits for the queue lock before giving up
-/// (exit 3). `TASKQ_LOCK_TIMEOUT` (seconds) overrides it.
+/// (exit 3). `TASKQ_LOCK_TIMEOUT` (seconds, up to `duration::MAX`)
+/// overrides it.
 pub fn lock_timeout() -> Duration {
     std::env::var("TASKQ_LOCK_TIMEOUT")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+        .and_then(crate::duration::seconds)
+        .unwrap_or(Duration::from_secs(30))
 }
 
 /// The current time, as the queue sees it. `TASKQ_NOW` (RFC 3339) fixes it
@@ -950,11 +980,16 @@ impl Writer {
             });
         }
         self.relink()?;
-        // Expired leases go back to ready.
+        // Expired leases go back to ready (not in a file too large to
+        // change: that one is held, and its rewrite would fail every
+        // writer).
         let expired: Vec<usize> = (0..self.scan.tasks.len())
             .filter(|&i| {
-                self.scan.tasks[i].folder == Folder::Todo
-                    && self.scan.tasks[i].lease_expired(self.now)
+                let t = &self.scan.tasks[i];
+                t.folder == Folder::Todo
+                    && t.lease_expired(self.now)
+                    && fsutil::stamp_of(&self.root.task_path(t))
+                        .is_none_or(|(len, ..)| len <= fsutil::MAX_FILE)
             })
             .collect();
         for i in expired {

@@ -4,6 +4,7 @@
 mod util;
 
 mod bad_input;
+mod bounded;
 mod claim;
 mod cli;
 mod docs;

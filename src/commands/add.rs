@@ -50,11 +50,23 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     let body = match args.body.as_deref() {
         Some("-") => {
-            let mut s = String::new();
+            // Bounded: the task file must stay small enough to change.
+            let cap = crate::fsutil::MAX_FILE / 2;
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut s)
+                .take(cap + 1)
+                .read_to_end(&mut bytes)
                 .map_err(|e| Error::io("<stdin>", e))?;
-            s
+            if bytes.len() as u64 > cap {
+                return Err(Error::usage_hint(
+                    format!(
+                        "the body on stdin is longer than {}",
+                        crate::fsutil::size_text(cap)
+                    ),
+                    "keep long text (logs, data) in another file and name it in the task",
+                ));
+            }
+            String::from_utf8(bytes).map_err(|_| Error::usage("the body on stdin is not UTF-8"))?
         }
         Some(text) => text.to_string(),
         None => String::new(),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::context::Ctx;
 use crate::error::Result;
-use crate::graph::{render_tree, tree};
+use crate::graph::{tree, write_tree, write_tree_json};
 use crate::queue::Queue;
 use crate::store::display_title;
 
@@ -33,11 +33,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             display_title(&ctx.root, &scan.tasks[j]),
         )
     };
-    let node = tree(&scan, &queue.graph, i, args.reverse, &label);
+    let tree = tree(&scan, &queue.graph, i, args.reverse, &label);
+    // Written as it goes, without recursion: a chain can be 1,000,000 deep.
     if ctx.out.json {
-        ctx.out.json(&node)?;
+        ctx.out.stream(|w| write_tree_json(&tree, w))?;
     } else {
-        ctx.out.text(render_tree(&node))?;
+        ctx.out.stream(|w| write_tree(&tree, w))?;
     }
     Ok(ExitCode::SUCCESS)
 }

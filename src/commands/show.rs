@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::frontmatter::{self, Layout};
+use crate::fsutil;
 use crate::output::count;
 use crate::queue::Queue;
 use crate::store::display_title;
@@ -40,26 +41,41 @@ struct ShowJson {
     /// `review_errors:` tester runs that gave no verdict.
     review_errors: u32,
     body: String,
+    /// The file is longer than `fsutil::MAX_TASK_BODY`: `body` stops there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    body_truncated: bool,
 }
 
 /// Runs `taskq show`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let (scan, i, bytes) = open_task(ctx, scan_and_warn(ctx), &args.id, |p| std::fs::read(p))?;
+    // At most MAX_TASK_BODY of the file, and never a FIFO or a link.
+    let (scan, i, capped) =
+        open_task(
+            ctx,
+            scan_and_warn(ctx),
+            &args.id,
+            |p| match fsutil::read_capped(p, fsutil::MAX_TASK_BODY) {
+                Ok(Some(capped)) => Ok(capped),
+                Ok(None) => Err(std::io::ErrorKind::NotFound.into()),
+                Err(Error::Io { source, .. }) => Err(source),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+        )?;
     let queue = Queue::new(&scan, ctx.now);
     let t = &scan.tasks[i];
-    let body = match frontmatter::split(&bytes, true) {
-        Some(Layout::Header { body, .. } | Layout::None { body }) => {
-            String::from_utf8_lossy(&bytes[body..]).into_owned()
-        }
+    let truncated = capped.truncated;
+    let text = capped.text();
+    let bytes = text.as_bytes();
+    let body = match frontmatter::split(bytes, true) {
+        Some(Layout::Header { body, .. } | Layout::None { body }) => text[body..].to_string(),
         _ => String::new(),
     };
     let unblocks = queue.unblocks(i, &mut vec![0; scan.tasks.len()], 1);
     let e = t.extra();
     // Fields only this command shows: read from the bytes at hand, not kept
     // by the scan.
-    let cost_usd =
-        frontmatter::scalar_field(&bytes, "cost_usd").and_then(|c| c.parse::<f64>().ok());
-    let tested_by = frontmatter::scalar_field(&bytes, "tested_by");
+    let cost_usd = frontmatter::scalar_field(bytes, "cost_usd").and_then(|c| c.parse::<f64>().ok());
+    let tested_by = frontmatter::scalar_field(bytes, "tested_by");
     let text = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
     if ctx.out.json {
         ctx.out.json(&ShowJson {
@@ -72,6 +88,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             review_rounds: e.review_rounds,
             review_errors: e.review_errors,
             body,
+            body_truncated: truncated,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -160,6 +177,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         out.push('\n');
         out.push_str(body.trim_end());
         out.push('\n');
+    }
+    if truncated {
+        let _ = writeln!(
+            out,
+            "\n… (only the first {} of the file is shown; the rest is in {})",
+            fsutil::size_text(fsutil::MAX_TASK_BODY),
+            ctx.display_path(&ctx.root.rel_path(t.folder, &t.rel))
+                .display()
+        );
     }
     ctx.out.text(out)?;
     Ok(ExitCode::SUCCESS)

@@ -80,7 +80,12 @@ pub struct IdArgs {
 
 /// Parses a `--lease` value.
 pub fn parse_lease(s: &str) -> Result<Duration> {
-    let d = crate::duration::parse(s).map_err(|e| Error::usage(format!("--lease: {e}")))?;
+    let d = crate::duration::parse(s).map_err(|e| {
+        Error::usage_hint(
+            format!("--lease: {e}"),
+            "give a lease like `30m` or `2h`; `taskq renew` extends it",
+        )
+    })?;
     if d.is_zero() {
         return Err(Error::usage("--lease must be longer than zero"));
     }
@@ -92,9 +97,13 @@ pub fn validate_agent(agent: &str) -> Result<()> {
     validate_id(agent).map_err(|why| Error::usage(format!("invalid agent `{agent}`: {why}")))
 }
 
-fn lease_until(writer: &Writer, lease: Duration) -> String {
-    let d = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    format_timestamp(writer.now + d)
+/// When a lease taken now ends, as written; a usage error when that date
+/// is past what taskq can write (so no task ever gets a date it cannot
+/// read back).
+fn lease_until(writer: &Writer, lease: Duration) -> Result<String> {
+    crate::duration::after(writer.now, lease)
+        .map(format_timestamp)
+        .map_err(|e| Error::usage(format!("--lease: {e}")))
 }
 
 /// Claims task `i` for `agent`; a conflict (exit 3) unless it is ready.
@@ -138,7 +147,7 @@ pub fn claim_index(
         Change::remove("retry_after"),
     ];
     match lease {
-        Some(l) => changes.push(Change::set("lease_expires", &lease_until(writer, l))),
+        Some(l) => changes.push(Change::set("lease_expires", &lease_until(writer, l)?)),
         None => changes.push(Change::remove("lease_expires")),
     }
     writer.set(i, &changes, Status::Running, &format!("claimed by {agent}"))
@@ -377,7 +386,7 @@ pub fn renew(ctx: &Ctx, args: RenewArgs) -> Result<ExitCode> {
             )));
         }
     }
-    let until = lease_until(&writer, lease);
+    let until = lease_until(&writer, lease)?;
     writer.set(
         i,
         &[Change::set("lease_expires", &until)],

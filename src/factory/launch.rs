@@ -492,19 +492,17 @@ const NOT_ON_PATH: &str = "is not on the PATH";
 const RESULT_BYTES: u64 = 64 * 1024;
 
 /// The start of a regular file, at most `max` bytes (`None` when it is
-/// missing or not a regular file: a FIFO or a device is never opened).
+/// missing or not a regular file: a FIFO or a device is never opened,
+/// a link to /dev/zero never read whole).
 fn read_capped(path: &Path, max: u64) -> Option<String> {
-    use std::io::Read;
-    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
-        return None;
+    match fsutil::read_capped(path, max) {
+        Ok(Some(capped)) => Some(capped.text()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(max)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// What the dependencies of task `i` left (their result lines and files).

@@ -25,9 +25,10 @@ impl Factory {
         for a in &live {
             // Agents started by a taskq before 0.2 wrote `<id>.exit`.
             let old = self.root.log(&a.id).with_extension("exit");
-            if let Some(code) = std::fs::read_to_string(old)
+            if let Some(code) = crate::fsutil::read_capped(&old, 64)
                 .ok()
-                .and_then(|t| t.trim().parse().ok())
+                .flatten()
+                .and_then(|t| t.text().trim().parse().ok())
             {
                 codes.entry(a.id.clone()).or_insert(code);
             }

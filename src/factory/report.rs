@@ -124,9 +124,7 @@ impl Factory {
             // heartbeat reads that afresh anyway.
             let mut w = Writer::with_scan(&self.root, store::Scan::default())?;
             let mut reg = Registry::load(&self.root)?;
-            let cutoff = w.now
-                - chrono::Duration::from_std(self.config.history_after)
-                    .unwrap_or(chrono::Duration::MAX);
+            let cutoff = crate::duration::before(w.now, self.config.history_after);
             let moved = reg.rotate(&self.root, cutoff)?;
             if moved > 0 {
                 reg.save(&self.root, w.now)?;
