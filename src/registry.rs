@@ -293,11 +293,61 @@ impl Registry {
         fsutil::write_atomic(&Registry::path(root), text.as_bytes())
     }
 
-    /// Allocates an agent id with the role's prefix.
-    pub fn allocate(&mut self, prefix: &str) -> String {
+    /// Raises the agent id counter above every agent id on disk: in the
+    /// registry, its history and the logs. A registry set back (`git
+    /// checkout` of an old one, a hand edit) then never hands out an id
+    /// that was used: a log is never appended to by a second agent.
+    pub fn raise_to_high_water(&mut self, root: &Root) {
+        let mut top = self
+            .agents
+            .keys()
+            .filter_map(|id| crate::task::id_number(id))
+            .max()
+            .unwrap_or(0);
+        if let Ok(dir) = std::fs::read_dir(root.dir.join("agents").join("logs")) {
+            for e in dir.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                // `<ID>.log`, `<ID>.prompt.md`, `<ID>.exit`.
+                let id = name.split('.').next().unwrap_or("");
+                if let Some(n) = crate::task::id_number(id) {
+                    top = top.max(n);
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(root.history_dir()) {
+            for e in dir.flatten() {
+                let Ok(Some(text)) = crate::fsutil::read_capped(&e.path(), MAX_REGISTRY) else {
+                    continue;
+                };
+                for line in text.text().lines() {
+                    let id = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().and_then(crate::task::id_number));
+                    if let Some(n) = id {
+                        top = top.max(n);
+                    }
+                }
+            }
+        }
+        if top >= self.next_id {
+            self.next_id = top.saturating_add(1);
+        }
+    }
+
+    /// Allocates an agent id with the role's prefix; an error once the
+    /// counter is exhausted (it never wraps).
+    pub fn allocate(&mut self, prefix: &str) -> Result<String> {
         let n = self.next_id;
-        self.next_id += 1;
-        format!("{prefix}-{n:03}")
+        self.next_id = n
+            .checked_add(1)
+            .filter(|n| *n < 10u64.pow(18))
+            .ok_or_else(|| {
+                Error::conflict(
+                    "the agent id counter (nextId in agents/factory/registry.json) is exhausted",
+                )
+            })?;
+        Ok(format!("{prefix}-{n:03}"))
     }
 
     /// Agents still running (or about to).
@@ -451,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
         let mut r = Registry::default();
-        let id = r.allocate("BLD");
+        let id = r.allocate("BLD").unwrap();
         assert_eq!(id, "BLD-001");
         r.agents.insert(
             id.clone(),

@@ -1123,7 +1123,41 @@ impl Writer {
             .filter_map(|t| task::id_number(&t.id))
             .max()
             .unwrap_or(0);
-        let next = stored.max(seen) + 1;
+        // Names under agents/results and approvals/ count too: a task
+        // deleted with its id's counter set back leaves them behind.
+        let mut left = 0;
+        for dir in [
+            self.root.dir.join("agents").join("results"),
+            self.root.approvals("pending"),
+            self.root.approvals("approved"),
+            self.root.approvals("rejected"),
+        ] {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    let id = name.split('.').next().unwrap_or("");
+                    if id.starts_with("TASK-") {
+                        // `TASK-006-2` is a request of TASK-006.
+                        let task_id = id.splitn(3, '-').take(2).collect::<Vec<_>>().join("-");
+                        if let Some(n) = task::id_number(&task_id) {
+                            left = left.max(n);
+                        }
+                    }
+                }
+            }
+        }
+        let next = stored
+            .max(seen)
+            .max(left)
+            .checked_add(1)
+            .filter(|n| *n < 10u64.pow(18))
+            .ok_or_else(|| {
+                Error::conflict(format!(
+                    "the task id counter ({}) is exhausted",
+                    path.display()
+                ))
+            })?;
         fsutil::write_atomic(&path, format!("{next}\n").as_bytes())?;
         self.changed.insert(path);
         Ok(task::format_id(next))

@@ -96,3 +96,41 @@ fn a_task_in_review_is_for_its_tester() {
         );
     }
 }
+
+#[test]
+fn ids_never_repeat_when_counters_are_set_back() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    let a = root.add(&["First", "--tag", "job", "--body", "```sh\necho one\n```"]);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first: Vec<String> = root
+        .agents()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(first.len(), 1);
+    // The registry set back (as a `git checkout` of an old one would).
+    std::fs::remove_file(root.path().join("agents/factory/registry.json")).unwrap();
+    root.add(&["Second", "--tag", "job", "--body", "```sh\necho two\n```"]);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let second: Vec<String> = root
+        .agents()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0], first[0], "an agent id was used twice");
+    // The task id counter set back, the task gone: its result remains.
+    std::fs::remove_file(root.path().join(format!(
+        "tasks/done/{}",
+        root.task_file(&a).rsplit('/').next().unwrap()
+    )))
+    .ok();
+    root.write("agents/results/TASK-007.md", "a result\n");
+    root.write("agents/factory/last-task-id", "0\n");
+    let c = root.add(&["Third"]);
+    assert_eq!(c, "TASK-008");
+}

@@ -67,7 +67,7 @@ impl Factory {
             } else {
                 t.attempts + 1
             };
-            let agent_id = reg.allocate(&p.role.settings.prefix);
+            let agent_id = reg.allocate(&p.role.settings.prefix)?;
             let workspace =
                 p.workspace
                     .clone()

@@ -18,6 +18,7 @@ impl Factory {
         let mut w = Writer::open(&self.root)?;
         self.report_adopted(&w);
         let mut reg = Registry::load(&self.root)?;
+        reg.raise_to_high_water(&self.root);
         let mut finished = Vec::new();
         let mut lost = Vec::new();
         let live: Vec<Agent> = reg.live().cloned().collect();
