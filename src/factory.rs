@@ -13,7 +13,7 @@
 //! the ones that ended while it was down (their exit code is in
 //! `agents/logs/exit-codes`), and marks the rest `lost`.
 //!
-//! A step's writes go out in batches (see `fsutil::stage`): the registry
+//! A step's writes go out in batches (see `fsutil::Disk::stage`): the registry
 //! and the claimed tasks before any agent starts, then the ends of the
 //! agents they replace while the new ones start.
 
@@ -81,25 +81,21 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // Absolute paths: the watcher's events and the writer's paths must
     // compare equal (the factory tells its own writes by path).
     let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
-    fsutil::defer_dir_syncs();
     // Rewrites swap inodes with spare files instead of creating and freeing
     // one per write (see fsutil). Only this process uses the directory: it
-    // holds the run lock.
+    // holds the run lock. Each step rereads task files the step before
+    // wrote: from memory while they are as written. Directory fsyncs wait
+    // for the end of the step. The spares are emptied when the factory,
+    // which owns the Disk, ends.
     let spare_dir = root.dir.join("agents").join("factory").join(".spare");
-    if let Err(e) = fsutil::keep_spares(&spare_dir) {
-        tracing::warn!("{e} (writing without spare files)");
-    }
-    // Each step rereads task files the step before wrote: from memory
-    // while they are as written (see fsutil).
-    fsutil::remember_writes();
-    let factory = Factory::new(root, config, roles, out, opts);
+    let disk = fsutil::Disk::factory(&spare_dir);
+    let factory = Factory::new(root, config, roles, out, opts, disk);
     let counts_line = factory.counts_line;
     let code = runtime.block_on(factory.main());
     if counts_line && code.is_err() {
         // The error goes on a line of its own, not after the counts.
         let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
     }
-    fsutil::release_spares();
     drop(lock);
     code
 }
@@ -302,6 +298,9 @@ struct Factory {
     counts_shown: std::cell::Cell<bool>,
     stats: Stats,
     rng: u64,
+    /// How this factory writes (see `fsutil::Disk::factory`): handed to
+    /// each step's writer and taken back after.
+    disk: fsutil::Disk,
 }
 
 #[derive(Default)]
@@ -313,7 +312,14 @@ struct Stats {
 }
 
 impl Factory {
-    fn new(root: Root, config: Config, roles: Vec<Role>, out: Out, opts: Options) -> Factory {
+    fn new(
+        root: Root,
+        config: Config,
+        roles: Vec<Role>,
+        out: Out,
+        opts: Options,
+        disk: fsutil::Disk,
+    ) -> Factory {
         let (tx, rx) = mpsc::unbounded_channel();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -355,6 +361,7 @@ impl Factory {
             found: std::collections::HashSet::new(),
             stats: Stats::default(),
             rng: seed | 1,
+            disk,
         }
     }
 
@@ -604,7 +611,7 @@ impl Factory {
     /// `Scan::refresh`), the whole queue.
     fn absorb_changes(&mut self) {
         let paths = std::mem::take(&mut self.external_paths);
-        fsutil::forget_writes();
+        self.disk.forget_writes();
         let templates = self.root.dir.join("agents").join("templates");
         if paths.iter().any(|p| p.starts_with(&templates)) {
             self.roles_stale = true;
@@ -643,14 +650,16 @@ impl Factory {
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();
         let patched = std::mem::take(&mut self.patched);
-        let mut w = match self.cache.take() {
-            Some(scan) => Writer::with_scan(&self.root, scan)?,
-            None => Writer::open(&self.root)?,
-        };
+        let disk = std::mem::take(&mut self.disk);
+        let mut w = Writer::with_disk(&self.root, self.cache.take(), disk)?;
         // Files read again: the repairs a full read makes (adoption of
         // id-less files above all).
         if patched {
-            w.repair()?;
+            if let Err(e) = w.repair() {
+                w.commit_git();
+                self.disk = w.into_disk();
+                return Err(e);
+            }
         }
         self.clear_counts();
         if fresh || patched {
@@ -661,18 +670,25 @@ impl Factory {
         let path = Registry::path(&self.root);
         let mut reg = match self.reg_cache.take() {
             Some((reg, stamp)) if stamp == file_stamp(&path) => reg,
-            _ => Registry::load(&self.root)?,
+            _ => match Registry::load(&self.root) {
+                Ok(reg) => reg,
+                Err(e) => {
+                    w.commit_git();
+                    self.disk = w.into_disk();
+                    return Err(e);
+                }
+            },
         };
         // The step's writes are staged and written together (see fsutil):
         // before any agent starts, and at the end, under the lock.
-        fsutil::stage();
+        w.disk.stage();
         let mut result = self.step_with(&mut w, &mut reg, finished, fresh);
-        let committed = fsutil::commit();
+        let committed = w.disk.commit();
         if result.is_ok() {
             result = committed;
         }
         // The renames of this step become durable together, under the lock.
-        fsutil::flush_dir_syncs();
+        w.disk.flush_dir_syncs();
         // Remember what this step wrote, so its echo is not a "change".
         if fresh {
             self.own.clear();
@@ -692,7 +708,7 @@ impl Factory {
             self.fingerprint = None;
         }
         for p in &w.changed {
-            let stamp = fsutil::written_stamp(p).unwrap_or_else(|| file_stamp(p));
+            let stamp = w.disk.written_stamp(p).unwrap_or_else(|| file_stamp(p));
             self.own.insert(p.clone(), stamp);
         }
         // Git: a commit per step, unless steps come faster than that is
@@ -725,8 +741,12 @@ impl Factory {
             self.reg_cache = Some((reg, file_stamp(&path)));
             self.cache = Some(std::mem::take(&mut w.scan));
         } else {
-            fsutil::forget_writes();
+            w.disk.forget_writes();
         }
+        // The step's git commit (or its place in the pending file), under
+        // the lock; then the Disk is the factory's again.
+        w.commit_git();
+        self.disk = w.into_disk();
         result
     }
 
@@ -788,7 +808,7 @@ impl Factory {
         }
         if dirty {
             reg.max_concurrent = self.config.max_concurrent;
-            reg.save(&self.root, w.now)?;
+            reg.save(&self.root, &mut w.disk, w.now)?;
             // Registry changes go in the same commit as their task changes.
             w.touch(Registry::path(&self.root));
         }
@@ -1075,7 +1095,7 @@ impl Factory {
             );
             spawns.push((agent_id, p, workspace, session, resume.is_some()));
         }
-        reg.save(&self.root, w.now)?;
+        reg.save(&self.root, &mut w.disk, w.now)?;
         w.touch(Registry::path(&self.root));
         // 2. Mark the tasks.
         for (agent_id, p, ..) in &spawns {
@@ -1115,7 +1135,7 @@ impl Factory {
         }
         // The registry, then the tasks, are on disk before any agent
         // starts (written as one batch, see `step`).
-        fsutil::commit()?;
+        w.disk.commit()?;
         // 3. Start the children, 4. record their pids.
         let mut batch = Vec::with_capacity(spawns.len());
         for (agent_id, p, workspace, session, resuming) in spawns {
@@ -1146,14 +1166,14 @@ impl Factory {
             || {
                 // While they start: the ends of the agents they replace,
                 // written as one batch.
-                fsutil::stage();
+                w.disk.stage();
                 for (f, live) in ended.drain(..) {
                     recorded = self.finish(w, reg, f, live);
                     if recorded.is_err() {
                         break;
                     }
                 }
-                let committed = fsutil::commit();
+                let committed = w.disk.commit();
                 if recorded.is_ok() {
                     recorded = committed;
                 }
@@ -1258,7 +1278,7 @@ impl Factory {
             }
         }
         // The rest of the step is written as one batch again.
-        fsutil::stage();
+        w.disk.stage();
         recorded?;
         Ok(true)
     }
@@ -1302,7 +1322,7 @@ impl Factory {
             GateAction::RequestApproval { role, model } => {
                 let t = &w.scan.tasks[i];
                 let title = store::display_title(&self.root, t);
-                let file = fsutil::read(&self.root.task_path(t)).unwrap_or_default();
+                let file = w.disk.read(&self.root.task_path(t)).unwrap_or_default();
                 let (_, body) = task_body_and_command(&file);
                 let prompt = build_prompt(
                     &self.root,
@@ -1313,6 +1333,7 @@ impl Factory {
                 );
                 let path = approval::request_task(
                     &self.root,
+                    &mut w.disk,
                     t,
                     &title,
                     &role,
@@ -1346,7 +1367,7 @@ impl Factory {
     #[allow(clippy::too_many_arguments)]
     fn prepare_agent(
         &mut self,
-        w: &Writer,
+        w: &mut Writer,
         i: usize,
         agent_id: &str,
         role: &Role,
@@ -1367,7 +1388,10 @@ impl Factory {
             std::fs::create_dir_all(&ws_abs).map_err(|e| format!("{}: {e}", ws_abs.display()))?;
         }
         let task = &w.scan.tasks[i];
-        let file = fsutil::read(&self.root.task_path(task)).map_err(|e| e.to_string())?;
+        let file = w
+            .disk
+            .read(&self.root.task_path(task))
+            .map_err(|e| e.to_string())?;
         let (fields_cmd, body) = task_body_and_command(&file);
         let prompt = match &review {
             None => build_prompt(&self.root, w, i, &body, &ws_abs),
@@ -1383,7 +1407,9 @@ impl Factory {
         };
         // The shell adapter runs the task's own sh blocks: no prompt to keep.
         if role.settings.agent != "shell" {
-            fsutil::write_atomic(&prompt_file, full.as_bytes()).map_err(|e| e.to_string())?;
+            w.disk
+                .write(&prompt_file, full.as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         let inv = Invocation {
             role,
@@ -1447,7 +1473,7 @@ impl Factory {
             self.found.insert(key);
         }
         // A recycled empty file as the log, when there is one: no new inode.
-        fsutil::place_empty(&root_abs.join(log_path(agent_id)));
+        w.disk.place_empty(&root_abs.join(log_path(agent_id)));
         let spec = spawn::Spec {
             program: line.program,
             args: line.args,
@@ -1473,7 +1499,10 @@ impl Factory {
         ws_abs: &Path,
     ) -> std::result::Result<(String, PathBuf), String> {
         let t = &w.scan.tasks[i];
-        let file = fsutil::read(&self.root.task_path(t)).map_err(|e| e.to_string())?;
+        let file = w
+            .disk
+            .read(&self.root.task_path(t))
+            .map_err(|e| e.to_string())?;
         let repo_dir =
             raw_field(&file, "repo").map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
         let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {
@@ -1627,7 +1656,7 @@ impl Factory {
         if outcome.success && !is_tester {
             if let Some(text) = &outcome.result {
                 let path = self.root.dir.join(result_path(&agent.task));
-                fsutil::write_atomic(&path, text.as_bytes())?;
+                w.disk.write(&path, text.as_bytes())?;
                 w.touch(path);
             }
         }
@@ -1786,7 +1815,8 @@ impl Factory {
         // agent's log, and the log becomes a link to a shared empty file
         // (no inode made or freed per job; see fsutil).
         if output.is_empty() {
-            fsutil::recycle_empty(&self.root.dir.join(log_path(&agent.id)));
+            w.disk
+                .recycle_empty(&self.root.dir.join(log_path(&agent.id)));
         }
         // The task's cost: every attempt and review, summed.
         let total = reg.task_cost(&agent.task);
@@ -2030,8 +2060,16 @@ impl Factory {
     /// At start: adopt live agents, finish those that ended while no
     /// factory watched (exit file), mark the rest lost.
     fn recover(&mut self) -> Result<Vec<Finished>> {
-        let mut w = Writer::open(&self.root)?;
-        self.report_adopted(&w);
+        let disk = std::mem::take(&mut self.disk);
+        let mut w = Writer::with_disk(&self.root, None, disk)?;
+        let finished = self.recover_with(&mut w);
+        w.commit_git();
+        self.disk = w.into_disk();
+        finished
+    }
+
+    fn recover_with(&mut self, w: &mut Writer) -> Result<Vec<Finished>> {
+        self.report_adopted(w);
         let mut reg = Registry::load(&self.root)?;
         let mut finished = Vec::new();
         let mut lost = Vec::new();
@@ -2103,7 +2141,7 @@ impl Factory {
                         .role(&a.role)
                         .cloned()
                         .unwrap_or_else(|| fallback_role(&a.role));
-                    self.fail_attempt(&mut w, i, &role, &reason)?;
+                    self.fail_attempt(w, i, &role, &reason)?;
                 }
             }
             let e = reg.agents.get_mut(&a.id).expect("from the registry");
@@ -2112,7 +2150,7 @@ impl Factory {
             e.reason = Some(reason);
             self.progress(format!("{} marked lost ({})", a.id, a.task));
         }
-        reg.save(&self.root, w.now)?;
+        reg.save(&self.root, &mut w.disk, w.now)?;
         Ok(finished)
     }
 
@@ -2187,31 +2225,37 @@ impl Factory {
                     .open(&path);
             }
         }
-        let result = (|| -> Result<()> {
-            // The lock and a git commit, not the queue: the step after the
-            // heartbeat reads that afresh anyway.
-            let mut w = Writer::with_scan(&self.root, store::Scan::default())?;
-            let mut reg = Registry::load(&self.root)?;
-            let cutoff = w.now
-                - chrono::Duration::from_std(self.config.history_after)
-                    .unwrap_or(chrono::Duration::MAX);
-            let moved = reg.rotate(&self.root, cutoff)?;
-            if moved > 0 {
-                reg.save(&self.root, w.now)?;
-                w.touch(Registry::path(&self.root));
-                w.touch(self.root.factory_dir().join("history"));
-                w.notes.push(crate::git::Entry {
-                    line: format!(
-                        "registry: {moved} finished agents moved to agents/factory/history/"
-                    ),
-                    trailers: Vec::new(),
-                });
-            }
-            Ok(())
-        })();
+        // The lock and a git commit, not the queue: the step after the
+        // heartbeat reads that afresh anyway.
+        let disk = std::mem::take(&mut self.disk);
+        let result =
+            Writer::with_disk(&self.root, Some(store::Scan::default()), disk).and_then(|mut w| {
+                let rotated = self.rotate_registry(&mut w);
+                w.commit_git();
+                self.disk = w.into_disk();
+                rotated
+            });
         if let Err(e) = result {
             tracing::warn!("history rotation: {e}");
         }
+    }
+
+    fn rotate_registry(&self, w: &mut Writer) -> Result<()> {
+        let mut reg = Registry::load(&self.root)?;
+        let cutoff = w.now
+            - chrono::Duration::from_std(self.config.history_after)
+                .unwrap_or(chrono::Duration::MAX);
+        let moved = reg.rotate(&self.root, cutoff)?;
+        if moved > 0 {
+            reg.save(&self.root, &mut w.disk, w.now)?;
+            w.touch(Registry::path(&self.root));
+            w.touch(self.root.factory_dir().join("history"));
+            w.notes.push(crate::git::Entry {
+                line: format!("registry: {moved} finished agents moved to agents/factory/history/"),
+                trailers: Vec::new(),
+            });
+        }
+        Ok(())
     }
 }
 

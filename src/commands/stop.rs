@@ -16,7 +16,6 @@ use crate::factory::run_lock;
 use crate::lock::LockGuard;
 use crate::registry::{AgentStatus, Registry};
 use crate::spawn;
-use crate::store::Writer;
 use crate::task::Status;
 
 /// Arguments of `taskq stop`.
@@ -34,8 +33,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let config = Config::load(&ctx.root)?;
     // Mark the agent and its live descendants `stopping`, deepest first.
-    let targets = {
-        let w = Writer::open(&ctx.root)?;
+    let targets = super::with_writer(ctx, |w| {
         let mut reg = Registry::load(&ctx.root)?;
         let Some(agent) = reg.agents.get(&args.agent) else {
             return Err(Error::usage_hint(
@@ -69,15 +67,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             a.status = AgentStatus::Stopping;
             a.cancel_task = args.cancel && *id == args.agent;
         }
-        reg.save(&ctx.root, w.now)?;
-        targets
+        reg.save(&ctx.root, &mut w.disk, w.now)?;
+        Ok(targets
             .into_iter()
             .map(|(_, id)| {
                 let a = &reg.agents[&id];
                 (id, a.pid, a.pid_start)
             })
-            .collect::<Vec<_>>()
-    };
+            .collect::<Vec<_>>())
+    })?;
     for (id, pid, start) in &targets {
         if let Some(pid) = pid.filter(|p| spawn::is_alive(*p, *start)) {
             let killed = spawn::terminate_group(pid, config.stop_grace);
@@ -96,28 +94,30 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     // No factory running: record the stop ourselves (holding the daemon
     // lock so none starts meanwhile).
     if let Some(_daemon) = LockGuard::try_acquire(&run_lock(&ctx.root))? {
-        let mut w = Writer::open(&ctx.root)?;
-        let mut reg = Registry::load(&ctx.root)?;
-        for (id, _, _) in &targets {
-            let Some(a) = reg.agents.get_mut(id) else {
-                continue;
-            };
-            if a.status != AgentStatus::Stopping {
-                continue;
-            }
-            a.status = AgentStatus::Stopped;
-            a.completed = Some(w.now);
-            a.reason = Some("stopped".into());
-            let (task, cancel) = (a.task.clone(), a.cancel_task);
-            if let Some(i) = w.scan.position(&task) {
-                let t = &w.scan.tasks[i];
-                if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
-                    w.return_stopped(i, id, cancel)?;
+        super::with_writer(ctx, |w| {
+            let mut reg = Registry::load(&ctx.root)?;
+            for (id, _, _) in &targets {
+                let Some(a) = reg.agents.get_mut(id) else {
+                    continue;
+                };
+                if a.status != AgentStatus::Stopping {
+                    continue;
+                }
+                a.status = AgentStatus::Stopped;
+                a.completed = Some(w.now);
+                a.reason = Some("stopped".into());
+                let (task, cancel) = (a.task.clone(), a.cancel_task);
+                if let Some(i) = w.scan.position(&task) {
+                    let t = &w.scan.tasks[i];
+                    if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
+                        w.return_stopped(i, id, cancel)?;
+                    }
                 }
             }
-        }
-        reg.save(&ctx.root, w.now)?;
-        super::report(ctx, &w);
+            reg.save(&ctx.root, &mut w.disk, w.now)?;
+            super::report(ctx, w);
+            Ok(())
+        })?;
     }
     let _ = Duration::ZERO;
     Ok(ExitCode::SUCCESS)
