@@ -2226,15 +2226,16 @@ impl Factory {
             }
         }
         // The lock and a git commit, not the queue: the step after the
-        // heartbeat reads that afresh anyway.
-        let disk = std::mem::take(&mut self.disk);
-        let result =
-            Writer::with_disk(&self.root, Some(store::Scan::default()), disk).and_then(|mut w| {
-                let rotated = self.rotate_registry(&mut w);
-                w.commit_git();
-                self.disk = w.into_disk();
-                rotated
-            });
+        // heartbeat reads that afresh anyway. The factory's Disk goes to the
+        // writer only once it holds the lock (a lock timeout here is a
+        // warning, and must not lose the Disk).
+        let result = Writer::with_scan(&self.root, store::Scan::default()).and_then(|mut w| {
+            std::mem::swap(&mut w.disk, &mut self.disk);
+            let rotated = self.rotate_registry(&mut w);
+            w.commit_git();
+            std::mem::swap(&mut w.disk, &mut self.disk);
+            rotated
+        });
         if let Err(e) = result {
             tracing::warn!("history rotation: {e}");
         }
