@@ -114,7 +114,7 @@ impl Disk {
     }
 
     /// The factory's: spare files kept in `spare_dir` (see
-    /// [`Disk::keep_spares`]; without them, with a warning, if that
+    /// `keep_spares`; without them, with a warning, if that
     /// fails), remembered writes, deferred directory fsyncs. Only one
     /// process may use `spare_dir` at a time: the factory holds its run
     /// lock.
@@ -384,7 +384,7 @@ impl Disk {
         Some(entry.as_ref().map(|(_, (len, mtime, _))| (*len, *mtime)))
     }
 
-    /// Remembers a file as placed (see [`Disk::remember_writes`]).
+    /// Remembers a file as placed (see `remember_writes`).
     fn remember_placed(&mut self, p: &Pending) {
         if self.written.is_none() {
             return;
