@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::frontmatter::{self, yaml_str, Change};
-use crate::fsutil;
+use crate::fsutil::{self, Disk};
 use crate::role::Role;
 use crate::root::Root;
 use crate::task::{format_timestamp, Task, Timestamp};
@@ -162,9 +162,12 @@ pub fn decision(root: &Root, name: &str) -> Decision {
 }
 
 /// Writes `approvals/pending/<TASK-ID>.md` for a task, once (never
-/// replacing a file). Returns its path.
+/// replacing a file), through `disk` (the factory's writer's). Returns its
+/// path.
+#[allow(clippy::too_many_arguments)]
 pub fn request_task(
     root: &Root,
+    disk: &mut Disk,
     task: &Task,
     title: &str,
     role: &str,
@@ -192,7 +195,7 @@ pub fn request_task(
         text.push_str(line);
         text.push('\n');
     }
-    fsutil::create_new_atomic(&path, text.as_bytes())?;
+    disk.create_new(&path, text.as_bytes())?;
     Ok(path)
 }
 

@@ -5,31 +5,37 @@
 //! directory: a crash leaves either the old file or the new one, never a
 //! mix. Temp files start with `.taskq-tmp-`, so scans skip them.
 //!
-//! The factory, a long-lived writer doing many small writes per second,
-//! adds three things (each is off unless it asks):
+//! The free functions here are those plain operations. A [`Disk`] does the
+//! same through a value its owner passes around: [`Disk::plain`] is exactly
+//! the free functions; the factory, a long-lived writer doing many small
+//! writes per second, uses [`Disk::factory`], which adds (nothing of it is
+//! hidden: only writes through that `Disk` behave so):
 //!
-//! - [`keep_spares`]: a replacement is written into a spare file and
+//! - spare files: a replacement is written into a spare file and
 //!   *exchanged* with the destination (`renameat2(RENAME_EXCHANGE)`); the
 //!   spare name then holds the old inode for the next write. Readers still
 //!   see the old file or the new one, but no inode is created or freed per
 //!   write. On ext4 without a journal every freed inode makes each later
 //!   file creation scan past it for minutes (`recently_deleted`): measured
 //!   here, that cost a factory ~3 ms of kernel time per job.
-//! - [`stage`]: writes (and renames of written files) are held in memory
-//!   until [`commit`], which writes them all, starts their writeback
-//!   together, waits once per file (`fdatasync`), and only then puts each in
-//!   place, in the order they were made. Every file is still durable before
-//!   its name points at it; the device sees one batch instead of a
-//!   write-flush round trip per file. Reads through [`read`] and [`exists`]
-//!   see staged writes.
-//! - [`defer_dir_syncs`]: directory fsyncs once per directory per step.
+//! - remembered writes: [`Disk::read`] answers from memory while a file is
+//!   still as this `Disk` wrote it (see [`Disk::written_stamp`]).
+//! - deferred directory fsyncs: once per directory per step
+//!   ([`Disk::flush_dir_syncs`]).
+//!
+//! And any `Disk` can batch: after [`Disk::stage`], writes (and renames of
+//! written files) are held in memory until [`Disk::commit`], which writes
+//! them all, starts their writeback together, waits once per file
+//! (`fdatasync`), and only then puts each in place, in the order they were
+//! made. Every file is still durable before its name points at it; the
+//! device sees one batch instead of a write-flush round trip per file.
+//! Reads through [`Disk::read`] and [`Disk::exists`] see staged writes.
 
-use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
@@ -38,125 +44,34 @@ pub const TEMP_PREFIX: &str = ".taskq-tmp-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn locked<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Replaces `path` with `bytes` atomically (temp file, fsync, rename, fsync
-/// of the directory). Creates the parent directory if needed. While writes
-/// are staged, only records them (see [`stage`]).
+/// of the directory). Creates the parent directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let staged = STAGE.with_borrow_mut(|stage| {
-        let Some(list) = stage.as_mut() else {
-            return false;
-        };
-        match list.iter_mut().find(|s| s.dest == path) {
-            Some(s) => s.bytes = bytes.to_vec(),
-            None => list.push(Staged {
-                path: path.to_path_buf(),
-                dest: path.to_path_buf(),
-                bytes: bytes.to_vec(),
-            }),
-        }
-        true
-    });
-    if staged {
-        return Ok(());
-    }
-    let dir = parent_of(path);
-    let mut pending = prepare(path, &dir, bytes)?;
-    if remembering() {
-        pending.bytes = bytes.to_vec();
-    }
-    pending.sync()?;
-    pending.place()
+    Disk::plain().write(path, bytes)
 }
 
 /// Creates `path` with `bytes` only if it does not exist yet (atomically:
 /// written to a temp file first, then hard-linked into place). Returns
 /// false when the file already existed.
 pub fn create_new_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
-    if exists(path) {
-        return Ok(false);
-    }
-    let dir = parent_of(path);
-    let tmp = temp_path(&dir);
-    let mut file = in_dir(&dir, || {
-        OpenOptions::new().write(true).create_new(true).open(&tmp)
-    })
-    .map_err(|e| Error::io(&tmp, e))?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&tmp, e));
-    WRITTEN.with_borrow_mut(|w| {
-        if let Some(w) = w.as_mut() {
-            w.remove(path);
-        }
-    });
-    let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(Error::io(path, e)),
-    });
-    let _ = fs::remove_file(&tmp);
-    if matches!(linked, Ok(true)) {
-        sync_dir(&dir);
-    }
-    linked
+    Disk::plain().create_new(path, bytes)
 }
 
 /// Renames `from` to `to` (same filesystem), then fsyncs both directories.
-/// A staged file is renamed when it is committed, after it is written.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    let staged = STAGE.with_borrow_mut(|stage| {
-        match stage
-            .as_mut()
-            .and_then(|l| l.iter_mut().find(|s| s.dest == from))
-        {
-            Some(s) => {
-                s.dest = to.to_path_buf();
-                true
-            }
-            None => false,
-        }
-    });
-    if staged {
-        return Ok(());
-    }
-    let to_dir = parent_of(to);
-    in_dir(&to_dir, || fs::rename(from, to)).map_err(|e| Error::io(from, e))?;
-    WRITTEN.with_borrow_mut(|w| {
-        if let Some(w) = w.as_mut() {
-            let known = w.remove(from);
-            w.insert(from.to_path_buf(), None);
-            match known.flatten() {
-                Some(entry) => w.insert(to.to_path_buf(), Some(entry)),
-                None => w.remove(to),
-            };
-        }
-    });
-    sync_dir(&to_dir);
-    sync_dir(&parent_of(from));
-    Ok(())
+    Disk::plain().rename(from, to)
 }
 
-/// Reads a whole file, naming it in the error (a staged write is read as
-/// it will be). Only a regular file, not through a symbolic link, and at
-/// most [`MAX_FILE`] bytes: anything else is an error, never a hang or an
-/// unbounded read (see [`open_regular`]).
+/// Reads a whole file, naming it in the error. Only a regular file, not
+/// through a symbolic link, and at most [`MAX_FILE`] bytes: anything else
+/// is an error, never a hang or an unbounded read (see [`open_regular`]).
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    match staged_state(path) {
-        Some(Some(bytes)) => Ok(bytes),
-        Some(None) => {
-            let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
-            Err(Error::io(path, gone))
-        }
-        None => match remembered(path) {
-            Some(bytes) => Ok(bytes),
-            None => read_whole(path, MAX_FILE),
-        },
-    }
+    read_whole(path, MAX_FILE)
+}
+
+/// Whether `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
 }
 
 /// The largest file taskq reads whole: a task file it changes, an approval
@@ -311,19 +226,9 @@ impl Capped {
 /// Reads at most `cap` bytes of the regular file at `path` (never a FIFO or
 /// device, never through a symbolic link; see [`open_regular`]): memory and
 /// time stay bounded whatever the file is. `Ok(None)` when it does not
-/// exist. A staged write is read as it will be.
+/// exist.
 pub fn read_capped(path: &Path, cap: u64) -> Result<Option<Capped>> {
     use std::io::Read;
-    let known = match staged_state(path) {
-        Some(None) => return Ok(None),
-        Some(Some(bytes)) => Some(bytes),
-        None => remembered(path),
-    };
-    if let Some(mut bytes) = known {
-        let truncated = bytes.len() as u64 > cap;
-        bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
-        return Ok(Some(Capped { bytes, truncated }));
-    }
     let Some(file) = open_regular(path, Links::Refuse)? else {
         return Ok(None);
     };
@@ -388,8 +293,8 @@ pub fn size_text(bytes: u64) -> String {
     }
 }
 
-/// A file's identity for [`remember_writes`] and other caches: size,
-/// mtime, inode.
+/// A file's identity for remembered writes and other caches: size, mtime,
+/// inode.
 pub type Stamp = (u64, std::time::SystemTime, u64);
 
 fn stamp(m: &fs::Metadata) -> Option<Stamp> {
@@ -402,85 +307,605 @@ pub fn stamp_of(path: &Path) -> Option<Stamp> {
     fs::metadata(path).ok().and_then(|m| stamp(&m))
 }
 
-/// What this thread last wrote to each path: the bytes and the file's
-/// stamp then, or `None` when it moved the file away.
-type Written = std::collections::HashMap<PathBuf, Option<(Vec<u8>, Stamp)>>;
+/// What a [`Disk`] last wrote to each path: the bytes and the file's stamp
+/// then, or `None` when it moved the file away.
+type Written = HashMap<PathBuf, Option<(Vec<u8>, Stamp)>>;
 
-thread_local! {
-    /// While [`remember_writes`] is on.
-    static WRITTEN: RefCell<Option<Written>> = const { RefCell::new(None) };
+/// How writes reach the disk: a value its owner passes to whatever writes
+/// (see the module docs). Each `Disk` has its own staged writes, spares and
+/// memory of what it wrote; two never see each other's.
+#[derive(Default)]
+pub struct Disk {
+    /// Writes held until [`Disk::commit`], while staging.
+    staged: Option<Vec<Staged>>,
+    /// The spare files, when kept.
+    spares: Option<Spares>,
+    /// What this `Disk` wrote, when it remembers.
+    written: Option<Written>,
+    /// Directories whose fsync waits for [`Disk::flush_dir_syncs`], when
+    /// deferred.
+    deferred: Option<BTreeSet<PathBuf>>,
 }
 
-/// From now on, remember what this thread writes: [`read`] answers from
-/// memory while the file is still as written (same size, mtime and inode:
-/// one `stat`, no open, no read), and [`written_stamp`] tells this
-/// thread's own writes from anyone else's without a `stat`. For the
-/// factory, which rereads the task files it wrote the step before.
-pub fn remember_writes() {
-    WRITTEN.with_borrow_mut(|w| {
-        w.get_or_insert_with(Default::default);
-    });
-}
+impl Disk {
+    /// Every write durable at once, nothing held or remembered: what
+    /// commands use (and the free functions of this module).
+    pub fn plain() -> Disk {
+        Disk::default()
+    }
 
-/// Drops what was remembered (the factory does on every rescan).
-pub fn forget_writes() {
-    WRITTEN.with_borrow_mut(|w| {
-        if let Some(w) = w.as_mut() {
+    /// The factory's: spare files kept in `spare_dir` (see
+    /// `keep_spares`; without them, with a warning, if that
+    /// fails), remembered writes, deferred directory fsyncs. Only one
+    /// process may use `spare_dir` at a time: the factory holds its run
+    /// lock.
+    pub fn factory(spare_dir: &Path) -> Disk {
+        let mut disk = Disk::plain();
+        disk.defer_dir_syncs();
+        if let Err(e) = disk.keep_spares(spare_dir) {
+            tracing::warn!("{e} (writing without spare files)");
+        }
+        disk.remember_writes();
+        disk
+    }
+
+    /// Replaces `path` with `bytes` atomically (see [`write_atomic`]).
+    /// While staging, only records the write (see [`Disk::stage`]).
+    pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if let Some(list) = self.staged.as_mut() {
+            match list.iter_mut().find(|s| s.dest == path) {
+                Some(s) => s.bytes = bytes.to_vec(),
+                None => list.push(Staged {
+                    path: path.to_path_buf(),
+                    dest: path.to_path_buf(),
+                    bytes: bytes.to_vec(),
+                }),
+            }
+            return Ok(());
+        }
+        let dir = parent_of(path);
+        let mut pending = self.prepare(path, &dir, bytes)?;
+        if self.written.is_some() {
+            pending.bytes = bytes.to_vec();
+        }
+        self.sync(&mut pending)?;
+        self.place(pending)
+    }
+
+    /// Creates `path` with `bytes` only if it does not exist yet, nor will
+    /// once staged writes are committed (see [`create_new_atomic`]).
+    /// Returns false when the file already existed.
+    pub fn create_new(&mut self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        if self.exists(path) {
+            return Ok(false);
+        }
+        let dir = parent_of(path);
+        let tmp = temp_path(&dir);
+        let mut file = in_dir(&dir, || {
+            OpenOptions::new().write(true).create_new(true).open(&tmp)
+        })
+        .map_err(|e| Error::io(&tmp, e))?;
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&tmp, e));
+        if let Some(w) = self.written.as_mut() {
+            w.remove(path);
+        }
+        let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
+        });
+        let _ = fs::remove_file(&tmp);
+        if matches!(linked, Ok(true)) {
+            self.sync_dir(&dir);
+        }
+        linked
+    }
+
+    /// Renames `from` to `to` (same filesystem), then fsyncs both
+    /// directories. A staged file is renamed when it is committed, after it
+    /// is written.
+    pub fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        if let Some(s) = self
+            .staged
+            .as_mut()
+            .and_then(|l| l.iter_mut().find(|s| s.dest == from))
+        {
+            s.dest = to.to_path_buf();
+            return Ok(());
+        }
+        let to_dir = parent_of(to);
+        in_dir(&to_dir, || fs::rename(from, to)).map_err(|e| Error::io(from, e))?;
+        if let Some(w) = self.written.as_mut() {
+            let known = w.remove(from);
+            w.insert(from.to_path_buf(), None);
+            match known.flatten() {
+                Some(entry) => w.insert(to.to_path_buf(), Some(entry)),
+                None => w.remove(to),
+            };
+        }
+        self.sync_dir(&to_dir);
+        self.sync_dir(&parent_of(from));
+        Ok(())
+    }
+
+    /// Reads a whole file, naming it in the error (a staged write is read
+    /// as it will be; a remembered one from memory while the file is still
+    /// as written: same size, mtime and inode, one `stat`, no open).
+    pub fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        match self.staged_state(path) {
+            Some(Some(bytes)) => Ok(bytes),
+            Some(None) => {
+                let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                Err(Error::io(path, gone))
+            }
+            None => match self.remembered(path) {
+                Some(bytes) => Ok(bytes),
+                None => read(path),
+            },
+        }
+    }
+
+    /// Whether `path` exists (or will, once staged writes are committed).
+    pub fn exists(&self, path: &Path) -> bool {
+        match self.staged_state(path) {
+            Some(state) => state.is_some(),
+            None => path.exists(),
+        }
+    }
+
+    /// What staged writes make of `path`: `Some(Some(bytes))` its content,
+    /// `Some(None)` gone (renamed away), `None` as on disk.
+    fn staged_state(&self, path: &Path) -> Option<Option<Vec<u8>>> {
+        let list = self.staged.as_ref()?;
+        // A file written there (perhaps after another was moved away).
+        if let Some(s) = list.iter().find(|s| s.dest == path) {
+            return Some(Some(s.bytes.clone()));
+        }
+        list.iter().any(|s| s.path == path).then_some(None)
+    }
+
+    /// From now on, hold writes until [`Disk::commit`]. Only for an owner
+    /// that commits before anyone may read them: the factory stages under
+    /// the queue lock and commits before it starts an agent or releases
+    /// the lock.
+    pub fn stage(&mut self) {
+        self.staged.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes everything staged since [`Disk::stage`] and stops staging:
+    /// all files are written, their writeback started together, each
+    /// synced, then each put in place in the order the writes were made. On
+    /// an error, the files not yet in place are dropped (none is half
+    /// written).
+    pub fn commit(&mut self) -> Result<()> {
+        let Some(list) = self.staged.take() else {
+            return Ok(());
+        };
+        let mut pending = Vec::with_capacity(list.len());
+        let mut failed = None;
+        for s in list {
+            let dir = parent_of(&s.path);
+            match self.prepare(&s.path, &dir, &s.bytes) {
+                Ok(mut p) => {
+                    p.dest = s.dest;
+                    p.bytes = s.bytes;
+                    pending.push(p);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            for p in &pending {
+                p.start_sync();
+            }
+        }
+        let mut ready = Vec::with_capacity(pending.len());
+        for mut p in pending {
+            if failed.is_some() {
+                self.discard(&mut p);
+                continue;
+            }
+            match self.sync(&mut p) {
+                Ok(()) => ready.push(p),
+                Err(e) => failed = Some(e),
+            }
+        }
+        for mut p in ready {
+            if failed.is_some() {
+                self.discard(&mut p);
+                continue;
+            }
+            if let Err(e) = self.place(p) {
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// From now on, directory fsyncs after renames are collected and done
+    /// by [`Disk::flush_dir_syncs`], once per directory. Each file is still
+    /// synced before its rename, so no reader and no crash ever sees half
+    /// a file; a power loss before the flush can only lose the newest
+    /// renames (the old files stay). The factory flushes at the end of
+    /// every step, before it releases the queue lock: one fsync per
+    /// directory per step instead of one per file.
+    fn defer_dir_syncs(&mut self) {
+        self.deferred.get_or_insert_with(Default::default);
+    }
+
+    /// Does the deferred directory fsyncs (see [`Disk::factory`]).
+    pub fn flush_dir_syncs(&mut self) {
+        let dirs = match self.deferred.as_mut() {
+            Some(set) => std::mem::take(set),
+            None => return,
+        };
+        for dir in dirs {
+            if let Ok(d) = File::open(&dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+
+    /// fsync a directory so a rename in it is durable (or later, when
+    /// deferred). Best effort: some filesystems refuse to open directories
+    /// for sync.
+    fn sync_dir(&mut self, dir: &Path) {
+        if let Some(set) = self.deferred.as_mut() {
+            set.insert(dir.to_path_buf());
+            return;
+        }
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+
+    /// From now on, remember what this `Disk` writes: [`Disk::read`]
+    /// answers from memory while the file is still as written, and
+    /// [`Disk::written_stamp`] tells its own writes from anyone else's
+    /// without a `stat`. For the factory, which rereads the task files it
+    /// wrote the step before.
+    fn remember_writes(&mut self) {
+        self.written.get_or_insert_with(Default::default);
+    }
+
+    /// Drops what was remembered (the factory does on every rescan).
+    pub fn forget_writes(&mut self) {
+        if let Some(w) = self.written.as_mut() {
             w.clear();
         }
-    });
-}
+    }
 
-fn remembering() -> bool {
-    WRITTEN.with_borrow(Option::is_some)
-}
-
-fn remember(path: &Path, entry: Option<(Vec<u8>, Stamp)>) {
-    WRITTEN.with_borrow_mut(|w| {
-        if let Some(w) = w.as_mut() {
+    fn remember(&mut self, path: &Path, entry: Option<(Vec<u8>, Stamp)>) {
+        if let Some(w) = self.written.as_mut() {
             // Bounded: a step writes a few dozen files.
             if w.len() >= 4096 {
                 w.clear();
             }
             w.insert(path.to_path_buf(), entry);
         }
-    });
-}
+    }
 
-fn remembered(path: &Path) -> Option<Vec<u8>> {
-    let (bytes, was) = WRITTEN.with_borrow(|w| w.as_ref()?.get(path)?.clone())?;
-    let now = stamp_of(path)?;
-    (now == was).then_some(bytes)
-}
+    fn remembered(&self, path: &Path) -> Option<Vec<u8>> {
+        let (bytes, was) = self.written.as_ref()?.get(path)?.as_ref()?;
+        let now = stamp_of(path)?;
+        (now == *was).then(|| bytes.clone())
+    }
 
-/// Size and mtime of `path` as this thread last left it: `Some(None)`
-/// when it moved the file away, `None` when it does not know (see
-/// [`remember_writes`]).
-pub fn written_stamp(path: &Path) -> Option<Option<(u64, std::time::SystemTime)>> {
-    WRITTEN.with_borrow(|w| {
-        let entry = w.as_ref()?.get(path)?;
+    /// Size and mtime of `path` as this `Disk` last left it: `Some(None)`
+    /// when it moved the file away, `None` when it does not know (it does
+    /// not remember writes, or did not write `path`).
+    pub fn written_stamp(&self, path: &Path) -> Option<Option<(u64, std::time::SystemTime)>> {
+        let entry = self.written.as_ref()?.get(path)?;
         Some(entry.as_ref().map(|(_, (len, mtime, _))| (*len, *mtime)))
-    })
-}
+    }
 
-/// What staged writes make of `path`: `Some(Some(bytes))` its content,
-/// `Some(None)` gone (renamed away), `None` as on disk.
-fn staged_state(path: &Path) -> Option<Option<Vec<u8>>> {
-    STAGE.with_borrow(|stage| {
-        let list = stage.as_ref()?;
-        // A file written there (perhaps after another was moved away).
-        if let Some(s) = list.iter().find(|s| s.dest == path) {
-            return Some(Some(s.bytes.clone()));
+    /// Remembers a file as placed (see `remember_writes`).
+    fn remember_placed(&mut self, p: &Pending) {
+        if self.written.is_none() {
+            return;
         }
-        list.iter().any(|s| s.path == path).then_some(None)
-    })
+        if p.dest != p.path {
+            self.remember(&p.path, None);
+        }
+        let entry = p
+            .file
+            .metadata()
+            .ok()
+            .and_then(|m| stamp(&m))
+            .map(|s| (p.bytes.clone(), s));
+        self.remember(&p.dest, entry);
+    }
+
+    /// Writes `bytes` into a spare (when spares are kept and work for
+    /// `dir`) or a new temp file beside `path`; not yet synced.
+    fn prepare(&mut self, path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
+        if let Some(spare) = self.take_spare(dir, path) {
+            match write_spare(&spare, bytes) {
+                Ok(file) => {
+                    return Ok(Pending {
+                        path: path.to_path_buf(),
+                        dest: path.to_path_buf(),
+                        dir: dir.to_path_buf(),
+                        bytes: Vec::new(),
+                        file,
+                        tmp: spare.clone(),
+                        spare: Some(spare),
+                    })
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&spare);
+                }
+            }
+        }
+        let tmp = temp_path(dir);
+        let result = (|| {
+            let mut file = in_dir(dir, || {
+                OpenOptions::new().write(true).create_new(true).open(&tmp)
+            })?;
+            file.write_all(bytes)?;
+            Ok(file)
+        })();
+        match result {
+            Ok(file) => Ok(Pending {
+                path: path.to_path_buf(),
+                dest: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+                bytes: Vec::new(),
+                file,
+                spare: None,
+                tmp,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(Error::io(&tmp, e))
+            }
+        }
+    }
+
+    fn sync(&mut self, p: &mut Pending) -> Result<()> {
+        match p.file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.discard(p);
+                Err(Error::io(&p.path, e))
+            }
+        }
+    }
+
+    /// Puts the written file in place (exchanging it with the old one when
+    /// it is a spare), then does a staged rename.
+    fn place(&mut self, mut p: Pending) -> Result<()> {
+        let placed = match p.spare.take() {
+            Some(spare) => match exchange(&spare, &p.path) {
+                Ok(()) => {
+                    self.note_previous(&p.path, &spare);
+                    self.put_spare(spare);
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Nothing to exchange with: a new file (the spare is
+                    // used up).
+                    in_dir(&p.dir, || fs::rename(&spare, &p.path))
+                        .map_err(|e| Error::io(&p.path, e))
+                }
+                Err(_) => {
+                    // Another filesystem, or no RENAME_EXCHANGE here: from
+                    // now on, temp files in this directory.
+                    self.put_spare(spare);
+                    self.refuse_spares(&p.dir);
+                    let bytes = p.bytes_or_read();
+                    let mut again = self.prepare(&p.path, &p.dir, &bytes)?;
+                    again.dest.clone_from(&p.dest);
+                    again.bytes = bytes;
+                    self.sync(&mut again)?;
+                    return self.place(again);
+                }
+            },
+            None => fs::rename(&p.tmp, &p.path).map_err(|e| {
+                let _ = fs::remove_file(&p.tmp);
+                Error::io(&p.path, e)
+            }),
+        };
+        placed?;
+        self.sync_dir(&p.dir);
+        if p.dest != p.path {
+            self.rename(&p.path, &p.dest)?;
+        }
+        self.remember_placed(&p);
+        Ok(())
+    }
+
+    fn discard(&mut self, p: &mut Pending) {
+        match p.spare.take() {
+            Some(spare) => self.put_spare(spare),
+            None => {
+                let _ = fs::remove_file(&p.tmp);
+            }
+        }
+    }
+
+    /// From now on, writes go through spare files kept in `dir` (created,
+    /// with a `.gitignore` of `*`; files already there are reused).
+    fn keep_spares(&mut self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let ignore = dir.join(".gitignore");
+        if !ignore.exists() {
+            fs::write(&ignore, "*\n").map_err(|e| Error::io(&ignore, e))?;
+        }
+        let mut free = Vec::new();
+        let mut empty = Vec::new();
+        let mut next = 0;
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let (is_empty, digits) = match name.strip_prefix('e') {
+                Some(d) => (true, d),
+                None => (false, name),
+            };
+            let Ok(n) = digits.parse::<u64>() else {
+                continue;
+            };
+            next = next.max(n + 1);
+            let size = entry.metadata().map_or(1, |m| m.len());
+            if is_empty && size == 0 {
+                empty.push(entry.path());
+            } else {
+                free.push(entry.path());
+            }
+        }
+        self.spares = Some(Spares {
+            dir: dir.to_path_buf(),
+            free,
+            empty,
+            next,
+            refused: Vec::new(),
+            twin: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Stops using spare files and empties them (their inodes stay for the
+    /// next run; what they held was replaced content). Dropping a `Disk`
+    /// does it too.
+    pub fn release_spares(&mut self) {
+        if let Some(s) = self.spares.take() {
+            for f in s.free {
+                let _ = OpenOptions::new().write(true).truncate(true).open(f);
+            }
+        }
+    }
+
+    /// Puts an empty spare file at `path`, which must not exist yet, so
+    /// that a log opened there next needs no new inode. False when no
+    /// empty spare is kept (or `path` exists): then opening it creates it
+    /// as usual.
+    pub fn place_empty(&mut self, path: &Path) -> bool {
+        let Some(spare) = self.spares.as_mut().and_then(|s| s.empty.pop()) else {
+            return false;
+        };
+        // No directory sync: where a log is matters only while it runs.
+        if rename_noreplace(&spare, path).is_ok() {
+            return true;
+        }
+        if let Some(s) = self.spares.as_mut() {
+            s.empty.push(spare);
+        }
+        false
+    }
+
+    /// Takes the inode of the empty file `path` (a log an agent left
+    /// empty) back as an empty spare, and leaves in its place a hard link
+    /// to one shared, read-only empty file: the log still exists, and no
+    /// inode is made or freed per job. Not done when some process still
+    /// has the file open for writing (a read lease is refused then: a
+    /// process that outlived its agent could still write). True when it
+    /// was done.
+    pub fn recycle_empty(&mut self, path: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let Some(spares) = self.spares.as_mut() else {
+                return false;
+            };
+            let Ok(Some(file)) = open_regular(path, Links::Refuse) else {
+                return false;
+            };
+            // Only a plain empty log with no other name.
+            if !file.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.is_file() && m.len() == 0 && m.nlink() == 1 && !m.permissions().readonly()
+            }) {
+                return false;
+            }
+            let fd = file.as_raw_fd();
+            // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
+            if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
+                return false;
+            }
+            let swapped = swap_for_shared_empty(spares, path);
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+            match swapped {
+                Some(spare) => {
+                    spares.empty.push(spare);
+                    true
+                }
+                None => false,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            false
+        }
+    }
+
+    /// A spare file to write into, if spares are kept and work for `dir`
+    /// (a new name when none is free: the file is created when it is
+    /// written). Prefers the spare that holds `path`'s previous version
+    /// (when the last write to it exchanged one in).
+    fn take_spare(&mut self, dir: &Path, path: &Path) -> Option<PathBuf> {
+        let s = self.spares.as_mut()?;
+        if s.refused.iter().any(|d| d == dir) {
+            return None;
+        }
+        let twin = s
+            .twin
+            .remove(path)
+            .and_then(|t| s.free.iter().position(|f| *f == t))
+            .map(|i| s.free.swap_remove(i));
+        let spare = twin
+            .or_else(|| s.free.pop())
+            .or_else(|| s.empty.pop())
+            .unwrap_or_else(|| {
+                let p = s.dir.join(s.next.to_string());
+                s.next += 1;
+                p
+            });
+        Some(spare)
+    }
+
+    fn put_spare(&mut self, path: PathBuf) {
+        if let Some(s) = self.spares.as_mut() {
+            s.free.push(path);
+        }
+    }
+
+    fn refuse_spares(&mut self, dir: &Path) {
+        if let Some(s) = self.spares.as_mut() {
+            s.refused.push(dir.to_path_buf());
+        }
+    }
+
+    /// After an exchange, `spare` holds `path`'s previous version: the
+    /// next write to the file starts from it (see [`write_spare`]).
+    fn note_previous(&mut self, path: &Path, spare: &Path) {
+        if let Some(s) = self.spares.as_mut() {
+            // Bounded (a twin only helps a file rewritten often).
+            if s.twin.len() >= 64 {
+                s.twin.clear();
+            }
+            s.twin.insert(path.to_path_buf(), spare.to_path_buf());
+        }
+    }
 }
 
-/// Whether `path` exists (or will, once staged writes are committed).
-pub fn exists(path: &Path) -> bool {
-    match staged_state(path) {
-        Some(state) => state.is_some(),
-        None => path.exists(),
+impl Drop for Disk {
+    /// Empties the spare files (see [`Disk::release_spares`]). Staged
+    /// writes must have been committed: dropped, they would be lost.
+    fn drop(&mut self) {
+        debug_assert!(
+            std::thread::panicking() || self.staged.as_ref().is_none_or(Vec::is_empty),
+            "a Disk was dropped with staged writes: call Disk::commit first"
+        );
+        self.release_spares();
     }
 }
 
@@ -524,116 +949,39 @@ struct Pending {
     tmp: PathBuf,
 }
 
-impl Pending {
-    /// After an exchange, `spare` holds the file's previous version: the
-    /// next write to the file starts from it (see [`prepare`]).
-    fn note_previous(&self, spare: &Path) {
-        SPARES.with_borrow_mut(|s| {
-            if let Some(s) = s.as_mut() {
-                // Bounded (a twin only helps a file rewritten often).
-                if s.twin.len() >= 64 {
-                    s.twin.clear();
-                }
-                s.twin.insert(self.path.clone(), spare.to_path_buf());
-            }
-        });
+/// Writes `bytes` into the spare file `spare` (made if missing); not yet
+/// synced.
+fn write_spare(spare: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(spare)?;
+    // An old file with another name elsewhere (a hard-linked backup of the
+    // queue): not ours to write. Dropping our name leaves it intact and
+    // frees no inode.
+    if std::os::unix::fs::MetadataExt::nlink(&file.metadata()?) > 1 {
+        return Err(std::io::Error::other("linked elsewhere"));
     }
-
-    /// Remembers the file as placed (see [`remember_writes`]).
-    fn remember_placed(&self) {
-        if !remembering() {
-            return;
-        }
-        if self.dest != self.path {
-            remember(&self.path, None);
-        }
-        let entry = self
-            .file
-            .metadata()
-            .ok()
-            .and_then(|m| stamp(&m))
-            .map(|s| (self.bytes.clone(), s));
-        remember(&self.dest, entry);
+    // Overwrite from the first byte that differs from what the spare holds
+    // (often an earlier version of this same file), then cut: a big file
+    // changed near its end (the registry) dirties, and syncs, a page or
+    // two instead of all of them, and a small one keeps its block
+    // (truncating to zero would free and reallocate it). Read, not
+    // assumed: the spare may hold anything.
+    let mut old = Vec::with_capacity(bytes.len() + 1);
+    (&file).take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
+    let from = old.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+    if from < bytes.len() {
+        file.write_all_at(&bytes[from..], from as u64)?;
     }
-}
-
-/// Writes `bytes` into a spare (when spares are kept and work for `dir`)
-/// or a new temp file beside `path`; not yet synced.
-fn prepare(path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
-    if let Some(spare) = take_spare(dir, path) {
-        let written = (|| -> std::io::Result<File> {
-            use std::io::Read;
-            use std::os::unix::fs::FileExt;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&spare)?;
-            // An old file with another name elsewhere (a hard-linked backup
-            // of the queue): not ours to write. Dropping our name leaves it
-            // intact and frees no inode.
-            if std::os::unix::fs::MetadataExt::nlink(&file.metadata()?) > 1 {
-                return Err(std::io::Error::other("linked elsewhere"));
-            }
-            // Overwrite from the first byte that differs from what the
-            // spare holds (often an earlier version of this same file),
-            // then cut: a big file changed near its end (the registry)
-            // dirties, and syncs, a page or two instead of all of them, and
-            // a small one keeps its block (truncating to zero would free
-            // and reallocate it). Read, not assumed: the spare may hold
-            // anything.
-            let mut old = Vec::with_capacity(bytes.len() + 1);
-            (&file).take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
-            let from = old.iter().zip(bytes).take_while(|(a, b)| a == b).count();
-            if from < bytes.len() {
-                file.write_all_at(&bytes[from..], from as u64)?;
-            }
-            if old.len() != bytes.len() {
-                file.set_len(bytes.len() as u64)?;
-            }
-            Ok(file)
-        })();
-        match written {
-            Ok(file) => {
-                return Ok(Pending {
-                    path: path.to_path_buf(),
-                    dest: path.to_path_buf(),
-                    dir: dir.to_path_buf(),
-                    bytes: Vec::new(),
-                    file,
-                    tmp: spare.clone(),
-                    spare: Some(spare),
-                })
-            }
-            Err(_) => {
-                let _ = fs::remove_file(&spare);
-            }
-        }
+    if old.len() != bytes.len() {
+        file.set_len(bytes.len() as u64)?;
     }
-    let tmp = temp_path(dir);
-    let result = (|| {
-        let mut file = in_dir(dir, || {
-            OpenOptions::new().write(true).create_new(true).open(&tmp)
-        })?;
-        file.write_all(bytes)?;
-        Ok(file)
-    })();
-    match result {
-        Ok(file) => Ok(Pending {
-            path: path.to_path_buf(),
-            dest: path.to_path_buf(),
-            dir: dir.to_path_buf(),
-            bytes: Vec::new(),
-            file,
-            spare: None,
-            tmp,
-        }),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(Error::io(&tmp, e))
-        }
-    }
+    Ok(file)
 }
 
 impl Pending {
@@ -650,60 +998,8 @@ impl Pending {
         }
     }
 
-    fn sync(&mut self) -> Result<()> {
-        match self.file.sync_data() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.discard();
-                Err(Error::io(&self.path, e))
-            }
-        }
-    }
-
-    /// Puts the written file in place (exchanging it with the old one when
-    /// it is a spare), then does a staged rename.
-    fn place(mut self) -> Result<()> {
-        let placed = match self.spare.take() {
-            Some(spare) => match exchange(&spare, &self.path) {
-                Ok(()) => {
-                    self.note_previous(&spare);
-                    put_spare(spare);
-                    Ok(())
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // Nothing to exchange with: a new file (the spare is
-                    // used up).
-                    in_dir(&self.dir, || fs::rename(&spare, &self.path))
-                        .map_err(|e| Error::io(&self.path, e))
-                }
-                Err(_) => {
-                    // Another filesystem, or no RENAME_EXCHANGE here: from
-                    // now on, temp files in this directory.
-                    put_spare(spare);
-                    refuse_spares(&self.dir);
-                    let bytes = self.bytes_or_read();
-                    let mut again = prepare(&self.path, &self.dir, &bytes)?;
-                    again.dest.clone_from(&self.dest);
-                    again.bytes = bytes;
-                    again.sync()?;
-                    return again.place();
-                }
-            },
-            None => fs::rename(&self.tmp, &self.path).map_err(|e| {
-                let _ = fs::remove_file(&self.tmp);
-                Error::io(&self.path, e)
-            }),
-        };
-        placed?;
-        sync_dir(&self.dir);
-        if self.dest != self.path {
-            rename(&self.path, &self.dest)?;
-        }
-        self.remember_placed();
-        Ok(())
-    }
-
-    /// The bytes written (kept only for staged writes; else read back).
+    /// The bytes written (kept for staged writes and remembered ones; else
+    /// read back).
     fn bytes_or_read(&self) -> Vec<u8> {
         if self.bytes.is_empty() {
             fs::read(&self.tmp).unwrap_or_default()
@@ -711,18 +1007,9 @@ impl Pending {
             self.bytes.clone()
         }
     }
-
-    fn discard(&mut self) {
-        match self.spare.take() {
-            Some(spare) => put_spare(spare),
-            None => {
-                let _ = fs::remove_file(&self.tmp);
-            }
-        }
-    }
 }
 
-/// A write held until [`commit`].
+/// A write held until [`Disk::commit`].
 struct Staged {
     /// The file it replaces (or creates).
     path: PathBuf,
@@ -731,76 +1018,7 @@ struct Staged {
     bytes: Vec<u8>,
 }
 
-thread_local! {
-    /// This thread's staged writes (staging is per thread: the factory's
-    /// steps run on its one thread; nothing else is held back).
-    static STAGE: RefCell<Option<Vec<Staged>>> = const { RefCell::new(None) };
-    /// This thread's spare files.
-    static SPARES: RefCell<Option<Spares>> = const { RefCell::new(None) };
-}
-
-/// From now on, hold writes until [`commit`]. Only for a process that
-/// commits before anyone may read them: the factory stages under the queue
-/// lock and commits before it starts an agent or releases the lock.
-pub fn stage() {
-    STAGE.with_borrow_mut(|s| {
-        s.get_or_insert_with(Vec::new);
-    });
-}
-
-/// Writes everything staged since [`stage`] and stops staging: all files
-/// are written, their writeback started together, each synced, then each
-/// put in place in the order the writes were made. On an error, the files
-/// not yet in place are dropped (none is half written).
-pub fn commit() -> Result<()> {
-    let Some(list) = STAGE.take() else {
-        return Ok(());
-    };
-    let mut pending = Vec::with_capacity(list.len());
-    let mut failed = None;
-    for s in list {
-        let dir = parent_of(&s.path);
-        match prepare(&s.path, &dir, &s.bytes) {
-            Ok(mut p) => {
-                p.dest = s.dest;
-                p.bytes = s.bytes;
-                pending.push(p);
-            }
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    if failed.is_none() {
-        for p in &pending {
-            p.start_sync();
-        }
-    }
-    let mut ready = Vec::with_capacity(pending.len());
-    for mut p in pending {
-        if failed.is_some() {
-            p.discard();
-            continue;
-        }
-        match p.sync() {
-            Ok(()) => ready.push(p),
-            Err(e) => failed = Some(e),
-        }
-    }
-    for mut p in ready {
-        if failed.is_some() {
-            p.discard();
-            continue;
-        }
-        if let Err(e) = p.place() {
-            failed = Some(e);
-        }
-    }
-    failed.map_or(Ok(()), Err)
-}
-
-/// The spare files of this process (see [`keep_spares`]).
+/// The spare files of a [`Disk`] (see [`Disk::factory`]).
 struct Spares {
     dir: PathBuf,
     free: Vec<PathBuf>,
@@ -812,138 +1030,17 @@ struct Spares {
     /// filesystem, or no RENAME_EXCHANGE there).
     refused: Vec<PathBuf>,
     /// The free spare holding the previous version of a file.
-    twin: std::collections::HashMap<PathBuf, PathBuf>,
+    twin: HashMap<PathBuf, PathBuf>,
 }
 
-/// From now on, writes go through spare files kept in `dir` (created, with
-/// a `.gitignore` of `*`; files already there are reused). Only one
-/// process may use a directory at a time: the factory holds its run lock.
-pub fn keep_spares(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        fs::write(&ignore, "*\n").map_err(|e| Error::io(&ignore, e))?;
-    }
-    let mut free = Vec::new();
-    let mut empty = Vec::new();
-    let mut next = 0;
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let (is_empty, digits) = match name.strip_prefix('e') {
-            Some(d) => (true, d),
-            None => (false, name),
-        };
-        let Ok(n) = digits.parse::<u64>() else {
-            continue;
-        };
-        next = next.max(n + 1);
-        let size = entry.metadata().map_or(1, |m| m.len());
-        if is_empty && size == 0 {
-            empty.push(entry.path());
-        } else {
-            free.push(entry.path());
-        }
-    }
-    SPARES.set(Some(Spares {
-        dir: dir.to_path_buf(),
-        free,
-        empty,
-        next,
-        refused: Vec::new(),
-        twin: Default::default(),
-    }));
-    Ok(())
-}
-
-/// Stops using spare files and empties them (their inodes stay for the
-/// next run; what they held was replaced content).
-pub fn release_spares() {
-    if let Some(s) = SPARES.take() {
-        for f in s.free {
-            let _ = OpenOptions::new().write(true).truncate(true).open(f);
-        }
-    }
-}
-
-/// Puts an empty spare file at `path`, which must not exist yet, so that a
-/// log opened there next needs no new inode. False when no empty spare is
-/// kept (or `path` exists): then opening it creates it as usual.
-pub fn place_empty(path: &Path) -> bool {
-    let Some(spare) = SPARES.with_borrow_mut(|s| s.as_mut().and_then(|s| s.empty.pop())) else {
-        return false;
-    };
-    // No directory sync: where a log is matters only while it runs.
-    if rename_noreplace(&spare, path).is_ok() {
-        return true;
-    }
-    SPARES.with_borrow_mut(|s| {
-        if let Some(s) = s.as_mut() {
-            s.empty.push(spare);
-        }
-    });
-    false
-}
-
-/// Takes the inode of the empty file `path` (a log an agent left empty)
-/// back as an empty spare, and leaves in its place a hard link to one
-/// shared, read-only empty file: the log still exists, and no inode is
-/// made or freed per job. Not done when some process still has the file
-/// open for writing (a read lease is refused then: a process that outlived
-/// its agent could still write). True when it was done.
-pub fn recycle_empty(path: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let Some(dir) = SPARES.with_borrow(|s| s.as_ref().map(|s| s.dir.clone())) else {
-            return false;
-        };
-        // Never a plain open: an agent could leave a FIFO in its log's
-        // place.
-        let Ok(Some(file)) = open_regular(path, Links::Refuse) else {
-            return false;
-        };
-        // Only a plain empty log with no other name.
-        if !file.metadata().is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.is_file() && m.len() == 0 && m.nlink() == 1 && !m.permissions().readonly()
-        }) {
-            return false;
-        }
-        let fd = file.as_raw_fd();
-        // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
-        if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
-            return false;
-        }
-        let swapped = swap_for_shared_empty(&dir, path);
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        match swapped {
-            Some(spare) => {
-                SPARES.with_borrow_mut(|s| {
-                    if let Some(s) = s.as_mut() {
-                        s.empty.push(spare);
-                    }
-                });
-                true
-            }
-            None => false,
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = path;
-        false
-    }
-}
-
-/// Links the shared empty file in `dir` (made, read-only, when missing or
-/// full of links) beside `path`, exchanges the link with `path`, and moves
-/// what was at `path` into `dir` as a new empty spare, returned.
+/// Links the shared empty file in the spares' directory (made, read-only,
+/// when missing or full of links) beside `path`, exchanges the link with
+/// `path`, and moves what was at `path` into that directory as a new empty
+/// spare, returned.
 #[cfg(target_os = "linux")]
-fn swap_for_shared_empty(dir: &Path, path: &Path) -> Option<PathBuf> {
+fn swap_for_shared_empty(spares: &mut Spares, path: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
+    let dir = &spares.dir;
     let link = temp_path(&parent_of(path));
     // The shared file in use (each takes 65,000 links on ext4).
     static SHARED: AtomicU64 = AtomicU64::new(0);
@@ -975,11 +1072,8 @@ fn swap_for_shared_empty(dir: &Path, path: &Path) -> Option<PathBuf> {
         let _ = fs::remove_file(&link);
         return None;
     }
-    let spare = SPARES.with_borrow_mut(|s| {
-        let s = s.as_mut()?;
-        s.next += 1;
-        Some(dir.join(format!("e{}", s.next - 1)))
-    })?;
+    let spare = dir.join(format!("e{}", spares.next));
+    spares.next += 1;
     if rename_noreplace(&link, &spare).is_err() {
         // Keep the log as it was.
         let _ = exchange(&link, path);
@@ -987,49 +1081,6 @@ fn swap_for_shared_empty(dir: &Path, path: &Path) -> Option<PathBuf> {
         return None;
     }
     Some(spare)
-}
-
-/// A spare file to write into, if spares are kept and work for `dir` (a
-/// new name when none is free: the file is created when it is written).
-/// Prefers the spare that holds `path`'s previous version (when the last
-/// write to it exchanged one in).
-fn take_spare(dir: &Path, path: &Path) -> Option<PathBuf> {
-    SPARES.with_borrow_mut(|spares| {
-        let s = spares.as_mut()?;
-        if s.refused.iter().any(|d| d == dir) {
-            return None;
-        }
-        let twin = s
-            .twin
-            .remove(path)
-            .and_then(|t| s.free.iter().position(|f| *f == t))
-            .map(|i| s.free.swap_remove(i));
-        let spare = twin
-            .or_else(|| s.free.pop())
-            .or_else(|| s.empty.pop())
-            .unwrap_or_else(|| {
-                let p = s.dir.join(s.next.to_string());
-                s.next += 1;
-                p
-            });
-        Some(spare)
-    })
-}
-
-fn put_spare(path: PathBuf) {
-    SPARES.with_borrow_mut(|s| {
-        if let Some(s) = s.as_mut() {
-            s.free.push(path);
-        }
-    });
-}
-
-fn refuse_spares(dir: &Path) {
-    SPARES.with_borrow_mut(|s| {
-        if let Some(s) = s.as_mut() {
-            s.refused.push(dir.to_path_buf());
-        }
-    });
 }
 
 /// Atomically swaps two paths on one filesystem.
@@ -1078,45 +1129,6 @@ fn rename_noreplace(a: &Path, b: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
     }
     fs::rename(a, b)
-}
-
-/// Directories whose fsync is deferred (see [`defer_dir_syncs`]).
-static DEFERRED: Mutex<Option<std::collections::BTreeSet<PathBuf>>> = Mutex::new(None);
-
-/// From now on, directory fsyncs after renames are collected and done by
-/// [`flush_dir_syncs`], once per directory. Each file is still synced
-/// before its rename, so no reader and no crash ever sees half a file; a
-/// power loss before the flush can only lose the newest renames (the old
-/// files stay). The factory flushes at the end of every step, before it
-/// releases the queue lock: one fsync per directory per step instead of
-/// one per file.
-pub fn defer_dir_syncs() {
-    locked(&DEFERRED).get_or_insert_with(Default::default);
-}
-
-/// Does the deferred directory fsyncs.
-pub fn flush_dir_syncs() {
-    let dirs = match locked(&DEFERRED).as_mut() {
-        Some(set) => std::mem::take(set),
-        None => return,
-    };
-    for dir in dirs {
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-    }
-}
-
-/// fsync a directory so a rename in it is durable. Best effort: some
-/// filesystems refuse to open directories for sync.
-fn sync_dir(dir: &Path) {
-    if let Some(set) = locked(&DEFERRED).as_mut() {
-        set.insert(dir.to_path_buf());
-        return;
-    }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]
@@ -1204,6 +1216,14 @@ mod tests {
         assert_eq!(size_text(MAX_RESULT), "64 KiB");
     }
 
+    /// A `Disk` with spare files in `dir` only (nothing remembered or
+    /// deferred).
+    fn with_spares(dir: &Path) -> Disk {
+        let mut disk = Disk::plain();
+        disk.keep_spares(dir).unwrap();
+        disk
+    }
+
     #[test]
     fn writes_replace_and_leave_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -1223,11 +1243,12 @@ mod tests {
         let moved = dir.path().join("done/deeper/a.md");
         rename(&path, &moved).unwrap();
         assert_eq!(fs::read(&moved).unwrap(), b"two");
-        stage();
+        let mut disk = Disk::plain();
+        disk.stage();
         let staged = dir.path().join("later/c.md");
-        write_atomic(&staged, b"c").unwrap();
+        disk.write(&staged, b"c").unwrap();
         assert!(!staged.exists());
-        commit().unwrap();
+        disk.commit().unwrap();
         assert_eq!(fs::read(&staged).unwrap(), b"c");
     }
 
@@ -1245,14 +1266,14 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let spare_dir = dir.path().join("spare");
-        keep_spares(&spare_dir).unwrap();
+        let mut disk = with_spares(&spare_dir);
         let path = dir.path().join("tasks/a.md");
-        write_atomic(&path, b"first version, a long one").unwrap();
-        write_atomic(&path, b"second").unwrap();
+        disk.write(&path, b"first version, a long one").unwrap();
+        disk.write(&path, b"second").unwrap();
         let mut inodes = std::collections::BTreeSet::new();
         for n in 0..20 {
             let text = format!("version {n}");
-            write_atomic(&path, text.as_bytes()).unwrap();
+            disk.write(&path, text.as_bytes()).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), text);
             inodes.insert(fs::metadata(&path).unwrap().ino());
         }
@@ -1260,9 +1281,9 @@ mod tests {
         assert_eq!(inodes.len(), 2, "{inodes:?}");
         assert_eq!(names(&dir.path().join("tasks")), ["a.md"]);
         assert_eq!(names(&spare_dir).len(), 2, "{:?}", names(&spare_dir));
-        release_spares();
+        disk.release_spares();
         // Without spares: the classic temp file and rename.
-        write_atomic(&path, b"classic").unwrap();
+        disk.write(&path, b"classic").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"classic");
         assert_eq!(names(&dir.path().join("tasks")), ["a.md"]);
     }
@@ -1271,7 +1292,7 @@ mod tests {
     fn empty_logs_give_their_inodes_to_the_next_logs() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        keep_spares(&dir.path().join("spare")).unwrap();
+        let mut disk = with_spares(&dir.path().join("spare"));
         let logs = dir.path().join("logs");
         fs::create_dir_all(&logs).unwrap();
         let (a, b, c) = (logs.join("A.log"), logs.join("B.log"), logs.join("C.log"));
@@ -1282,32 +1303,35 @@ mod tests {
             .open(&a)
             .unwrap();
         let ino_a = fs::metadata(&a).unwrap().ino();
-        assert!(!recycle_empty(&a));
+        assert!(!disk.recycle_empty(&a));
         drop(writer);
-        assert!(recycle_empty(&a));
+        assert!(disk.recycle_empty(&a));
         // The log is still there, empty and read-only; its inode is spare.
         let m = fs::metadata(&a).unwrap();
         assert_eq!(m.len(), 0);
         assert!(m.permissions().readonly());
         assert_ne!(m.ino(), ino_a);
-        assert!(!recycle_empty(&a), "the shared file is never taken");
-        assert!(place_empty(&b));
+        assert!(!disk.recycle_empty(&a), "the shared file is never taken");
+        assert!(disk.place_empty(&b));
         assert_eq!(fs::metadata(&b).unwrap().ino(), ino_a);
-        assert!(!place_empty(&c), "only one spare so far");
+        assert!(!disk.place_empty(&c), "only one spare so far");
         let mut f = OpenOptions::new().append(true).open(&b).unwrap();
         f.write_all(b"output").unwrap();
-        assert!(!recycle_empty(&b), "not empty");
+        assert!(!disk.recycle_empty(&b), "not empty");
         assert_eq!(fs::read(&a).unwrap(), b"");
         // No temp files are left beside the logs.
         assert_eq!(names(&logs), ["A.log", "B.log"]);
-        release_spares();
+        // A plain Disk keeps no spares: nothing recycled, nothing placed.
+        let mut plain = Disk::plain();
+        assert!(!plain.place_empty(&c));
+        assert!(!c.exists());
     }
 
     #[test]
     fn partial_rewrites_of_known_spares_always_give_the_whole_new_file() {
         let dir = tempfile::tempdir().unwrap();
-        keep_spares(&dir.path().join("spare")).unwrap();
-        remember_writes();
+        let mut disk = with_spares(&dir.path().join("spare"));
+        disk.remember_writes();
         let paths = [dir.path().join("q/a.json"), dir.path().join("q/b.md")];
         // A deterministic mix: shared prefixes, growing, shrinking, equal,
         // a prefix of the old text, and someone else's edits in between.
@@ -1333,34 +1357,35 @@ mod tests {
                 fs::write(path, vec![b'y'; old.len()]).unwrap();
             }
             if next() % 3 == 0 {
-                stage();
-                write_atomic(path, text.as_bytes()).unwrap();
-                commit().unwrap();
+                disk.stage();
+                disk.write(path, text.as_bytes()).unwrap();
+                disk.commit().unwrap();
             } else {
-                write_atomic(path, text.as_bytes()).unwrap();
+                disk.write(path, text.as_bytes()).unwrap();
             }
             assert_eq!(fs::read_to_string(path).unwrap(), text, "round {round}");
-            assert_eq!(read(path).unwrap(), text.as_bytes(), "round {round}");
+            assert_eq!(disk.read(path).unwrap(), text.as_bytes(), "round {round}");
         }
-        forget_writes();
-        release_spares();
+        disk.forget_writes();
+        assert_eq!(disk.written_stamp(&paths[0]), None);
     }
 
     #[test]
     fn a_hard_linked_copy_of_a_replaced_file_is_never_written() {
         let dir = tempfile::tempdir().unwrap();
-        keep_spares(&dir.path().join("spare")).unwrap();
+        let mut disk = with_spares(&dir.path().join("spare"));
         let path = dir.path().join("q/a.md");
-        write_atomic(&path, b"one").unwrap();
+        disk.write(&path, b"one").unwrap();
         let backup = dir.path().join("backup-a.md");
         fs::hard_link(&path, &backup).unwrap();
         for n in 0..6 {
-            write_atomic(&path, format!("version {n}").as_bytes()).unwrap();
-            write_atomic(&dir.path().join("q/b.md"), format!("b {n}").as_bytes()).unwrap();
+            disk.write(&path, format!("version {n}").as_bytes())
+                .unwrap();
+            disk.write(&dir.path().join("q/b.md"), format!("b {n}").as_bytes())
+                .unwrap();
         }
         assert_eq!(fs::read(&backup).unwrap(), b"one");
         assert_eq!(fs::read_to_string(&path).unwrap(), "version 5");
-        release_spares();
     }
 
     #[test]
@@ -1369,48 +1394,80 @@ mod tests {
         let todo = dir.path().join("todo/t.md");
         let done = dir.path().join("done/t.md");
         let other = dir.path().join("todo/u.md");
-        write_atomic(&todo, b"old").unwrap();
-        stage();
-        write_atomic(&todo, b"new").unwrap();
-        write_atomic(&other, b"made").unwrap();
+        let mut disk = Disk::plain();
+        disk.write(&todo, b"old").unwrap();
+        disk.stage();
+        disk.write(&todo, b"new").unwrap();
+        disk.write(&other, b"made").unwrap();
         // Nothing on disk yet; reads see what will be.
         assert_eq!(fs::read(&todo).unwrap(), b"old");
         assert!(!other.exists());
-        assert_eq!(read(&todo).unwrap(), b"new");
-        assert!(exists(&other));
-        rename(&todo, &done).unwrap();
-        assert!(!exists(&todo));
-        assert!(read(&todo).is_err());
-        assert_eq!(read(&done).unwrap(), b"new");
-        assert!(!create_new_atomic(&done, b"again").unwrap());
-        write_atomic(&done, b"newer").unwrap();
-        commit().unwrap();
+        assert_eq!(disk.read(&todo).unwrap(), b"new");
+        assert!(disk.exists(&other));
+        disk.rename(&todo, &done).unwrap();
+        assert!(!disk.exists(&todo));
+        assert!(disk.read(&todo).is_err());
+        assert_eq!(disk.read(&done).unwrap(), b"new");
+        assert!(!disk.create_new(&done, b"again").unwrap());
+        disk.write(&done, b"newer").unwrap();
+        disk.commit().unwrap();
         assert!(!todo.exists());
         assert_eq!(fs::read(&done).unwrap(), b"newer");
         assert_eq!(fs::read(&other).unwrap(), b"made");
         assert_eq!(names(&dir.path().join("todo")), ["u.md"]);
         assert_eq!(names(&dir.path().join("done")), ["t.md"]);
         // Staging ended with the commit: writes go straight to disk.
-        write_atomic(&other, b"direct").unwrap();
+        disk.write(&other, b"direct").unwrap();
         assert_eq!(fs::read(&other).unwrap(), b"direct");
     }
 
     #[test]
     fn staging_with_spares_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
-        keep_spares(&dir.path().join("spare")).unwrap();
+        let mut disk = with_spares(&dir.path().join("spare"));
         let a = dir.path().join("q/a.md");
         let b = dir.path().join("q/b.md");
-        write_atomic(&a, b"a0").unwrap();
+        disk.write(&a, b"a0").unwrap();
         for n in 0..5 {
-            stage();
-            write_atomic(&a, format!("a{n}").as_bytes()).unwrap();
-            write_atomic(&b, format!("b{n}").as_bytes()).unwrap();
-            commit().unwrap();
+            disk.stage();
+            disk.write(&a, format!("a{n}").as_bytes()).unwrap();
+            disk.write(&b, format!("b{n}").as_bytes()).unwrap();
+            disk.commit().unwrap();
             assert_eq!(fs::read_to_string(&a).unwrap(), format!("a{n}"));
             assert_eq!(fs::read_to_string(&b).unwrap(), format!("b{n}"));
         }
         assert_eq!(names(&dir.path().join("q")), ["a.md", "b.md"]);
-        release_spares();
+    }
+
+    /// No state is shared: what one `Disk` stages, remembers or defers,
+    /// another in the same thread (and the free functions) never sees.
+    #[test]
+    fn two_disks_in_one_thread_do_not_see_each_others_staged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q/a.md");
+        let moved = dir.path().join("q/b.md");
+        let mut one = Disk::factory(&dir.path().join("spare"));
+        let mut two = Disk::plain();
+        one.stage();
+        one.write(&path, b"staged by one").unwrap();
+        assert_eq!(one.read(&path).unwrap(), b"staged by one");
+        assert!(!two.exists(&path));
+        assert!(two.read(&path).is_err());
+        assert!(!exists(&path));
+        // The other writes and renames straight to disk meanwhile.
+        two.write(&path, b"written by two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"written by two");
+        assert_eq!(one.read(&path).unwrap(), b"staged by one");
+        two.stage();
+        assert!(!two.exists(&moved));
+        two.commit().unwrap();
+        one.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"staged by one");
+        // One remembers its writes; the other, plain, knows none.
+        assert!(one.written_stamp(&path).is_some());
+        assert_eq!(two.written_stamp(&path), None);
+        two.rename(&path, &moved).unwrap();
+        assert_eq!(two.read(&moved).unwrap(), b"staged by one");
+        assert!(one.written_stamp(&moved).is_none());
     }
 }

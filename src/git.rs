@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::fsutil::Disk;
 
 /// A root inside a git work tree.
 #[derive(Debug, Clone)]
@@ -63,8 +64,14 @@ impl Git {
     /// Commits `paths` (absolute or relative to the top; deleted ones
     /// included) with a message built from `entries`. Retries while the
     /// index is locked; if it stays locked, queues everything for the next
-    /// commit and returns Ok (nothing is lost).
-    pub fn commit(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) -> Result<()> {
+    /// commit and returns Ok (nothing is lost). The pending file is written
+    /// through `disk` (the writer's).
+    pub fn commit(
+        &self,
+        disk: &mut Disk,
+        paths: &BTreeSet<PathBuf>,
+        entries: &[Entry],
+    ) -> Result<()> {
         let pending = self.take_pending();
         let mut all: BTreeSet<PathBuf> = pending.0;
         all.extend(
@@ -88,13 +95,13 @@ impl Git {
                 }
                 Err(e) if e.to_string().contains("index.lock") => break,
                 Err(e) => {
-                    self.save_pending(&all, &entries_all);
+                    self.save_pending(disk, &all, &entries_all);
                     return Err(e);
                 }
             }
         }
         tracing::warn!("git is busy (index.lock); the transition is queued for the next commit");
-        self.save_pending(&all, &entries_all);
+        self.save_pending(disk, &all, &entries_all);
         Ok(())
     }
 
@@ -165,7 +172,7 @@ impl Git {
     /// commit is worth: see `Factory::step`). Kept in the same
     /// `<git-dir>/taskq-pending` as commits git was too busy for, so a
     /// crash loses nothing: the next commit by any taskq takes them.
-    pub fn defer(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
+    pub fn defer(&self, disk: &mut Disk, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
         let (mut all, mut entries_all) = self.read_pending();
         all.extend(
             paths
@@ -173,7 +180,7 @@ impl Git {
                 .map(|p| p.strip_prefix(&self.top).unwrap_or(p).to_path_buf()),
         );
         entries_all.extend(entries.iter().cloned());
-        self.save_pending(&all, &entries_all);
+        self.save_pending(disk, &all, &entries_all);
     }
 
     fn pending_path(&self) -> PathBuf {
@@ -212,7 +219,7 @@ impl Git {
         (paths, entries)
     }
 
-    fn save_pending(&self, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
+    fn save_pending(&self, disk: &mut Disk, paths: &BTreeSet<PathBuf>, entries: &[Entry]) {
         let mut text = String::new();
         for p in paths {
             text.push_str(&format!("path {}\n", p.display()));
@@ -223,7 +230,7 @@ impl Git {
                 text.push_str(&format!("trailer {k}: {v}\n"));
             }
         }
-        let _ = crate::fsutil::write_atomic(&self.pending_path(), text.as_bytes());
+        let _ = disk.write(&self.pending_path(), text.as_bytes());
     }
 
     /// `git worktree add DIR -b BRANCH BASE`.

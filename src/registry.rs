@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem, Result};
-use crate::fsutil;
+use crate::fsutil::Disk;
 use crate::root::Root;
 use crate::task::Timestamp;
 
@@ -234,11 +234,12 @@ impl Registry {
         })
     }
 
-    /// Writes the registry atomically. Call only under the queue lock.
+    /// Writes the registry atomically, through `disk` (the writer's). Call
+    /// only under the queue lock.
     ///
     /// The seed's shape, one agent per line: readable, and a `git diff` of
     /// a transition is the lines of the agents it touched.
-    pub fn save(&mut self, root: &Root, now: Timestamp) -> Result<()> {
+    pub fn save(&mut self, root: &Root, disk: &mut Disk, now: Timestamp) -> Result<()> {
         self.updated = Some(now);
         let err = |e: serde_json::Error| Error::io(Registry::path(root), e.into());
         let mut text = String::with_capacity(64 + self.agents.len() * 512);
@@ -290,7 +291,7 @@ impl Registry {
             self.max_concurrent,
             serde_json::to_string(&self.updated).map_err(err)?
         ));
-        fsutil::write_atomic(&Registry::path(root), text.as_bytes())
+        disk.write(&Registry::path(root), text.as_bytes())
     }
 
     /// Raises the agent id counter above every agent id on disk: in the
@@ -516,7 +517,7 @@ mod tests {
             agent("BLD-003", AgentStatus::Failed, Some("2026-02-20T00:00:00Z")),
         );
         let now = parse_timestamp("2026-03-01T00:00:00Z").unwrap();
-        r.save(&root, now).unwrap();
+        r.save(&root, &mut Disk::plain(), now).unwrap();
         let text = std::fs::read_to_string(Registry::path(&root)).unwrap();
         assert!(
             text.contains("\"nextId\": 2")

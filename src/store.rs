@@ -811,7 +811,8 @@ impl Transition {
     }
 }
 
-/// The queue, locked for writing. Dropping it releases the lock.
+/// The queue, locked for writing. Dropping it releases the lock; its git
+/// commit is an explicit call ([`Writer::commit_git`]), made before.
 pub struct Writer {
     /// The root.
     pub root: Root,
@@ -823,15 +824,19 @@ pub struct Writer {
     pub transitions: Vec<Transition>,
     /// Other things to say in the commit (approvals moved, ...).
     pub notes: Vec<crate::git::Entry>,
-    /// Every file this writer changed (committed when it is dropped).
+    /// Every file this writer changed since its last
+    /// [`Writer::commit_git`].
     pub changed: std::collections::BTreeSet<PathBuf>,
-    /// What to do with the commit when dropped (the factory sets it).
+    /// What [`Writer::commit_git`] does (the factory sets it).
     pub git_mode: GitMode,
+    /// How every write of this writer reaches the disk (plain, unless the
+    /// factory hands it its own: see [`Writer::with_disk`]).
+    pub disk: fsutil::Disk,
     git: Option<crate::git::Git>,
     _lock: LockGuard,
 }
 
-/// What a [`Writer`] does with its changes in git when it is dropped.
+/// What [`Writer::commit_git`] does with the writer's changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GitMode {
     /// Commit them (with anything queued before).
@@ -851,33 +856,60 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
-    /// Commits what this writer changed, under the lock (when the root is
-    /// in a git work tree and `git.autocommit` is not off). A git failure
-    /// is a warning: the state is already safe in the files.
-    fn drop(&mut self) {
+impl Writer {
+    /// Commits what this writer changed since the last call, under the
+    /// lock (when the root is in a git work tree and `git.autocommit` is
+    /// not off), as [`Writer::git_mode`] says; then the writer has nothing
+    /// left to commit. Every writer calls it before it is dropped, on
+    /// success and after an error alike (what was written before the error
+    /// is on disk and goes into git too). A git failure is a warning: the
+    /// state is already safe in the files.
+    pub fn commit_git(&mut self) {
+        let changed = std::mem::take(&mut self.changed);
+        let mode = std::mem::take(&mut self.git_mode);
+        let mut entries: Vec<crate::git::Entry> =
+            self.transitions.drain(..).map(|t| t.entry()).collect();
+        entries.append(&mut self.notes);
         let Some(git) = &self.git else {
             return;
         };
-        let mut entries: Vec<crate::git::Entry> =
-            self.transitions.iter().map(Transition::entry).collect();
-        entries.extend(self.notes.iter().cloned());
-        let nothing = self.changed.is_empty() || entries.is_empty();
-        if nothing && self.git_mode != GitMode::Flush {
+        let nothing = changed.is_empty() || entries.is_empty();
+        if nothing && mode != GitMode::Flush {
             return;
         }
-        if self.git_mode == GitMode::Defer {
-            git.defer(&self.changed, &entries);
+        if mode == GitMode::Defer {
+            git.defer(&mut self.disk, &changed, &entries);
             return;
         }
         let (paths, entries) = if nothing {
             (std::collections::BTreeSet::new(), Vec::new())
         } else {
-            (std::mem::take(&mut self.changed), entries)
+            (changed, entries)
         };
-        if let Err(e) = git.commit(&paths, &entries) {
+        if let Err(e) = git.commit(&mut self.disk, &paths, &entries) {
             tracing::warn!("git commit: {e}");
         }
+    }
+
+    /// The writer's [`fsutil::Disk`], back to its owner (the factory, after
+    /// a step); releases the lock. Call [`Writer::commit_git`] first.
+    pub fn into_disk(mut self) -> fsutil::Disk {
+        std::mem::take(&mut self.disk)
+    }
+}
+
+impl Drop for Writer {
+    /// Releases the lock. Everything must have been committed to git
+    /// ([`Writer::commit_git`]): a forgotten call fails the tests here.
+    fn drop(&mut self) {
+        debug_assert!(
+            std::thread::panicking()
+                || (self.changed.is_empty()
+                    && self.transitions.is_empty()
+                    && self.notes.is_empty()
+                    && self.git_mode != GitMode::Flush),
+            "a Writer was dropped with changes not committed to git: call Writer::commit_git"
+        );
     }
 }
 
@@ -920,23 +952,40 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
 
 impl Writer {
     /// Takes the queue lock, reads the queue and repairs it (adopt id-less
-    /// files, expire leases, finish interrupted moves).
+    /// files, expire leases, finish interrupted moves). Writes plainly.
     pub fn open(root: &Root) -> Result<Writer> {
-        let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
-        let mut writer = Writer::locked(root, scan(root), lock);
-        writer.repair()?;
-        Ok(writer)
+        Writer::with_disk(root, None, &mut fsutil::Disk::plain())
     }
 
     /// Takes the queue lock over a scan the caller already holds and knows
     /// to be current (the factory, between its own writes), skipping the
-    /// re-read and the repairs.
+    /// re-read and the repairs. Writes plainly.
     pub fn with_scan(root: &Root, scan: Scan) -> Result<Writer> {
-        let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
-        Ok(Writer::locked(root, scan, lock))
+        Writer::with_disk(root, Some(scan), &mut fsutil::Disk::plain())
     }
 
-    fn locked(root: &Root, scan: Scan, lock: LockGuard) -> Writer {
+    /// Takes the queue lock; writes through `disk` (the factory's: see
+    /// [`fsutil::Disk::factory`]; get it back with [`Writer::into_disk`]).
+    /// With `scan`, as [`Writer::with_scan`]; with `None`, reads the queue
+    /// and repairs it as [`Writer::open`] does (what the repairs wrote
+    /// before an error is committed to git all the same). The disk is taken
+    /// only once the lock is held, and given back on an error: a factory
+    /// that waits out a held lock keeps its spares and memory.
+    pub fn with_disk(root: &Root, scan: Option<Scan>, disk: &mut fsutil::Disk) -> Result<Writer> {
+        let lock = LockGuard::acquire(&root.queue_lock(), lock_timeout())?;
+        let Some(scan) = scan else {
+            let mut writer = Writer::locked(root, self::scan(root), lock, std::mem::take(disk));
+            if let Err(e) = writer.repair() {
+                writer.commit_git();
+                *disk = std::mem::take(&mut writer.disk);
+                return Err(e);
+            }
+            return Ok(writer);
+        };
+        Ok(Writer::locked(root, scan, lock, std::mem::take(disk)))
+    }
+
+    fn locked(root: &Root, scan: Scan, lock: LockGuard, disk: fsutil::Disk) -> Writer {
         Writer {
             root: root.clone(),
             scan,
@@ -945,6 +994,7 @@ impl Writer {
             notes: Vec::new(),
             changed: std::collections::BTreeSet::new(),
             git_mode: GitMode::Commit,
+            disk,
             git: git_for(root),
             _lock: lock,
         }
@@ -1111,7 +1161,9 @@ impl Writer {
     /// Allocates the next task id: one more than the largest ever used.
     pub fn allocate_id(&mut self) -> Result<String> {
         let path = self.root.last_id_file();
-        let stored = fsutil::read(&path)
+        let stored = self
+            .disk
+            .read(&path)
             .ok()
             .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<u64>().ok())
             .unwrap_or(0);
@@ -1158,7 +1210,7 @@ impl Writer {
                     path.display()
                 ))
             })?;
-        fsutil::write_atomic(&path, format!("{next}\n").as_bytes())?;
+        self.disk.write(&path, format!("{next}\n").as_bytes())?;
         self.changed.insert(path);
         Ok(task::format_id(next))
     }
@@ -1198,7 +1250,7 @@ impl Writer {
         };
         let path = self.root.folder(folder).join(&rel);
         let shown = self.root.rel_path(folder, &rel);
-        let old = fsutil::read(&path)?;
+        let old = self.disk.read(&path)?;
         let mut new = frontmatter::edit(&old, changes).map_err(|e| {
             Error::from(Problem::new(
                 &shown,
@@ -1232,7 +1284,7 @@ impl Writer {
                 format!("the change would make the file unreadable{why}; not changed"),
             )));
         };
-        fsutil::write_atomic(&path, &new)?;
+        self.disk.write(&path, &new)?;
         self.changed.insert(path);
         let renamed = self.scan.tasks[i].id != task.id;
         self.scan.tasks[i] = task;
@@ -1252,7 +1304,7 @@ impl Writer {
         let from = self.root.task_path(t);
         let done = self.root.folder(Folder::Done);
         let mut rel = t.rel.to_string();
-        if fsutil::exists(&done.join(&rel)) {
+        if self.disk.exists(&done.join(&rel)) {
             let stem = task::file_stem(&rel).to_string();
             let dir = rel
                 .rsplit_once('/')
@@ -1260,7 +1312,7 @@ impl Writer {
                 .unwrap_or_default();
             rel = format!("{dir}{stem}-{}.md", t.id);
         }
-        fsutil::rename(&from, &done.join(&rel))?;
+        self.disk.rename(&from, &done.join(&rel))?;
         self.changed.insert(from);
         self.changed.insert(done.join(&rel));
         let t = &mut self.scan.tasks[i];
@@ -1275,7 +1327,7 @@ impl Writer {
         let dir = self.root.folder(Folder::Todo);
         let mut rel = name.to_string();
         let mut n = 2;
-        while !fsutil::create_new_atomic(&dir.join(&rel), content)? {
+        while !self.disk.create_new(&dir.join(&rel), content)? {
             rel = format!("{}-{n}.md", name.trim_end_matches(".md"));
             n += 1;
         }
@@ -1490,9 +1542,46 @@ mod tests {
         w.set(i, &[Change::set("status", "done")], Status::Done, "")
             .unwrap();
         w.move_to_done(i).unwrap();
+        w.commit_git();
         drop(w);
         fs::remove_file(root.dir.join("tasks/done/new.md")).unwrap();
         let mut w = Writer::open(&root).unwrap();
         assert_eq!(w.allocate_id().unwrap(), "TASK-009");
+        w.commit_git();
+    }
+
+    /// Dropping a writer commits nothing to git: a writer dropped with
+    /// changes it never committed is a bug the tests catch.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not committed to git")]
+    fn a_writer_dropped_without_its_commit_fails_in_tests() {
+        let (_d, root) = root_with(&[("tasks/todo/new.md", "Just text.\n")]);
+        // Opening adopts the file: a change to commit.
+        let w = Writer::open(&root).unwrap();
+        assert_eq!(w.transitions.len(), 1);
+        drop(w);
+    }
+
+    /// The writer's writes go through its own Disk: staged there, they are
+    /// read back through it and land at its commit.
+    #[test]
+    fn a_writer_writes_through_the_disk_it_is_given() {
+        let (_d, root) = root_with(&[("tasks/todo/a.md", "---\nid: TASK-001\n---\n")]);
+        let mut disk = fsutil::Disk::plain();
+        disk.stage();
+        let mut w = Writer::with_disk(&root, None, &mut disk).unwrap();
+        let i = w.scan.resolve("1").unwrap();
+        w.set(i, &[Change::set("status", "hold")], Status::Hold, "")
+            .unwrap();
+        let path = root.dir.join("tasks/todo/a.md");
+        assert!(!fs::read_to_string(&path).unwrap().contains("hold"));
+        assert!(String::from_utf8(w.disk.read(&path).unwrap())
+            .unwrap()
+            .contains("status: hold"));
+        w.disk.commit().unwrap();
+        w.commit_git();
+        let _disk = w.into_disk();
+        assert!(fs::read_to_string(&path).unwrap().contains("status: hold"));
     }
 }

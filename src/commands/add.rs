@@ -75,8 +75,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         validate_id(role).map_err(|why| Error::usage(format!("invalid role `{role}`: {why}")))?;
     }
     let tags = tag_list(&args.tags);
-    let mut writer = Writer::open(&ctx.root)?;
+    super::with_writer(ctx, |writer| add(ctx, &args, title, &body, &tags, writer))
+}
 
+/// Writes the new task under the writer's lock; prints its id.
+fn add(
+    ctx: &Ctx,
+    args: &Args,
+    title: &str,
+    body: &str,
+    tags: &[String],
+    writer: &mut Writer,
+) -> Result<ExitCode> {
     // Dependencies must exist; store them under their canonical ids.
     let mut deps = Vec::new();
     let mut dep_indices = Vec::new();
@@ -111,7 +121,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         args.priority
     );
     if !tags.is_empty() {
-        text.push_str(&format!("tags: {}\n", yaml_list(&tags)));
+        text.push_str(&format!("tags: {}\n", yaml_list(tags)));
     }
     if !deps.is_empty() {
         text.push_str(&format!("dependencies: {}\n", yaml_list(&deps)));
@@ -121,7 +131,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     text.push_str(&format!("created: {}\n---\n", format_timestamp(writer.now)));
     if !body.is_empty() {
-        text.push_str(&body);
+        text.push_str(body);
         if !body.ends_with('\n') {
             text.push('\n');
         }
@@ -136,7 +146,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         agent: None,
         cost: None,
     });
-    report(ctx, &writer);
+    report(ctx, writer);
     ctx.out.line(&id)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -67,65 +67,67 @@ pub enum ApprovalCommand {
 
 /// Runs `taskq approve`.
 pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
-    let mut writer = Writer::open(&ctx.root)?;
-    let what = gate_name(&writer, &ctx.root, &args.what);
-    let from = approval::decision(&ctx.root, &what);
-    let by = decider(ctx, args.by)?;
-    let path = approval::decide(&ctx.root, &what, true, None, &by, writer.now)?;
-    record_move(&mut writer, &ctx.root, from, &path, "approved", &by);
-    let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
-    ctx.out.note(format!("approved: {}", shown.display()));
-    if ctx.out.json {
-        ctx.out.json(&serde_json::json!({"approved": shown}))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    super::with_writer(ctx, |writer| {
+        let what = gate_name(writer, &ctx.root, &args.what);
+        let from = approval::decision(&ctx.root, &what);
+        let by = decider(ctx, args.by.clone())?;
+        let path = approval::decide(&ctx.root, &what, true, None, &by, writer.now)?;
+        record_move(writer, &ctx.root, from, &path, "approved", &by);
+        let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
+        ctx.out.note(format!("approved: {}", shown.display()));
+        if ctx.out.json {
+            ctx.out.json(&serde_json::json!({"approved": shown}))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Runs `taskq reject`: moves the file, and cancels the task its gate is
 /// for (a task gate, not an action request) with the reason.
 pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
-    let mut writer = Writer::open(&ctx.root)?;
-    let what = gate_name(&writer, &ctx.root, &args.what);
-    let from = approval::decision(&ctx.root, &what);
-    let by = decider(ctx, args.by)?;
-    let path = approval::decide(
-        &ctx.root,
-        &what,
-        false,
-        args.reason.as_deref(),
-        &by,
-        writer.now,
-    )?;
-    record_move(&mut writer, &ctx.root, from, &path, "rejected", &by);
-    let gate = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(i) = writer.scan.position(&gate) {
-        let t = &writer.scan.tasks[i];
-        if !t.status.is_closed() && t.folder == crate::task::Folder::Todo {
-            let reason = format!(
-                "approval rejected{}",
-                args.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            );
-            writer.set(
-                i,
-                &[
-                    Change::set("status", "cancelled"),
-                    Change::set("reason", &reason),
-                ],
-                Status::Cancelled,
-                &reason,
-            )?;
+    super::with_writer(ctx, |writer| {
+        let what = gate_name(writer, &ctx.root, &args.what);
+        let from = approval::decision(&ctx.root, &what);
+        let by = decider(ctx, args.by.clone())?;
+        let path = approval::decide(
+            &ctx.root,
+            &what,
+            false,
+            args.reason.as_deref(),
+            &by,
+            writer.now,
+        )?;
+        record_move(writer, &ctx.root, from, &path, "rejected", &by);
+        let gate = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(i) = writer.scan.position(&gate) {
+            let t = &writer.scan.tasks[i];
+            if !t.status.is_closed() && t.folder == crate::task::Folder::Todo {
+                let reason = format!(
+                    "approval rejected{}",
+                    args.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                writer.set(
+                    i,
+                    &[
+                        Change::set("status", "cancelled"),
+                        Change::set("reason", &reason),
+                    ],
+                    Status::Cancelled,
+                    &reason,
+                )?;
+            }
         }
-    }
-    let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
-    ctx.out.note(format!("rejected: {}", shown.display()));
-    report(ctx, &writer);
-    Ok(ExitCode::SUCCESS)
+        let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
+        ctx.out.note(format!("rejected: {}", shown.display()));
+        report(ctx, writer);
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Who decides: `--by`, else git's `user.name` for the root, else `$USER`,

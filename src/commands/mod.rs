@@ -88,18 +88,29 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 /// `taskq adopt`: opening the writer adopts; report what it did.
 fn adopt(ctx: &Ctx) -> Result<ExitCode> {
-    let writer = Writer::open(&ctx.root)?;
-    report(ctx, &writer);
-    if ctx.out.json {
-        let ids: Vec<&str> = writer
-            .transitions
-            .iter()
-            .filter(|t| t.from.is_none())
-            .map(|t| t.id.as_str())
-            .collect();
-        ctx.out.json(&ids)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    with_writer(ctx, |writer| {
+        report(ctx, writer);
+        if ctx.out.json {
+            let ids: Vec<&str> = writer
+                .transitions
+                .iter()
+                .filter(|t| t.from.is_none())
+                .map(|t| t.id.as_str())
+                .collect();
+            ctx.out.json(&ids)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Opens the queue's writer (see [`Writer::open`]), runs `work` with it,
+/// then commits to git what was written: after an error too, as what was
+/// written before it is on disk.
+pub fn with_writer<T>(ctx: &Ctx, work: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+    let mut writer = Writer::open(&ctx.root)?;
+    let result = work(&mut writer);
+    writer.commit_git();
+    result
 }
 
 /// Prints every transition a writer made on stderr.

@@ -10,7 +10,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::role;
-use crate::store::{Root, Writer};
+use crate::store::Root;
 use crate::task::Task;
 
 use super::{report, transition, TaskJson};
@@ -73,20 +73,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         };
     };
     transition::validate_agent(&agent)?;
-    let mut writer = Writer::open(&ctx.root)?;
-    let picked = {
+    super::with_writer(ctx, |writer| {
+        let picked = {
+            let queue = Queue::new(&writer.scan, writer.now);
+            queue.next(filter).map(|r| (r.index, r.unblocks))
+        };
+        let Some((i, unblocks)) = picked else {
+            report(ctx, writer);
+            return Ok(ExitCode::from(1));
+        };
+        transition::claim_index(writer, i, &agent, lease)?;
+        report(ctx, writer);
         let queue = Queue::new(&writer.scan, writer.now);
-        queue.next(filter).map(|r| (r.index, r.unblocks))
-    };
-    let Some((i, unblocks)) = picked else {
-        report(ctx, &writer);
-        return Ok(ExitCode::from(1));
-    };
-    transition::claim_index(&mut writer, i, &agent, lease)?;
-    report(ctx, &writer);
-    let queue = Queue::new(&writer.scan, writer.now);
-    print(ctx, &queue, i, unblocks)?;
-    Ok(ExitCode::SUCCESS)
+        print(ctx, &queue, i, unblocks)?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn print(ctx: &Ctx, queue: &Queue<'_>, i: usize, unblocks: u32) -> Result<()> {

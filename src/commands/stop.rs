@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::lock::LockGuard;
 use crate::registry::{AgentStatus, Registry};
 use crate::spawn;
-use crate::store::Writer;
 use crate::task::Status;
 
 /// Arguments of `taskq stop`.
@@ -37,12 +36,11 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let config = Config::load(&ctx.root)?;
     // Mark the agent and its live descendants `stopping`, deepest first.
-    let targets = {
-        let w = Writer::open(&ctx.root)?;
+    let targets = super::with_writer(ctx, |w| {
         let mut reg = Registry::load(&ctx.root)?;
         let agent_id = match reg.agents.get(&args.agent) {
             Some(_) => args.agent.clone(),
-            None => agent_of_task(&w, &reg, &args.agent)?,
+            None => agent_of_task(w, &reg, &args.agent)?,
         };
         let agent = &reg.agents[&agent_id];
         if !agent.status.is_live() {
@@ -70,15 +68,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             a.status = AgentStatus::Stopping;
             a.cancel_task = args.cancel && *id == agent_id;
         }
-        reg.save(&ctx.root, w.now)?;
-        targets
+        reg.save(&ctx.root, &mut w.disk, w.now)?;
+        Ok(targets
             .into_iter()
             .map(|(_, id)| {
                 let a = &reg.agents[&id];
                 (id, a.pid, a.pid_start)
             })
-            .collect::<Vec<_>>()
-    };
+            .collect::<Vec<_>>())
+    })?;
     for (id, pid, start) in &targets {
         if let Some(pid) = pid.filter(|p| spawn::is_alive(*p, *start)) {
             let killed = spawn::terminate_group(pid, config.stop_grace);
@@ -97,28 +95,30 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     // No factory running: record the stop ourselves (holding the daemon
     // lock so none starts meanwhile).
     if let Some(_daemon) = LockGuard::try_acquire(&ctx.root.run_lock())? {
-        let mut w = Writer::open(&ctx.root)?;
-        let mut reg = Registry::load(&ctx.root)?;
-        for (id, _, _) in &targets {
-            let Some(a) = reg.agents.get_mut(id) else {
-                continue;
-            };
-            if a.status != AgentStatus::Stopping {
-                continue;
-            }
-            a.status = AgentStatus::Stopped;
-            a.completed = Some(w.now);
-            a.reason = Some("stopped".into());
-            let (task, cancel) = (a.task.clone(), a.cancel_task);
-            if let Some(i) = w.scan.position(&task) {
-                let t = &w.scan.tasks[i];
-                if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
-                    w.return_stopped(i, id, cancel)?;
+        super::with_writer(ctx, |w| {
+            let mut reg = Registry::load(&ctx.root)?;
+            for (id, _, _) in &targets {
+                let Some(a) = reg.agents.get_mut(id) else {
+                    continue;
+                };
+                if a.status != AgentStatus::Stopping {
+                    continue;
+                }
+                a.status = AgentStatus::Stopped;
+                a.completed = Some(w.now);
+                a.reason = Some("stopped".into());
+                let (task, cancel) = (a.task.clone(), a.cancel_task);
+                if let Some(i) = w.scan.position(&task) {
+                    let t = &w.scan.tasks[i];
+                    if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
+                        w.return_stopped(i, id, cancel)?;
+                    }
                 }
             }
-        }
-        reg.save(&ctx.root, w.now)?;
-        super::report(ctx, &w);
+            reg.save(&ctx.root, &mut w.disk, w.now)?;
+            super::report(ctx, w);
+            Ok(())
+        })?;
     }
     let _ = Duration::ZERO;
     Ok(ExitCode::SUCCESS)
@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
 
 /// The live agent running the task `input` names (`42`, `TASK-042`): the
 /// task's `assigned` agent, else the newest live agent on it.
-fn agent_of_task(w: &Writer, reg: &Registry, input: &str) -> Result<String> {
+fn agent_of_task(w: &crate::store::Writer, reg: &Registry, input: &str) -> Result<String> {
     let i = w.scan.resolve(input).map_err(|_| {
         Error::usage_hint(
             format!("no agent or task `{input}`"),

@@ -165,14 +165,21 @@ fn invalid(writer: &Writer, i: usize) -> Error {
     )
 }
 
-/// Opens the writer and resolves the id; refuses broken tasks.
-fn open(ctx: &Ctx, id: &str) -> Result<(Writer, usize)> {
-    let writer = Writer::open(&ctx.root)?;
-    let i = writer.scan.resolve(id)?;
-    if writer.scan.tasks[i].broken {
-        return Err(invalid(&writer, i));
-    }
-    Ok((writer, i))
+/// Opens the writer, resolves the id (refusing broken tasks) and runs
+/// `work` on the task; then commits to git what was written, after an
+/// error too (see [`super::with_writer`]).
+fn with_task(
+    ctx: &Ctx,
+    id: &str,
+    work: impl FnOnce(&mut Writer, usize) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    super::with_writer(ctx, |writer| {
+        let i = writer.scan.resolve(id)?;
+        if writer.scan.tasks[i].broken {
+            return Err(invalid(writer, i));
+        }
+        work(writer, i)
+    })
 }
 
 /// The human gates hold for scripts too: a task that waits for a
@@ -210,188 +217,195 @@ fn finish(ctx: &Ctx, writer: &Writer) -> Result<ExitCode> {
 pub fn claim(ctx: &Ctx, args: ClaimArgs) -> Result<ExitCode> {
     validate_agent(&args.agent)?;
     let lease = args.lease.as_deref().map(parse_lease).transpose()?;
-    let (mut writer, i) = open(ctx, &args.id)?;
-    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
-    claim_index(&mut writer, i, &args.agent, lease)?;
-    finish(ctx, &writer)
+    with_task(ctx, &args.id, |writer, i| {
+        check_gates(writer, i, &crate::approval::Gates::load(&ctx.root))?;
+        claim_index(writer, i, &args.agent, lease)?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq done ID [--result TEXT|PATH]`.
 pub fn done(ctx: &Ctx, args: DoneArgs) -> Result<ExitCode> {
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    if t.status.is_closed() {
-        return Err(Error::conflict(format!(
-            "`{}` is already {}",
-            t.id, t.status
-        )));
-    }
-    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
-    let mut changes = vec![
-        Change::set("status", "done"),
-        Change::set("completed", &format_timestamp(writer.now)),
-        Change::remove("lease_expires"),
-        Change::remove("retry_after"),
-    ];
-    if let Some(result) = &args.result {
-        let result = result.trim();
-        // A path to an existing file is recorded relative to the root.
-        let recorded = match Path::new(result).canonicalize() {
-            Ok(p) => match p.strip_prefix(writer.root.dir.canonicalize().unwrap_or_default()) {
-                Ok(rel) => rel.to_string_lossy().into_owned(),
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        if t.status.is_closed() {
+            return Err(Error::conflict(format!(
+                "`{}` is already {}",
+                t.id, t.status
+            )));
+        }
+        check_gates(writer, i, &crate::approval::Gates::load(&ctx.root))?;
+        let mut changes = vec![
+            Change::set("status", "done"),
+            Change::set("completed", &format_timestamp(writer.now)),
+            Change::remove("lease_expires"),
+            Change::remove("retry_after"),
+        ];
+        if let Some(result) = &args.result {
+            let result = result.trim();
+            // A path to an existing file is recorded relative to the root.
+            let recorded = match Path::new(result).canonicalize() {
+                Ok(p) => match p.strip_prefix(writer.root.dir.canonicalize().unwrap_or_default()) {
+                    Ok(rel) => rel.to_string_lossy().into_owned(),
+                    Err(_) => result.to_string(),
+                },
                 Err(_) => result.to_string(),
-            },
-            Err(_) => result.to_string(),
-        };
-        changes.push(Change::set("result", &recorded));
-    }
-    writer.set(i, &changes, Status::Done, "")?;
-    writer.move_to_done(i)?;
-    finish(ctx, &writer)
+            };
+            changes.push(Change::set("result", &recorded));
+        }
+        writer.set(i, &changes, Status::Done, "")?;
+        writer.move_to_done(i)?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq fail ID --reason TEXT`.
 pub fn fail(ctx: &Ctx, args: FailArgs) -> Result<ExitCode> {
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    if t.status.is_closed() || t.status == Status::Failed {
-        return Err(Error::conflict(format!(
-            "`{}` is already {}",
-            t.id, t.status
-        )));
-    }
-    check_gates(&writer, i, &crate::approval::Gates::load(&ctx.root))?;
-    let changes = [
-        Change::set("status", "failed"),
-        Change::set("reason", args.reason.trim()),
-        Change::remove("lease_expires"),
-    ];
-    writer.set(i, &changes, Status::Failed, args.reason.trim())?;
-    finish(ctx, &writer)
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        if t.status.is_closed() || t.status == Status::Failed {
+            return Err(Error::conflict(format!(
+                "`{}` is already {}",
+                t.id, t.status
+            )));
+        }
+        check_gates(writer, i, &crate::approval::Gates::load(&ctx.root))?;
+        let changes = [
+            Change::set("status", "failed"),
+            Change::set("reason", args.reason.trim()),
+            Change::remove("lease_expires"),
+        ];
+        writer.set(i, &changes, Status::Failed, args.reason.trim())?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq hold ID`.
 pub fn hold(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    match t.status {
-        Status::Hold => {
-            ctx.out.note(format!("{}: already on hold", t.id));
-            return Ok(ExitCode::SUCCESS);
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        match t.status {
+            Status::Hold => {
+                ctx.out.note(format!("{}: already on hold", t.id));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Status::Done | Status::Cancelled => {
+                return Err(Error::conflict(format!(
+                    "`{}` is {}; it cannot be put on hold",
+                    t.id, t.status
+                )))
+            }
+            _ => {}
         }
-        Status::Done | Status::Cancelled => {
-            return Err(Error::conflict(format!(
-                "`{}` is {}; it cannot be put on hold",
-                t.id, t.status
-            )))
-        }
-        _ => {}
-    }
-    writer.set(
-        i,
-        &[
-            Change::set("status", "hold"),
-            Change::remove("lease_expires"),
-        ],
-        Status::Hold,
-        "",
-    )?;
-    finish(ctx, &writer)
+        writer.set(
+            i,
+            &[
+                Change::set("status", "hold"),
+                Change::remove("lease_expires"),
+            ],
+            Status::Hold,
+            "",
+        )?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq release ID`.
 pub fn release(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    match t.status {
-        Status::Ready if t.assigned.is_none() && t.extra().retry_after.is_none() => {
-            ctx.out.note(format!("{}: already ready", t.id));
-            return Ok(ExitCode::SUCCESS);
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        match t.status {
+            Status::Ready if t.assigned.is_none() && t.extra().retry_after.is_none() => {
+                ctx.out.note(format!("{}: already ready", t.id));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Status::Done | Status::Cancelled => {
+                return Err(Error::conflict(format!(
+                    "`{}` is {}; it cannot be released",
+                    t.id, t.status
+                )))
+            }
+            _ => {}
         }
-        Status::Done | Status::Cancelled => {
-            return Err(Error::conflict(format!(
-                "`{}` is {}; it cannot be released",
-                t.id, t.status
-            )))
-        }
-        _ => {}
-    }
-    let changes = [
-        Change::set("status", "ready"),
-        Change::remove("assigned"),
-        Change::remove("started"),
-        Change::remove("lease_expires"),
-        Change::remove("retry_after"),
-        Change::remove("reason"),
-        // A person's retry starts the counts afresh.
-        Change::remove("attempts"),
-        Change::remove("review_rounds"),
-        Change::remove("review_errors"),
-        Change::remove("review_role"),
-    ];
-    writer.set(i, &changes, Status::Ready, "")?;
-    finish(ctx, &writer)
+        let changes = [
+            Change::set("status", "ready"),
+            Change::remove("assigned"),
+            Change::remove("started"),
+            Change::remove("lease_expires"),
+            Change::remove("retry_after"),
+            Change::remove("reason"),
+            // A person's retry starts the counts afresh.
+            Change::remove("attempts"),
+            Change::remove("review_rounds"),
+            Change::remove("review_errors"),
+            Change::remove("review_role"),
+        ];
+        writer.set(i, &changes, Status::Ready, "")?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq cancel ID [--reason TEXT]`.
 pub fn cancel(ctx: &Ctx, args: CancelArgs) -> Result<ExitCode> {
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    match t.status {
-        Status::Cancelled => {
-            ctx.out.note(format!("{}: already cancelled", t.id));
-            return Ok(ExitCode::SUCCESS);
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        match t.status {
+            Status::Cancelled => {
+                ctx.out.note(format!("{}: already cancelled", t.id));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Status::Done => {
+                return Err(Error::conflict(format!(
+                    "`{}` is done; it cannot be cancelled",
+                    t.id
+                )))
+            }
+            _ => {}
         }
-        Status::Done => {
-            return Err(Error::conflict(format!(
-                "`{}` is done; it cannot be cancelled",
-                t.id
-            )))
+        let mut changes = vec![
+            Change::set("status", "cancelled"),
+            Change::remove("lease_expires"),
+        ];
+        if let Some(r) = &args.reason {
+            changes.push(Change::set("reason", r.trim()));
         }
-        _ => {}
-    }
-    let mut changes = vec![
-        Change::set("status", "cancelled"),
-        Change::remove("lease_expires"),
-    ];
-    if let Some(r) = &args.reason {
-        changes.push(Change::set("reason", r.trim()));
-    }
-    writer.set(
-        i,
-        &changes,
-        Status::Cancelled,
-        args.reason.as_deref().unwrap_or_default(),
-    )?;
-    finish(ctx, &writer)
+        writer.set(
+            i,
+            &changes,
+            Status::Cancelled,
+            args.reason.as_deref().unwrap_or_default(),
+        )?;
+        finish(ctx, writer)
+    })
 }
 
 /// `taskq renew ID [--lease D] [--agent A]`.
 pub fn renew(ctx: &Ctx, args: RenewArgs) -> Result<ExitCode> {
     let lease = parse_lease(&args.lease)?;
-    let (mut writer, i) = open(ctx, &args.id)?;
-    let t = &writer.scan.tasks[i];
-    if t.status != Status::Running {
-        return Err(Error::conflict(format!(
-            "`{}` is {}, not running: only a claimed task has a lease",
-            t.id, t.status
-        )));
-    }
-    if let Some(agent) = &args.agent {
-        if t.assigned.as_deref() != Some(agent.as_str()) {
+    with_task(ctx, &args.id, |writer, i| {
+        let t = &writer.scan.tasks[i];
+        if t.status != Status::Running {
             return Err(Error::conflict(format!(
-                "`{}` is claimed by `{}`, not `{agent}`",
-                t.id,
-                t.assigned.as_deref().unwrap_or("nobody")
+                "`{}` is {}, not running: only a claimed task has a lease",
+                t.id, t.status
             )));
         }
-    }
-    let until = lease_until(&writer, lease)?;
-    writer.set(
-        i,
-        &[Change::set("lease_expires", &until)],
-        Status::Running,
-        &format!("lease until {until}"),
-    )?;
-    finish(ctx, &writer)
+        if let Some(agent) = &args.agent {
+            if t.assigned.as_deref() != Some(agent.as_str()) {
+                return Err(Error::conflict(format!(
+                    "`{}` is claimed by `{}`, not `{agent}`",
+                    t.id,
+                    t.assigned.as_deref().unwrap_or("nobody")
+                )));
+            }
+        }
+        let until = lease_until(writer, lease)?;
+        writer.set(
+            i,
+            &[Change::set("lease_expires", &until)],
+            Status::Running,
+            &format!("lease until {until}"),
+        )?;
+        finish(ctx, writer)
+    })
 }

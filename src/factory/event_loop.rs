@@ -11,7 +11,6 @@ use serde_json::json;
 
 use super::{file_stamp, Event, Factory};
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::watch;
 
 impl Factory {
@@ -218,7 +217,7 @@ impl Factory {
     /// `Scan::refresh`), the whole queue.
     pub(super) fn absorb_changes(&mut self) {
         let paths = std::mem::take(&mut self.external_paths);
-        fsutil::forget_writes();
+        self.disk.forget_writes();
         let templates = self.root.dir.join("agents").join("templates");
         if paths.iter().any(|p| p.starts_with(&templates)) {
             self.roles_stale = true;

@@ -130,7 +130,7 @@ impl Factory {
             );
             spawns.push((agent_id, p, workspace, session, resume.is_some()));
         }
-        reg.save(&self.root, w.now)?;
+        reg.save(&self.root, &mut w.disk, w.now)?;
         w.touch(Registry::path(&self.root));
         // 2. Mark the tasks.
         for (agent_id, p, ..) in &spawns {
@@ -170,7 +170,7 @@ impl Factory {
         }
         // The registry, then the tasks, are on disk before any agent
         // starts (written as one batch, see `step`).
-        fsutil::commit()?;
+        w.disk.commit()?;
         // 3. Start the children, 4. record their pids.
         let mut batch = Vec::with_capacity(spawns.len());
         for (agent_id, p, workspace, session, resuming) in spawns {
@@ -201,14 +201,14 @@ impl Factory {
             || {
                 // While they start: the ends of the agents they replace,
                 // written as one batch.
-                fsutil::stage();
+                w.disk.stage();
                 for (f, live) in ended.drain(..) {
                     recorded = self.finish(w, reg, f, live);
                     if recorded.is_err() {
                         break;
                     }
                 }
-                let committed = fsutil::commit();
+                let committed = w.disk.commit();
                 if recorded.is_ok() {
                     recorded = committed;
                 }
@@ -315,7 +315,7 @@ impl Factory {
             }
         }
         // The rest of the step is written as one batch again.
-        fsutil::stage();
+        w.disk.stage();
         recorded
     }
 
@@ -324,7 +324,7 @@ impl Factory {
     #[allow(clippy::too_many_arguments)]
     fn prepare_agent(
         &mut self,
-        w: &Writer,
+        w: &mut Writer,
         i: usize,
         agent_id: &str,
         role: &Role,
@@ -345,7 +345,10 @@ impl Factory {
             std::fs::create_dir_all(&ws_abs).map_err(|e| format!("{}: {e}", ws_abs.display()))?;
         }
         let task = &w.scan.tasks[i];
-        let file = fsutil::read(&self.root.task_path(task)).map_err(|e| e.to_string())?;
+        let file = w
+            .disk
+            .read(&self.root.task_path(task))
+            .map_err(|e| e.to_string())?;
         let (fields_cmd, body) = prompt::body_and_command(&file);
         let title = store::display_title(&self.root, task);
         let shown_ws = ws_abs.display().to_string();
@@ -369,7 +372,9 @@ impl Factory {
         };
         // The shell adapter runs the task's own sh blocks: no prompt to keep.
         if role.settings.agent != Adapter::Shell {
-            fsutil::write_atomic(&prompt_file, full.as_bytes()).map_err(|e| e.to_string())?;
+            w.disk
+                .write(&prompt_file, full.as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         let inv = Invocation {
             role,
@@ -433,7 +438,7 @@ impl Factory {
             self.found.insert(key);
         }
         // A recycled empty file as the log, when there is one: no new inode.
-        fsutil::place_empty(&self.root.log(agent_id));
+        w.disk.place_empty(&self.root.log(agent_id));
         let spec = spawn::Spec {
             program: line.program,
             args: line.args,
@@ -451,7 +456,7 @@ impl Factory {
     /// `base:` or the role's (default HEAD). Returns `(branch, repo top)`.
     fn add_worktree(
         &self,
-        w: &Writer,
+        w: &mut Writer,
         i: usize,
         agent_id: &str,
         role: &Role,
@@ -459,7 +464,10 @@ impl Factory {
         ws_abs: &Path,
     ) -> std::result::Result<(String, PathBuf), String> {
         let t = &w.scan.tasks[i];
-        let file = fsutil::read(&self.root.task_path(t)).map_err(|e| e.to_string())?;
+        let file = w
+            .disk
+            .read(&self.root.task_path(t))
+            .map_err(|e| e.to_string())?;
         let repo_dir = frontmatter::scalar_field(&file, "repo")
             .map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
         let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {

@@ -102,24 +102,20 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // Absolute paths: the watcher's events and the writer's paths must
     // compare equal (the factory tells its own writes by path).
     let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
-    fsutil::defer_dir_syncs();
-    // Rewrites swap inodes with spare files instead of creating and freeing
-    // one per write (see fsutil). Only this process uses the directory: it
-    // holds the run lock.
-    if let Err(e) = fsutil::keep_spares(&root.spare_dir()) {
-        tracing::warn!("{e} (writing without spare files)");
-    }
-    // Each step rereads task files the step before wrote: from memory
-    // while they are as written (see fsutil).
-    fsutil::remember_writes();
-    let factory = Factory::new(root, config, roles, out, opts);
+    // The factory's writes (see fsutil::Disk): rewrites swap inodes with
+    // spare files instead of creating and freeing one per write (only this
+    // process uses the directory: it holds the run lock); each step rereads
+    // the task files the step before wrote from memory while they are as
+    // written; directory fsyncs once per step.
+    let disk = fsutil::Disk::factory(&root.spare_dir());
+    let factory = Factory::new(root, config, roles, out, opts, disk);
     let counts_line = factory.counts_line;
     let code = runtime.block_on(factory.main());
     if counts_line && code.is_err() {
         // The error goes on a line of its own, not after the counts.
         let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
     }
-    fsutil::release_spares();
+    // (The factory's Disk, dropped with it, released the spares.)
     drop(lock);
     code
 }
@@ -229,6 +225,9 @@ struct Factory {
     counts_shown: std::cell::Cell<bool>,
     stats: Stats,
     rng: u64,
+    /// How the factory writes (staged batches, spares, remembered writes);
+    /// lent to each step's writer.
+    disk: fsutil::Disk,
     /// Steps failed in a row (see `step_or_retry`), while they do.
     step_failures: Option<u32>,
     /// Ends a failed step took, for the next one.
@@ -244,7 +243,14 @@ struct Stats {
 }
 
 impl Factory {
-    fn new(root: Root, config: Config, roles: Vec<Role>, out: Out, opts: Options) -> Factory {
+    fn new(
+        root: Root,
+        config: Config,
+        roles: Vec<Role>,
+        out: Out,
+        opts: Options,
+        disk: fsutil::Disk,
+    ) -> Factory {
         let (tx, rx) = mpsc::unbounded_channel();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -290,6 +296,7 @@ impl Factory {
             rng: seed | 1,
             step_failures: None,
             retry_ends: Vec::new(),
+            disk,
         }
     }
 

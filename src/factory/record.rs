@@ -9,7 +9,6 @@ use super::{path_str, Factory, Finished, Live};
 use crate::agent::{self, Outcome};
 use crate::error::Result;
 use crate::frontmatter::Change;
-use crate::fsutil;
 use crate::registry::{Agent, AgentStatus, Registry};
 use crate::role::Role;
 use crate::root::result_path;
@@ -119,7 +118,7 @@ impl Factory {
         if outcome.success && !is_tester {
             if let Some(text) = &outcome.result {
                 let path = self.root.result(&agent.task);
-                fsutil::write_atomic(&path, text.as_bytes())?;
+                w.disk.write(&path, text.as_bytes())?;
                 w.touch(path);
             }
         }
@@ -206,7 +205,7 @@ impl Factory {
         // agent's log, and the log becomes a link to a shared empty file
         // (no inode made or freed per job; see fsutil).
         if output.is_empty() {
-            fsutil::recycle_empty(&self.root.log(&agent.id));
+            w.disk.recycle_empty(&self.root.log(&agent.id));
         }
         // The task's cost: every attempt and review, summed.
         let total = reg.task_cost(&agent.task);

@@ -15,8 +15,15 @@ impl Factory {
     /// At start: adopt live agents, finish those that ended while no
     /// factory watched (exit file), mark the rest lost.
     pub(super) fn recover(&mut self) -> Result<Vec<Finished>> {
-        let mut w = Writer::open(&self.root)?;
-        self.report_adopted(&w);
+        let mut w = Writer::with_disk(&self.root, None, &mut self.disk)?;
+        let result = self.recover_with(&mut w);
+        w.commit_git();
+        self.disk = w.into_disk();
+        result
+    }
+
+    fn recover_with(&mut self, w: &mut Writer) -> Result<Vec<Finished>> {
+        self.report_adopted(w);
         let mut reg = Registry::load(&self.root)?;
         reg.raise_to_high_water(&self.root);
         let mut finished = Vec::new();
@@ -87,7 +94,7 @@ impl Factory {
                 let t = &w.scan.tasks[i];
                 if t.status == Status::Running && t.assigned.as_deref() == Some(a.id.as_str()) {
                     let role = self.role_or_fallback(&a.role);
-                    self.fail_attempt(&mut w, i, &role, &reason)?;
+                    self.fail_attempt(w, i, &role, &reason)?;
                 }
             }
             let e = reg.agents.get_mut(&a.id).expect("from the registry");
@@ -96,7 +103,7 @@ impl Factory {
             e.reason = Some(reason);
             self.progress(format!("{} marked lost ({})", a.id, a.task));
         }
-        reg.save(&self.root, w.now)?;
+        reg.save(&self.root, &mut w.disk, w.now)?;
         Ok(finished)
     }
 }

@@ -122,12 +122,25 @@ impl Factory {
         let result = (|| -> Result<()> {
             // The lock and a git commit, not the queue: the step after the
             // heartbeat reads that afresh anyway.
-            let mut w = Writer::with_scan(&self.root, store::Scan::default())?;
+            let mut w =
+                Writer::with_disk(&self.root, Some(store::Scan::default()), &mut self.disk)?;
+            let rotated = self.rotate_registry(&mut w);
+            w.commit_git();
+            self.disk = w.into_disk();
+            rotated
+        })();
+        if let Err(e) = result {
+            tracing::warn!("history rotation: {e}");
+        }
+    }
+
+    fn rotate_registry(&self, w: &mut Writer) -> Result<()> {
+        {
             let mut reg = Registry::load(&self.root)?;
             let cutoff = crate::duration::before(w.now, self.config.history_after);
             let moved = reg.rotate(&self.root, cutoff)?;
             if moved > 0 {
-                reg.save(&self.root, w.now)?;
+                reg.save(&self.root, &mut w.disk, w.now)?;
                 w.touch(Registry::path(&self.root));
                 w.touch(self.root.history_dir());
                 w.notes.push(crate::git::Entry {
@@ -138,9 +151,6 @@ impl Factory {
                 });
             }
             Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!("history rotation: {e}");
         }
     }
 }

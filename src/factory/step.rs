@@ -19,7 +19,6 @@ use super::{file_stamp, Factory, Finished, Live, GIT_BATCH};
 use crate::approval::{self, Decision};
 use crate::error::Result;
 use crate::frontmatter::Change;
-use crate::fsutil;
 use crate::queue::Queue;
 use crate::registry::Registry;
 use crate::role::{self, Role};
@@ -48,10 +47,23 @@ impl Factory {
         // while the step runs is then a change the heartbeat finds (with
         // `watch: false` nothing else would).
         let before = fresh.then(|| watch::fingerprint(&self.root, !self.config.watch));
-        let mut w = match self.cache.take() {
-            Some(scan) => Writer::with_scan(&self.root, scan)?,
-            None => Writer::open(&self.root)?,
-        };
+        let mut w = Writer::with_disk(&self.root, self.cache.take(), &mut self.disk)?;
+        let result = self.step_locked(&mut w, finished, fresh, patched, before);
+        // Git: what this step changed, committed explicitly.
+        w.commit_git();
+        self.disk = w.into_disk();
+        result
+    }
+
+    /// [`Factory::step`] with the queue locked.
+    fn step_locked(
+        &mut self,
+        w: &mut Writer,
+        finished: Vec<Finished>,
+        fresh: bool,
+        patched: bool,
+        before: Option<u64>,
+    ) -> Result<()> {
         // Files read again: the repairs a full read makes (adoption of
         // id-less files above all).
         if patched {
@@ -71,14 +83,14 @@ impl Factory {
         };
         // The step's writes are staged and written together (see fsutil):
         // before any agent starts, and at the end, under the lock.
-        fsutil::stage();
-        let mut result = self.step_with(&mut w, &mut reg, finished, fresh);
-        let committed = fsutil::commit();
+        w.disk.stage();
+        let mut result = self.step_with(w, &mut reg, finished, fresh);
+        let committed = w.disk.commit();
         if result.is_ok() {
             result = committed;
         }
         // The renames of this step become durable together, under the lock.
-        fsutil::flush_dir_syncs();
+        w.disk.flush_dir_syncs();
         // Remember what this step wrote, so its echo is not a "change".
         if fresh {
             self.own.clear();
@@ -99,7 +111,7 @@ impl Factory {
             self.fingerprint = None;
         }
         for p in &w.changed {
-            let stamp = fsutil::written_stamp(p).unwrap_or_else(|| file_stamp(p));
+            let stamp = w.disk.written_stamp(p).unwrap_or_else(|| file_stamp(p));
             self.own.insert(p.clone(), stamp);
         }
         // Git: a commit per step, unless steps come faster than that is
@@ -132,7 +144,7 @@ impl Factory {
             self.reg_cache = Some((reg, file_stamp(&path)));
             self.cache = Some(std::mem::take(&mut w.scan));
         } else {
-            fsutil::forget_writes();
+            w.disk.forget_writes();
         }
         result
     }
@@ -195,7 +207,7 @@ impl Factory {
         }
         if dirty {
             reg.max_concurrent = self.config.max_concurrent;
-            reg.save(&self.root, w.now)?;
+            reg.save(&self.root, &mut w.disk, w.now)?;
             // Registry changes go in the same commit as their task changes.
             w.touch(Registry::path(&self.root));
         }
@@ -372,7 +384,7 @@ impl Factory {
             GateAction::RequestApproval { role, model } => {
                 let t = &w.scan.tasks[i];
                 let title = store::display_title(&self.root, t);
-                let file = fsutil::read(&self.root.task_path(t)).unwrap_or_default();
+                let file = w.disk.read(&self.root.task_path(t)).unwrap_or_default();
                 let (_, body) = super::prompt::body_and_command(&file);
                 let the_role = self.role_or_fallback(&role);
                 let workspace = super::launch::workspace_description(&self.root, &the_role, task);
@@ -380,8 +392,10 @@ impl Factory {
                 let prompt = super::prompt::task_prompt(task, &title, &body, &deps, &workspace);
                 // Shell commands have no model to name.
                 let model = model.filter(|_| the_role.settings.agent.is_model_cli());
+                let t = &w.scan.tasks[i];
                 let path = approval::request_task(
                     &self.root,
+                    &mut w.disk,
                     t,
                     &title,
                     &role,
