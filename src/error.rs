@@ -121,6 +121,22 @@ impl Error {
         }
     }
 
+    /// A file changed under taskq between its read and its write (see
+    /// `fsutil::Disk::write_if`): a conflict the writer resolves by
+    /// deciding again on the new file. `why`: `it changed`, `it was moved
+    /// or deleted`.
+    pub fn changed(path: &std::path::Path, why: &str) -> Self {
+        Error::Conflict {
+            message: format!("{}: {why} while taskq was writing it", path.display()),
+            hint: Some(CHANGED_HINT.into()),
+        }
+    }
+
+    /// True for [`Error::changed`].
+    pub fn is_changed(&self) -> bool {
+        matches!(self, Error::Conflict { hint: Some(h), .. } if h == CHANGED_HINT)
+    }
+
     /// Builds an [`Error::Conflict`] with a hint.
     pub fn conflict_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Conflict {
@@ -129,6 +145,8 @@ impl Error {
         }
     }
 }
+
+const CHANGED_HINT: &str = "someone else changed the file at the same moment; nothing was overwritten: run the command again";
 
 impl From<Problem> for Error {
     fn from(problem: Problem) -> Self {

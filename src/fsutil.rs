@@ -122,6 +122,30 @@ pub fn open_regular(path: &Path, links: Links) -> Result<Option<File>> {
 
 /// [`open_regular`], also giving the file's size (from the same `fstat`).
 pub fn open_regular_sized(path: &Path, links: Links) -> Result<Option<(File, u64)>> {
+    Ok(open_regular_meta(path, links)?.map(|(file, m)| (file, m.len())))
+}
+
+/// A file's version: a digest of its size, mtime and inode. Two reads of a
+/// file with the same version saw the same file (taskq's own rewrites and
+/// a person's edits, in place or by rename, all change it). Never 0.
+pub fn version(m: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = crate::mix::splitmix64(m.len() ^ 0x5851_f42d_4c95_7f2d);
+    h = crate::mix::splitmix64(h ^ m.mtime() as u64);
+    h = crate::mix::splitmix64(h ^ m.mtime_nsec() as u64);
+    h = crate::mix::splitmix64(h ^ m.ino());
+    h.max(1)
+}
+
+/// The [`version`] of the file at `path` (not through a link); `None` when
+/// it is missing.
+pub fn version_of(path: &Path) -> Option<u64> {
+    fs::symlink_metadata(path).ok().map(|m| version(&m))
+}
+
+/// [`open_regular`], also giving the file's metadata (from the same
+/// `fstat`).
+pub fn open_regular_meta(path: &Path, links: Links) -> Result<Option<(File, fs::Metadata)>> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if links == Links::Refuse {
@@ -138,7 +162,7 @@ pub fn open_regular_sized(path: &Path, links: Links) -> Result<Option<(File, u64
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     let kind = meta.file_type();
     if kind.is_file() {
-        return Ok(Some((file, meta.len())));
+        return Ok(Some((file, meta)));
     }
     let what = if kind.is_fifo() {
         "a FIFO"
@@ -352,6 +376,18 @@ impl Disk {
     /// Replaces `path` with `bytes` atomically (see [`write_atomic`]).
     /// While staging, only records the write (see [`Disk::stage`]).
     pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_if(path, bytes, None)
+    }
+
+    /// [`Disk::write`] as a compare-and-swap: `expected` is the
+    /// [`version`] of the file the bytes were made from. When the file is
+    /// no longer that version as the new one takes its place (a person's
+    /// editor, a script, anyone who changed, replaced or removed it
+    /// meanwhile), their file stays, ours is dropped, and the error is
+    /// [`Error::Changed`]: the caller decides again on the new bytes. While
+    /// staging, the check happens when the batch is committed; a later
+    /// write to the same path keeps the first write's expectation.
+    pub fn write_if(&mut self, path: &Path, bytes: &[u8], expected: Option<u64>) -> Result<()> {
         if let Some(list) = self.staged.as_mut() {
             match list.iter_mut().find(|s| s.dest == path) {
                 Some(s) => s.bytes = bytes.to_vec(),
@@ -359,17 +395,26 @@ impl Disk {
                     path: path.to_path_buf(),
                     dest: path.to_path_buf(),
                     bytes: bytes.to_vec(),
+                    expected,
                 }),
             }
             return Ok(());
         }
         let dir = parent_of(path);
         let mut pending = self.prepare(path, &dir, bytes)?;
+        pending.expected = expected;
         if self.written.is_some() {
             pending.bytes = bytes.to_vec();
         }
         self.sync(&mut pending)?;
         self.place(pending)
+    }
+
+    /// True while a write to `path` is staged (its expectation is set).
+    pub fn is_staged(&self, path: &Path) -> bool {
+        self.staged
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|s| s.dest == path || s.path == path))
     }
 
     /// Creates `path` with `bytes` only if it does not exist yet, nor will
@@ -492,6 +537,7 @@ impl Disk {
                 Ok(mut p) => {
                     p.dest = s.dest;
                     p.bytes = s.bytes;
+                    p.expected = s.expected;
                     pending.push(p);
                 }
                 Err(e) => {
@@ -629,6 +675,7 @@ impl Disk {
             match write_spare(&spare, bytes) {
                 Ok(file) => {
                     return Ok(Pending {
+                        expected: None,
                         path: path.to_path_buf(),
                         dest: path.to_path_buf(),
                         dir: dir.to_path_buf(),
@@ -653,6 +700,7 @@ impl Disk {
         })();
         match result {
             Ok(file) => Ok(Pending {
+                expected: None,
                 path: path.to_path_buf(),
                 dest: path.to_path_buf(),
                 dir: dir.to_path_buf(),
@@ -681,6 +729,9 @@ impl Disk {
     /// Puts the written file in place (exchanging it with the old one when
     /// it is a spare), then does a staged rename.
     fn place(&mut self, mut p: Pending) -> Result<()> {
+        if let Some(expected) = p.expected {
+            return self.place_if(p, expected);
+        }
         let placed = match p.spare.take() {
             Some(spare) => match exchange(&spare, &p.path) {
                 Ok(()) => {
@@ -713,6 +764,73 @@ impl Disk {
             }),
         };
         placed?;
+        self.sync_dir(&p.dir);
+        if p.dest != p.path {
+            self.rename(&p.path, &p.dest)?;
+        }
+        self.remember_placed(&p);
+        Ok(())
+    }
+
+    /// [`Disk::place`] as a compare-and-swap: the new file is exchanged
+    /// with the old one, and the old one, now under the spare's (or temp
+    /// file's) name, must be the `expected` version; if it is not, the two
+    /// are exchanged back and the write is refused with
+    /// [`Error::Changed`]. Nothing a person wrote is ever replaced unseen.
+    fn place_if(&mut self, mut p: Pending, expected: u64) -> Result<()> {
+        let side = p.spare.clone().unwrap_or_else(|| p.tmp.clone());
+        match exchange(&side, &p.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The file is gone (moved or deleted): not ours to create.
+                self.discard(&mut p);
+                return Err(Error::changed(&p.path, "it was moved or deleted"));
+            }
+            Err(_) => {
+                // No RENAME_EXCHANGE here: check, then rename (a window
+                // of a few microseconds instead of none).
+                if version_of(&p.path) != Some(expected) {
+                    self.discard(&mut p);
+                    return Err(Error::changed(&p.path, "it changed"));
+                }
+                if let Some(spare) = p.spare.take() {
+                    self.put_spare(spare);
+                    self.refuse_spares(&p.dir);
+                    let bytes = p.bytes_or_read();
+                    let mut again = self.prepare(&p.path, &p.dir, &bytes)?;
+                    again.dest.clone_from(&p.dest);
+                    again.bytes = bytes;
+                    self.sync(&mut again)?;
+                    return self.place(again);
+                }
+                fs::rename(&p.tmp, &p.path).map_err(|e| {
+                    let _ = fs::remove_file(&p.tmp);
+                    Error::io(&p.path, e)
+                })?;
+                return self.after_place(p);
+            }
+        }
+        if version_of(&side) != Some(expected) {
+            // Someone's version: put it back where it was.
+            let _ = exchange(&side, &p.path);
+            self.discard(&mut p);
+            return Err(Error::changed(&p.path, "it changed"));
+        }
+        match p.spare.take() {
+            Some(spare) => {
+                self.note_previous(&p.path, &spare);
+                self.put_spare(spare);
+            }
+            None => {
+                let _ = fs::remove_file(&p.tmp);
+            }
+        }
+        self.after_place(p)
+    }
+
+    /// What follows putting a file in place: the directory sync, a staged
+    /// rename, remembering it.
+    fn after_place(&mut self, p: Pending) -> Result<()> {
         self.sync_dir(&p.dir);
         if p.dest != p.path {
             self.rename(&p.path, &p.dest)?;
@@ -937,6 +1055,9 @@ fn temp_path(dir: &Path) -> PathBuf {
 
 /// A new version of a file, written but not yet in place.
 struct Pending {
+    /// The version the file at `path` must have when this one replaces it
+    /// (see [`Disk::write_if`]).
+    expected: Option<u64>,
     /// Where it goes.
     path: PathBuf,
     /// Then renamed here (a staged rename), if not `path`.
@@ -1011,6 +1132,8 @@ impl Pending {
 
 /// A write held until [`Disk::commit`].
 struct Staged {
+    /// The version the file must have when it is replaced.
+    expected: Option<u64>,
     /// The file it replaces (or creates).
     path: PathBuf,
     /// Where the file is renamed after it is written (`path` if not).

@@ -713,6 +713,7 @@ mod tests {
             broken: false,
             id_line: 2,
             lean: false,
+            version: 0,
             title: None,
             status: if folder == Folder::Done {
                 Status::Done

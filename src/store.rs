@@ -520,8 +520,8 @@ fn read_task(
     }
     let path = root.folder(folder).join(rel);
     // Never a plain open: a FIFO named `x.md` would block it forever.
-    let (mut file, len) = match fsutil::open_regular_sized(&path, fsutil::Links::Refuse) {
-        Ok(Some(f)) => f,
+    let (mut file, len, version) = match fsutil::open_regular_meta(&path, fsutil::Links::Refuse) {
+        Ok(Some((f, m))) => (f, m.len(), fsutil::version(&m)),
         Ok(None) => {
             // Moved mid-scan? A task leaving todo/ shows up in done/.
             if folder == Folder::Todo {
@@ -552,6 +552,7 @@ fn read_task(
         }
     };
     let mut task = task_from_bytes(buf, layout, folder, rel, &shown, problems)?;
+    task.version = version;
     // Changing a task means reading all of it: one too large to read whole
     // is held (never claimed, run or rewritten) rather than read.
     if len > fsutil::MAX_FILE && folder == Folder::Todo {
@@ -832,6 +833,9 @@ pub struct Writer {
     /// How every write of this writer reaches the disk (plain, unless the
     /// factory hands it its own: see [`Writer::with_disk`]).
     pub disk: fsutil::Disk,
+    /// Tasks rewritten in a staged batch: their new versions are known once
+    /// it is committed (see [`Writer::settle_versions`]).
+    unsettled: Vec<Box<str>>,
     git: Option<crate::git::Git>,
     _lock: LockGuard,
 }
@@ -995,8 +999,55 @@ impl Writer {
             changed: std::collections::BTreeSet::new(),
             git_mode: GitMode::Commit,
             disk,
+            unsettled: Vec::new(),
             git: git_for(root),
             _lock: lock,
+        }
+    }
+
+    /// After a staged batch is committed: the versions of the task files it
+    /// wrote, so the next write to each is a compare-and-swap against what
+    /// this writer left (one `stat` per task written).
+    pub fn settle_versions(&mut self) {
+        for id in std::mem::take(&mut self.unsettled) {
+            if let Some(i) = self.scan.position(&id) {
+                let path = self.root.task_path(&self.scan.tasks[i]);
+                self.scan.tasks[i].version = fsutil::version_of(&path).unwrap_or(0);
+            }
+        }
+    }
+
+    /// Reads again the task files that changed since this writer read them
+    /// (their version differs), among `ids`: the factory's check before it
+    /// acts on a task from its cached queue. Returns false when that is not
+    /// enough (read the whole queue again): `Ok(true)` when some were read
+    /// again, `Ok(false)` when none had changed, an [`Error::changed`] when
+    /// only a full read will do.
+    pub fn reread_if_changed(&mut self, ids: &[&str]) -> Result<bool> {
+        let stale: Vec<PathBuf> = ids
+            .iter()
+            .filter_map(|id| self.scan.position(id))
+            .map(|i| &self.scan.tasks[i])
+            .filter(|t| t.version != 0)
+            .map(|t| (self.root.task_path(t), t.version))
+            .filter(|(p, v)| !self.disk.is_staged(p) && fsutil::version_of(p) != Some(*v))
+            .map(|(p, _)| p)
+            .collect();
+        if stale.is_empty() {
+            return Ok(false);
+        }
+        // A task that left todo/ is found in done/ by the refresh.
+        let mut paths = stale.clone();
+        for p in &stale {
+            if let (Some(name), Some(parent)) = (p.file_name(), p.parent()) {
+                if parent.ends_with("todo") {
+                    paths.push(self.root.folder(Folder::Done).join(name));
+                }
+            }
+        }
+        match self.scan.refresh(&self.root, &paths) {
+            true => Ok(true),
+            false => Err(Error::changed(&stale[0], "it changed")),
         }
     }
 
@@ -1250,6 +1301,19 @@ impl Writer {
         };
         let path = self.root.folder(folder).join(&rel);
         let shown = self.root.rel_path(folder, &rel);
+        // Compare and swap: the file must still be the version this task
+        // was read from, now and when the new one takes its place (see
+        // `Disk::write_if`). A write already staged in this batch carries
+        // the expectation of the first one.
+        let known = self.scan.tasks[i].version;
+        let expected = (known != 0 && !self.disk.is_staged(&path)).then_some(known);
+        if let Some(v) = expected {
+            match fsutil::version_of(&path) {
+                Some(now) if now == v => {}
+                Some(_) => return Err(Error::changed(&shown, "it changed")),
+                None => return Err(Error::changed(&shown, "it was moved or deleted")),
+            }
+        }
         let old = self.disk.read(&path)?;
         let mut new = frontmatter::edit(&old, changes).map_err(|e| {
             Error::from(Problem::new(
@@ -1275,7 +1339,8 @@ impl Writer {
         }
         let layout = frontmatter::split(&new, true).expect("complete");
         let mut problems = Vec::new();
-        let Some(task) = task_from_bytes(&new, layout, folder, &rel, &shown, &mut problems) else {
+        let Some(mut task) = task_from_bytes(&new, layout, folder, &rel, &shown, &mut problems)
+        else {
             let why = problems
                 .first()
                 .map_or_else(String::new, |p| format!(": {}", p.message));
@@ -1284,7 +1349,21 @@ impl Writer {
                 format!("the change would make the file unreadable{why}; not changed"),
             )));
         };
-        self.disk.write(&path, &new)?;
+        self.disk
+            .write_if(&path, &new, expected)
+            .map_err(|e| match e.is_changed() {
+                true => Error::changed(&shown, "it changed"),
+                false => e,
+            })?;
+        // The new version: known now, or once a staged batch is committed
+        // (see `Writer::settle_versions`).
+        task.version = match self.disk.is_staged(&path) {
+            true => {
+                self.unsettled.push(task.id.clone());
+                self.scan.tasks[i].version
+            }
+            false => fsutil::version_of(&path).unwrap_or(0),
+        };
         self.changed.insert(path);
         let renamed = self.scan.tasks[i].id != task.id;
         self.scan.tasks[i] = task;

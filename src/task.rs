@@ -196,6 +196,10 @@ pub struct Task {
     pub id_line: u32,
     /// Read by a lean scan: the title (and, in done/, more) was not kept.
     pub lean: bool,
+    /// The version of the file this was read from (`fsutil::version`; 0
+    /// when unknown): a write that changes the task is a compare-and-swap
+    /// against it, so nobody's change in between is lost.
+    pub version: u64,
     /// `title:`, when the header has one (see [`Task::title_or_stem`]).
     pub title: Option<Box<str>>,
     /// `status:`.
@@ -325,6 +329,7 @@ impl Task {
             broken: false,
             id_line: 0,
             lean: false,
+            version: 0,
             title: None,
             status: match folder {
                 Folder::Todo => Status::Ready,

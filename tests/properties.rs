@@ -67,6 +67,7 @@ fn build(specs: &[Spec]) -> Scan {
                 broken: false,
                 id_line: 2,
                 lean: false,
+                version: 0,
                 title: None,
                 status,
                 priority: Priority::from_rank(s.priority),

@@ -105,12 +105,21 @@ fn adopt(ctx: &Ctx) -> Result<ExitCode> {
 
 /// Opens the queue's writer (see [`Writer::open`]), runs `work` with it,
 /// then commits to git what was written: after an error too, as what was
-/// written before it is on disk.
-pub fn with_writer<T>(ctx: &Ctx, work: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
-    let mut writer = Writer::open(&ctx.root)?;
-    let result = work(&mut writer);
-    writer.commit_git();
-    result
+/// written before it is on disk. When a task file changed under the write
+/// (a person's editor saved it between taskq's read and its rename:
+/// nothing was overwritten), the queue is read again and `work` decides
+/// again on the new bytes.
+pub fn with_writer<T>(ctx: &Ctx, mut work: impl FnMut(&mut Writer) -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        let mut writer = Writer::open(&ctx.root)?;
+        let result = work(&mut writer);
+        writer.commit_git();
+        match result {
+            Err(e) if e.is_changed() && tries < 10 => tries += 1,
+            result => return result,
+        }
+    }
 }
 
 /// Prints every transition a writer made on stderr.

@@ -171,7 +171,7 @@ fn invalid(writer: &Writer, i: usize) -> Error {
 fn with_task(
     ctx: &Ctx,
     id: &str,
-    work: impl FnOnce(&mut Writer, usize) -> Result<ExitCode>,
+    mut work: impl FnMut(&mut Writer, usize) -> Result<ExitCode>,
 ) -> Result<ExitCode> {
     super::with_writer(ctx, |writer| {
         let i = writer.scan.resolve(id)?;

@@ -135,6 +135,7 @@ impl Factory {
         let again = finished.clone();
         match self.step(finished) {
             Ok(()) => {
+                self.changed_retries = 0;
                 if let Some(n) = self.step_failures.take() {
                     self.progress(format!(
                         "recovered: a step succeeded after {n} failed one{}",
@@ -142,7 +143,20 @@ impl Factory {
                     ));
                 }
             }
+            Err(e) if e.is_changed() && self.changed_retries < 5 => {
+                // Someone changed a file this step was about to write:
+                // nothing was overwritten; decide again on the files as
+                // they are now, at once.
+                self.changed_retries += 1;
+                self.retry_ends.extend(again);
+                self.cache = None;
+                self.reg_cache = None;
+                tracing::info!("{e}; deciding again");
+                let at = std::time::Instant::now();
+                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+            }
             Err(e) => {
+                self.changed_retries = 0;
                 let n = self.step_failures.map_or(1, |n| n + 1);
                 self.step_failures = Some(n);
                 self.retry_ends.extend(again);

@@ -171,6 +171,7 @@ impl Factory {
         // The registry, then the tasks, are on disk before any agent
         // starts (written as one batch, see `step`).
         w.disk.commit()?;
+        w.settle_versions();
         // 3. Start the children, 4. record their pids.
         let mut batch = Vec::with_capacity(spawns.len());
         for (agent_id, p, workspace, session, resuming) in spawns {
@@ -209,6 +210,7 @@ impl Factory {
                     }
                 }
                 let committed = w.disk.commit();
+                w.settle_versions();
                 if recorded.is_ok() {
                     recorded = committed;
                 }

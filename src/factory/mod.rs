@@ -232,6 +232,8 @@ struct Factory {
     step_failures: Option<u32>,
     /// Ends a failed step took, for the next one.
     retry_ends: Vec<Finished>,
+    /// Steps in a row that found a file changed under them.
+    changed_retries: u32,
 }
 
 #[derive(Default)]
@@ -296,6 +298,7 @@ impl Factory {
             rng: seed | 1,
             step_failures: None,
             retry_ends: Vec::new(),
+            changed_retries: 0,
             disk,
         }
     }

@@ -122,7 +122,9 @@ impl Factory {
                 w.touch(path);
             }
         }
-        // The task: what the end does to it.
+        // The task: what the end does to it, as its file is now (a script
+        // may have changed it since the cached queue was read).
+        w.reread_if_changed(&[&agent.task])?;
         let transitions_before = w.transitions.len();
         let position = w.scan.position(&agent.task);
         let task = position.map(|i| &w.scan.tasks[i]);

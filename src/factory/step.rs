@@ -86,6 +86,7 @@ impl Factory {
         w.disk.stage();
         let mut result = self.step_with(w, &mut reg, finished, fresh);
         let committed = w.disk.commit();
+        w.settle_versions();
         if result.is_ok() {
             result = committed;
         }
@@ -255,7 +256,25 @@ impl Factory {
         reg: &mut Registry,
         ended: &mut Vec<(Finished, Option<Live>)>,
     ) -> Result<bool> {
-        let plan = self.schedule(w, reg, ended);
+        // The tasks it is about to act on must be as the cached queue has
+        // them: one that a script or a person changed meanwhile is read
+        // again and the schedule made again (compare and swap: the writes
+        // check once more).
+        let mut plan = self.schedule(w, reg, ended);
+        for _ in 0..3 {
+            let ids: Vec<String> = plan
+                .starts
+                .iter()
+                .map(|s| s.task)
+                .chain(plan.actions.iter().map(|(i, _)| *i))
+                .map(|i| w.scan.tasks[i].id.to_string())
+                .collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            if !w.reread_if_changed(&ids)? {
+                break;
+            }
+            plan = self.schedule(w, reg, ended);
+        }
         self.startable = plan.startable;
         if plan.staggered {
             self.stagger_wake = Some(Instant::now() + self.config.spawn_stagger);
