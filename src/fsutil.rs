@@ -410,6 +410,12 @@ impl Disk {
         self.place(pending)
     }
 
+    /// Drops every staged write (nothing of the batch reaches the disk) and
+    /// stops staging: for a batch whose work failed halfway.
+    pub fn discard_staged(&mut self) {
+        self.staged = None;
+    }
+
     /// True while a write to `path` is staged (its expectation is set).
     pub fn is_staged(&self, path: &Path) -> bool {
         self.staged

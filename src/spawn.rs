@@ -37,14 +37,16 @@ pub struct Spec {
     pub exit_tag: String,
 }
 
-/// The wrapper script: run the agent, record its exit code, exit with it.
-/// A record that cannot be written (a full disk) never changes the code.
-const WRAPPER: &str = r#""$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc""#;
+/// The wrapper script: record its pid (`<tag> start <pid>`: a factory
+/// killed between starting an agent and recording its pid finds it there),
+/// run the agent, record its exit code, exit with it. A record that cannot
+/// be written (a full disk) never changes the code.
+const WRAPPER: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; "$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc""#;
 
 /// Records the shell's exit status when it exits (not when a signal kills
 /// it: then taskq knows the cause itself), and exits with that status even
 /// when the record cannot be written (`|| :`: the agent may run with `sh -e`).
-const EXIT_TRAP: &str = r#"trap 'rc=$?; printf "%s %s\n" "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc"' EXIT"#;
+const EXIT_TRAP: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; trap 'rc=$?; printf "%s %s\n" "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc"' EXIT"#;
 
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it
@@ -236,6 +238,34 @@ pub fn terminate_group(pgid: u32, grace: Duration) -> bool {
 /// The exit code the wrapper recorded, if it finished.
 pub fn read_exit_file(path: &Path, tag: &str) -> Option<i32> {
     exit_codes(path).remove(tag)
+}
+
+/// The pid each agent's wrapper recorded as it started (`<tag> start
+/// <pid>` lines of `path`).
+pub fn start_pids(path: &Path) -> std::collections::HashMap<String, u32> {
+    let bytes = crate::fsutil::read_whole_with(path, u64::MAX, crate::fsutil::Links::Refuse)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(' ');
+            let (tag, word, pid) = (parts.next()?, parts.next()?, parts.next()?);
+            (word == "start").then(|| Some((tag.to_string(), pid.trim().parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// True when process `pid` is alive and is agent `tag`'s wrapper (its
+/// environment names it): a recorded pid since reused by another process
+/// is not mistaken for the agent.
+pub fn runs_agent(pid: u32, tag: &str) -> bool {
+    let Ok(Some(env)) =
+        crate::fsutil::read_capped(Path::new(&format!("/proc/{pid}/environ")), 1 << 20)
+    else {
+        return false;
+    };
+    let want = format!("TASKQ_EXIT_TAG={tag}");
+    env.bytes.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
 }
 
 /// Every exit record in `path` (the last one of each agent).

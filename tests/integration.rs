@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod bounded;
+mod chaos;
 mod claim;
 mod cli;
 mod docs;

@@ -131,7 +131,13 @@ impl Factory {
     /// keeps supervising its agents, reads everything afresh and tries
     /// again after a backoff. The ends the failed step took are taken
     /// again (recording an end twice changes nothing).
-    pub(super) fn step_or_retry(&mut self, finished: Vec<super::Finished>) {
+    pub(super) fn step_or_retry(&mut self, mut finished: Vec<super::Finished>) {
+        // Ends a failed step took first.
+        if !self.retry_ends.is_empty() {
+            let mut earlier = std::mem::take(&mut self.retry_ends);
+            earlier.retain(|a| !finished.iter().any(|f| f.agent == a.agent));
+            finished.splice(0..0, earlier);
+        }
         let again = finished.clone();
         match self.step(finished) {
             Ok(()) => {
@@ -148,6 +154,7 @@ impl Factory {
                 // nothing was overwritten; decide again on the files as
                 // they are now, at once.
                 self.changed_retries += 1;
+                self.reconcile = true;
                 self.retry_ends.extend(again);
                 self.cache = None;
                 self.reg_cache = None;
@@ -159,6 +166,7 @@ impl Factory {
                 self.changed_retries = 0;
                 let n = self.step_failures.map_or(1, |n| n + 1);
                 self.step_failures = Some(n);
+                self.reconcile = true;
                 self.retry_ends.extend(again);
                 // What is in memory may not have reached the files.
                 self.cache = None;

@@ -209,7 +209,13 @@ impl Factory {
                         break;
                     }
                 }
-                let committed = w.disk.commit();
+                let committed = match recorded.is_ok() {
+                    true => w.disk.commit(),
+                    false => {
+                        w.disk.discard_staged();
+                        Ok(())
+                    }
+                };
                 w.settle_versions();
                 if recorded.is_ok() {
                     recorded = committed;

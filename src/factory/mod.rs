@@ -234,6 +234,8 @@ struct Factory {
     retry_ends: Vec<Finished>,
     /// Steps in a row that found a file changed under them.
     changed_retries: u32,
+    /// A step failed: look for agents it registered but never started.
+    reconcile: bool,
 }
 
 #[derive(Default)]
@@ -299,6 +301,7 @@ impl Factory {
             step_failures: None,
             retry_ends: Vec::new(),
             changed_retries: 0,
+            reconcile: false,
             disk,
         }
     }

@@ -85,6 +85,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
         },
         running: &running,
         ending: &[],
+        busy: &[],
         memory_used_kb,
         since_last_spawn: None,
     };

@@ -126,6 +126,33 @@ impl Factory {
         // may have changed it since the cached queue was read).
         w.reread_if_changed(&[&agent.task])?;
         let transitions_before = w.transitions.len();
+        // Ready and unclaimed while its agent ran: someone saved an old copy
+        // of the file over the claim (an editor open since before it). The
+        // claim is put back, so the end is recorded and the task not run
+        // twice (no other agent may start it meanwhile: see `busy`).
+        if let Some(i) = w.scan.position(&agent.task) {
+            let t = &w.scan.tasks[i];
+            if !stopping
+                && t.folder == Folder::Todo
+                && t.status == Status::Ready
+                && t.assigned.is_none()
+                && agent.attempt > t.attempts
+                && !t.broken
+            {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "running"),
+                        Change::set("assigned", &agent.id),
+                    ],
+                    Status::Running,
+                    &format!(
+                        "claim by {} restored (the file was saved over it)",
+                        agent.id
+                    ),
+                )?;
+            }
+        }
         let position = w.scan.position(&agent.task);
         let task = position.map(|i| &w.scan.tasks[i]);
         let mine = task.is_some_and(|t| {

@@ -41,6 +41,28 @@ impl Factory {
                 codes.entry(a.id.clone()).or_insert(code);
             }
         }
+        // Agents whose start a crash cut before their pid was recorded:
+        // their wrappers recorded it.
+        let started = spawn::start_pids(&self.root.exit_codes());
+        let live: Vec<Agent> = live
+            .into_iter()
+            .map(|mut a| {
+                if a.pid.is_none() {
+                    if let Some(&pid) = started.get(&a.id) {
+                        if spawn::runs_agent(pid, &a.id) {
+                            a.pid = Some(pid);
+                            a.pid_start = spawn::start_time(pid);
+                            if let Some(e) = reg.agents.get_mut(&a.id) {
+                                e.pid = a.pid;
+                                e.pid_start = a.pid_start;
+                                e.status = AgentStatus::Active;
+                            }
+                        }
+                    }
+                }
+                a
+            })
+            .collect();
         for a in live {
             let alive = a.pid.is_some_and(|pid| spawn::is_alive(pid, a.pid_start));
             if alive {

@@ -35,6 +35,10 @@ pub struct Snapshot<'a> {
     pub running: &'a [(&'a str, &'a str)],
     /// Agents that ended but whose end is not recorded yet.
     pub ending: &'a [&'a str],
+    /// Tasks an agent of this factory works on (or whose end is not
+    /// recorded yet): never a second agent for one, whatever its file says
+    /// (a person's editor may have saved an old copy over its claim).
+    pub busy: &'a [&'a str],
     /// Memory the running agents use now, in KiB (with a memory budget).
     pub memory_used_kb: u64,
     /// Time since the last agent started (`None`: none yet).
@@ -88,6 +92,8 @@ pub enum Wait {
     TesterAtWork,
     /// In review, but its review role has no template.
     NoReviewRole(String),
+    /// An agent of the factory still works on it.
+    Busy,
 }
 
 impl Wait {
@@ -113,6 +119,7 @@ impl Wait {
             Wait::NoRole => no_role(task),
             Wait::Gate(why) | Wait::Paused(why) => why.clone(),
             Wait::TesterAtWork => "in review: its tester is at work".into(),
+            Wait::Busy => "an agent still works on it".into(),
             Wait::NoReviewRole(name) => {
                 format!("in review, but no role `{name}` (agents/templates/{name}.md)")
             }
@@ -283,6 +290,10 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
     for r in rest.by_ref() {
         let i = r.index;
         let t = &scan.tasks[i];
+        if s.busy.contains(&&*t.id) {
+            out.waits.push((i, Wait::Busy));
+            continue;
+        }
         let Some(role) = role::route(t, s.roles, config) else {
             out.waits.push((i, Wait::NoRole));
             continue;

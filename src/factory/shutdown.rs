@@ -82,6 +82,14 @@ impl Factory {
                 }
             }
         }
+        // Ends an earlier failed step took, too.
+        let earlier = std::mem::take(&mut self.retry_ends);
+        finished.extend(
+            earlier
+                .into_iter()
+                .filter(|a| !finished.iter().any(|f| f.agent == a.agent))
+                .collect::<Vec<_>>(),
+        );
         self.step(finished)?;
         self.join_hooks();
         self.progress(format!(

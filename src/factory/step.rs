@@ -20,7 +20,7 @@ use crate::approval::{self, Decision};
 use crate::error::Result;
 use crate::frontmatter::Change;
 use crate::queue::Queue;
-use crate::registry::Registry;
+use crate::registry::{AgentStatus, Registry};
 use crate::role::{self, Role};
 use crate::root::Root;
 use crate::spawn;
@@ -31,13 +31,7 @@ use crate::watch;
 impl Factory {
     /// One scheduling step under the queue lock: record finished agents,
     /// then spawn what the limits allow.
-    pub(super) fn step(&mut self, mut finished: Vec<Finished>) -> Result<()> {
-        // Ends a failed step took first (see `step_or_retry`).
-        if !self.retry_ends.is_empty() {
-            let mut again = std::mem::take(&mut self.retry_ends);
-            again.retain(|a| !finished.iter().any(|f| f.agent == a.agent));
-            finished.splice(0..0, again);
-        }
+    pub(super) fn step(&mut self, finished: Vec<Finished>) -> Result<()> {
         // The queue: as the last step left it while no one else changed a
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();
@@ -85,7 +79,16 @@ impl Factory {
         // before any agent starts, and at the end, under the lock.
         w.disk.stage();
         let mut result = self.step_with(w, &mut reg, finished, fresh);
-        let committed = w.disk.commit();
+        // A step that failed leaves the files as they were (its batch is
+        // dropped): the next one decides again from them, and takes the
+        // same ends again.
+        let committed = match result.is_ok() {
+            true => w.disk.commit(),
+            false => {
+                w.disk.discard_staged();
+                Ok(())
+            }
+        };
         w.settle_versions();
         if result.is_ok() {
             result = committed;
@@ -157,6 +160,10 @@ impl Factory {
         finished: Vec<Finished>,
         fresh: bool,
     ) -> Result<()> {
+        let undone = match self.reconcile {
+            true => self.undo_unstarted(w, reg)?,
+            false => false,
+        };
         // Agents that ended free their slots at once: their successors
         // start first, then the ends are recorded while those run (a step
         // is longer than a short job; this keeps the cores busy).
@@ -191,7 +198,7 @@ impl Factory {
             }
         }
         let any_ended = !ended.is_empty();
-        let mut dirty = any_ended;
+        let mut dirty = any_ended || undone;
         // Under a daily cost cap, what the ended agents cost counts before
         // anything new starts: then the ends are recorded first.
         let early = !self.shutting_down && self.config.daily_cost_cap_usd.is_none();
@@ -245,6 +252,44 @@ impl Factory {
         if let Some(s) = self.stagger_wake.take() {
             self.wake_at = Some(self.wake_at.map_or(s, |w| w.min(s)));
         }
+    }
+
+    /// After a failed step: agents it registered but never started (the
+    /// batch that marked their tasks failed halfway, e.g. a person's edit
+    /// refused by the compare-and-swap) are recorded as never started, and
+    /// their tasks returned to ready without counting an attempt.
+    fn undo_unstarted(&mut self, w: &mut Writer, reg: &mut Registry) -> Result<bool> {
+        let unstarted: Vec<(String, String)> = reg
+            .agents
+            .values()
+            .filter(|a| a.status == AgentStatus::Spawning && !self.running.contains_key(&a.id))
+            .map(|a| (a.id.clone(), a.task.clone()))
+            .collect();
+        let any = !unstarted.is_empty();
+        for (id, task) in unstarted {
+            if let Some(i) = w.scan.position(&task) {
+                let t = &w.scan.tasks[i];
+                if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
+                    w.set(
+                        i,
+                        &[
+                            Change::set("status", "ready"),
+                            Change::remove("assigned"),
+                            Change::remove("started"),
+                        ],
+                        Status::Ready,
+                        &format!("{id} never started"),
+                    )?;
+                }
+            }
+            let a = reg.agents.get_mut(&id).expect("listed above");
+            a.status = AgentStatus::Failed;
+            a.completed = Some(w.now);
+            a.reason = Some("never started: the step that was starting it failed".into());
+            self.progress(format!("{id} never started; {task} is ready again"));
+        }
+        self.reconcile = false;
+        Ok(any)
     }
 
     /// Asks the scheduler what starts now, applies the gates' actions,
@@ -328,6 +373,13 @@ impl Factory {
             .map(|(id, l)| (id.as_str(), l.role.as_str()))
             .collect();
         let ending: Vec<&str> = ended.iter().map(|(f, _)| f.agent.as_str()).collect();
+        let busy: Vec<&str> = self
+            .running
+            .keys()
+            .map(String::as_str)
+            .chain(ending.iter().copied())
+            .filter_map(|id| reg.agents.get(id).map(|a| a.task.as_str()))
+            .collect();
         let root = &self.root;
         let decision = |name: &str| approval::decision(root, name);
         let found = &self.found;
@@ -346,6 +398,7 @@ impl Factory {
             },
             running: &running,
             ending: &ending,
+            busy: &busy,
             memory_used_kb,
             since_last_spawn: self.last_spawn.map(|t| t.elapsed()),
         };
