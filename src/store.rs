@@ -833,7 +833,9 @@ impl Drop for Writer {
             self.transitions.iter().map(Transition::entry).collect();
         entries.extend(self.notes.iter().cloned());
         let nothing = self.changed.is_empty() || entries.is_empty();
-        if nothing && self.git_mode != GitMode::Flush {
+        // Transitions a blocked commit left waiting land with the next
+        // writer, even one that changed nothing.
+        if nothing && self.git_mode != GitMode::Flush && !git.should_retry() {
             return;
         }
         if self.git_mode == GitMode::Defer {
@@ -862,6 +864,7 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         git: Option<Option<crate::git::Git>>,
         config: Option<fsutil::Stamp>,
         autocommit_off: bool,
+        sign: Option<bool>,
     }
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
     let stamp = fsutil::stamp_of(&root.config_file());
@@ -873,10 +876,12 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         git: None,
         config: None,
         autocommit_off: false,
+        sign: None,
     });
     if stamp.is_none() || known.config != stamp {
         let config = crate::config::Config::load(root).unwrap_or_default();
         known.autocommit_off = config.git.autocommit == Some(false);
+        known.sign = crate::git::sign_setting(&root.config_file());
         known.config = stamp;
     }
     if known.autocommit_off {
@@ -886,6 +891,7 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         .git
         .get_or_insert_with(|| crate::git::Git::detect(&root.dir))
         .clone()
+        .map(|git| git.signing(known.sign))
 }
 
 impl Writer {

@@ -14,6 +14,7 @@ mod faults;
 mod firsthour;
 mod gates;
 mod git;
+mod gittrail;
 mod newcomer;
 mod openclaw;
 mod properties;
