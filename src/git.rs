@@ -22,11 +22,12 @@
 //! cherry-pick, revert or bisect is in progress (taskq's files stay out of
 //! it), or when a commit cannot be made (a signer that fails, or would
 //! prompt: git runs with no terminal, and a signing commit is killed after
-//! 10 s). Each time says so in a warning, and `taskq status` says how
-//! many wait and why. They land together, one commit with all their lines
-//! in order, as soon as a commit can be made: with taskq's next change, or
-//! with any taskq command or factory step once nothing blocks. The state
-//! itself is already safe in the files.
+//! 10 s, then not tried again for a minute). Each time says so in a
+//! warning, and `taskq status` says how many wait and why. They land
+//! together, one commit with all their lines in order, as soon as a commit
+//! can be made: with taskq's next write once nothing blocks, even a
+//! command or factory step that changed nothing. The state itself is
+//! already safe in the files.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -523,12 +524,18 @@ impl Git {
             }
             Err(e) => return Err(Error::io(&index, e)),
         }
+        // Paths, not patterns: a `[` in a file name matches itself.
         let mut reset = self.git();
         reset
             .env("GIT_INDEX_FILE", &next)
-            .args(["reset", commit, "--"])
-            .args(paths);
-        let out = reset.output().map_err(|e| Error::io("git", e))?;
+            .env("GIT_LITERAL_PATHSPECS", "1")
+            .args([
+                "reset",
+                "--pathspec-from-file=-",
+                "--pathspec-file-nul",
+                commit,
+            ]);
+        let out = with_input(&mut reset, &nul_list(paths.iter()))?;
         // 1 is "unstaged changes after reset": the person's own.
         if !out.status.success() && out.status.code() != Some(1) {
             return Err(failure(&out));
@@ -553,7 +560,7 @@ impl Git {
                     "git: busy (`index.lock` held): {what} waiting in `{}`",
                     pending.display()
                 ),
-                "taskq's next write commits them".to_string(),
+                "taskq's next write commits them; if no git command is running, remove the stale `.git/index.lock`".to_string(),
             ),
             Blocked::Failed {
                 reason,

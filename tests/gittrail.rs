@@ -186,6 +186,29 @@ fn commits_follow_one_another_in_order() {
     person_work_untouched(&root);
 }
 
+/// The person commits between two of taskq's commits: taskq's next one
+/// starts from their HEAD (its private index is rebuilt), so it keeps
+/// their change instead of undoing it.
+#[test]
+fn the_persons_commit_in_between_is_kept() {
+    let root = repo();
+    person_works(&root);
+    let a = root.add(&["Before"]);
+    git(&root, &["commit", "-q", "-m", "mine"]);
+    root.taskq(&["done", &a]).ok();
+    assert_eq!(
+        subjects(&root)[..3],
+        [
+            format!("taskq: {a} ready → done"),
+            "mine".to_string(),
+            format!("taskq: {a} new → ready")
+        ]
+    );
+    assert_eq!(git(&root, &["show", "HEAD:notes.txt"]), "v2 staged\n");
+    assert_eq!(git(&root, &["show", "HEAD:added.txt"]), "new and staged\n");
+    assert_eq!(status(&root), [" M readme.txt", "?? scratch.txt"]);
+}
+
 /// A new repository, no commit yet: taskq's first commit starts the
 /// branch, and the files the person staged stay staged.
 #[test]
