@@ -69,6 +69,10 @@ pub struct GitConfig {
     /// Commit every transition (default: on when the root is in a git work
     /// tree).
     pub autocommit: Option<bool>,
+    /// Sign taskq's commits (`git commit-tree -S`); default off, so that a
+    /// person's `commit.gpgsign` with no signer at hand never stops the
+    /// trail.
+    pub sign: Option<bool>,
 }
 
 /// A model's list price per million tokens.

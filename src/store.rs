@@ -878,11 +878,13 @@ impl Writer {
             return;
         };
         let nothing = changed.is_empty() || entries.is_empty();
-        if nothing && mode != GitMode::Flush {
+        // Transitions a blocked commit left waiting land with the next
+        // writer, even one that changed nothing.
+        if nothing && mode != GitMode::Flush && !git.should_retry() {
             return;
         }
         if mode == GitMode::Defer {
-            git.defer(&mut self.disk, &changed, &entries);
+            git.defer(&changed, &entries);
             return;
         }
         let (paths, entries) = if nothing {
@@ -890,7 +892,7 @@ impl Writer {
         } else {
             (changed, entries)
         };
-        if let Err(e) = git.commit(&mut self.disk, &paths, &entries) {
+        if let Err(e) = git.commit(&paths, &entries) {
             tracing::warn!("git commit: {e}");
         }
     }
@@ -928,6 +930,7 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         git: Option<Option<crate::git::Git>>,
         config: Option<fsutil::Stamp>,
         autocommit_off: bool,
+        sign: Option<bool>,
     }
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
     let stamp = fsutil::stamp_of(&root.config_file());
@@ -939,10 +942,12 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         git: None,
         config: None,
         autocommit_off: false,
+        sign: None,
     });
     if stamp.is_none() || known.config != stamp {
         let config = crate::config::Config::load(root).unwrap_or_default();
         known.autocommit_off = config.git.autocommit == Some(false);
+        known.sign = config.git.sign;
         known.config = stamp;
     }
     if known.autocommit_off {
@@ -952,6 +957,7 @@ fn git_for(root: &Root) -> Option<crate::git::Git> {
         .git
         .get_or_insert_with(|| crate::git::Git::detect(&root.dir))
         .clone()
+        .map(|git| git.signing(known.sign))
 }
 
 impl Writer {

@@ -17,6 +17,7 @@ mod faults;
 mod firsthour;
 mod gates;
 mod git;
+mod gittrail;
 mod newcomer;
 mod properties;
 mod schedule;

@@ -42,6 +42,8 @@ struct StatusJson<'a> {
     queue: BTreeMap<&'static str, usize>,
     spend: Spend,
     recent: Vec<&'a Agent>,
+    /// Transitions waiting for a git commit, and why.
+    git: Option<crate::git::Waiting>,
 }
 
 /// Runs `taskq status`.
@@ -80,6 +82,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     recent.sort_by_key(|a| std::cmp::Reverse(a.completed.unwrap_or(a.spawned)));
     recent.truncate(5);
     let spend = spend(&reg, ctx.now);
+    let git = crate::git::Git::detect(&ctx.root.dir).and_then(|g| g.waiting());
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
@@ -87,6 +90,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             queue: counts,
             spend,
             recent,
+            git,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -144,6 +148,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                 cap - spend.today_usd
             );
         }
+    }
+    if let Some(w) = &git {
+        let what = crate::output::count(w.transitions, "transition");
+        let _ = writeln!(out, "git: {what} waiting ({})", w.reason);
     }
     let approvals = crate::approval::waiting(
         &ctx.root,
