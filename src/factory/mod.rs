@@ -378,7 +378,12 @@ pub(crate) mod test_support {
             true => "",
             false => "status: ready\n",
         };
-        let text = format!("---\nid: {id}\ntitle: {id}\n{status}{header}---\nbody\n");
+        let nl = if header.is_empty() || header.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        let text = format!("---\nid: {id}\ntitle: {id}\n{status}{header}{nl}---\nbody\n");
         let layout = crate::frontmatter::split(text.as_bytes(), true).expect("a header");
         let mut problems = Vec::new();
         let t = crate::store::task_from_bytes(

@@ -363,3 +363,149 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
 pub fn shown(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::Decision;
+    use crate::config::Config;
+    use crate::factory::test_support::{role, task};
+    use crate::registry::Registry;
+    use crate::root::Root;
+    use crate::store::Scan;
+
+    /// The schedule of `tasks` with `roles` and `config`, nothing running.
+    fn plan(
+        tasks: Vec<crate::task::Task>,
+        roles: &[Role],
+        config: &Config,
+        running: &[(&str, &str)],
+        busy: &[&str],
+        since_last_spawn: Option<Duration>,
+    ) -> (Schedule, Vec<String>) {
+        let scan = Scan::from_tasks(tasks);
+        let queue = Queue::new(&scan, crate::store::now());
+        let root = Root::new("/r");
+        let reg = Registry::default();
+        let decision = |_: &str| Decision::Missing;
+        let missing = |_: &Role| None;
+        let s = Snapshot {
+            queue: &queue,
+            roles,
+            gates: GateInput {
+                root: &root,
+                config,
+                registry: &reg,
+                spent_today: 0.0,
+                decision: &decision,
+                missing_program: &missing,
+            },
+            running,
+            ending: &[],
+            busy,
+            memory_used_kb: 0,
+            since_last_spawn,
+        };
+        let out = schedule(&s);
+        let ids = out
+            .starts
+            .iter()
+            .map(|st| scan.tasks[st.task].id.to_string())
+            .collect();
+        (out, ids)
+    }
+
+    #[test]
+    fn testers_first_then_queue_order_within_the_limits() {
+        let roles = [
+            role("build", "prefix: B\ntags: [b]\nmax_concurrent: 2"),
+            role("tester", "prefix: T\ntags: [t]"),
+        ];
+        let mut config = Config {
+            max_concurrent: 3,
+            ..Config::default()
+        };
+        let tasks = || {
+            vec![
+                task("TASK-001", "tags: [b]\npriority: low"),
+                task("TASK-002", "tags: [b]\npriority: high"),
+                task("TASK-003", "tags: [b]"),
+                task(
+                    "TASK-004",
+                    "status: review\nreview_role: tester\nbuilder: B-9",
+                ),
+                task("TASK-005", "tags: [nobody]"),
+            ]
+        };
+        let (s, ids) = plan(tasks(), &roles, &config, &[], &[], None);
+        // The tester first, then by priority, within the global limit.
+        assert_eq!(ids, ["TASK-004", "TASK-002", "TASK-003"]);
+        assert_eq!(s.starts[0].review_of.as_deref(), Some("B-9"));
+        assert!(s
+            .waits
+            .iter()
+            .any(|(i, w)| *i == 0 && *w == Wait::Full { max: 3 }));
+        // The role's limit.
+        let roomy = Config {
+            max_concurrent: 9,
+            ..Config::default()
+        };
+        let (s, _) = plan(tasks(), &roles, &roomy, &[], &[], None);
+        assert!(s
+            .waits
+            .iter()
+            .any(|(i, w)| *i == 0 && *w == Wait::RoleFull { role: 0, max: 2 }));
+        assert!(s.waits.iter().any(|(_, w)| *w == Wait::NoRole));
+        assert_eq!(s.startable, 1);
+        // The global limit, counting what runs.
+        let (_, ids) = plan(tasks(), &roles, &config, &[("B-1", "build")], &[], None);
+        assert_eq!(ids, ["TASK-004", "TASK-002"]);
+        // Never a second agent for a task one works on.
+        let (s, ids) = plan(tasks(), &roles, &config, &[], &["TASK-002"], None);
+        assert_eq!(ids, ["TASK-004", "TASK-003", "TASK-001"]);
+        assert!(s.waits.iter().any(|(_, w)| *w == Wait::Busy));
+        // spawn_stagger: one start per stagger; none right after a start.
+        config.spawn_stagger = Duration::from_secs(60);
+        let (s, ids) = plan(tasks(), &roles, &config, &[], &[], None);
+        assert_eq!(ids, ["TASK-004"]);
+        assert!(s.staggered);
+        let (_, ids) = plan(
+            tasks(),
+            &roles,
+            &config,
+            &[],
+            &[],
+            Some(Duration::from_secs(1)),
+        );
+        assert!(ids.is_empty());
+        // The memory budget: model CLIs count 300 MB each before any run.
+        config.spawn_stagger = Duration::ZERO;
+        config.max_agent_memory_mb = Some(500);
+        let (s, ids) = plan(tasks(), &roles, &config, &[], &[], None);
+        assert_eq!(ids, ["TASK-004"]);
+        assert!(s
+            .waits
+            .iter()
+            .any(|(_, w)| *w == Wait::Memory { budget_mb: 500 }));
+    }
+
+    #[test]
+    fn a_gate_that_pauses_stops_every_start() {
+        let roles = [role("build", "prefix: B\ntags: [b]\nmax_concurrent: 5")];
+        let config = Config {
+            daily_cost_cap_usd: Some(0.0),
+            ..Config::default()
+        };
+        let tasks = vec![task("TASK-001", "tags: [b]"), task("TASK-002", "tags: [b]")];
+        let (s, ids) = plan(tasks, &roles, &config, &[], &[], None);
+        assert!(ids.is_empty());
+        assert!(s.paused.is_some());
+        assert_eq!(
+            s.waits
+                .iter()
+                .filter(|(_, w)| matches!(w, Wait::Paused(_)))
+                .count(),
+            2
+        );
+    }
+}
