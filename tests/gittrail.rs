@@ -7,22 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{pid_alive, TestRoot};
-
-fn git(root: &TestRoot, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root.path())
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::util::{git, pid_alive, TestRoot};
 
 /// `git status --porcelain`, sorted.
 fn status(root: &TestRoot) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! agent, one warning per broken file, plain wording, one spelling for ids
 //! and flags.
 
-use crate::util::{Run, TestRoot};
+use crate::util::{git, Run, TestRoot};
 
 fn at(root: &TestRoot, args: &[&str]) -> Run {
     Run::from(
@@ -100,21 +100,6 @@ fn adoption_rewrites_file_name_dependencies_to_ids() {
         ),
         "{check}"
     );
-}
-
-fn git(root: &TestRoot, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root.path())
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A taskq root in a git repository with everything committed, as
