@@ -112,9 +112,14 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // Each step rereads task files the step before wrote: from memory
     // while they are as written (see fsutil).
     fsutil::remember_writes();
+    // What agents start ends with them (see spawn::contain).
+    crate::spawn::contain::init(&root.dir)?;
     let factory = Factory::new(root, config, roles, out, opts);
     let counts_line = factory.counts_line;
+    let reaper = runtime.spawn(reap_orphans());
     let code = runtime.block_on(factory.main());
+    reaper.abort();
+    crate::spawn::contain::close();
     if counts_line && code.is_err() {
         // The error goes on a line of its own, not after the counts.
         let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
@@ -335,6 +340,24 @@ fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
 
 fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// A subreaper's orphans that end become its zombies: reaped here every
+/// second (a read of the factory's children; nothing when none is left),
+/// with the leftovers of an ended agent that escaped its end.
+async fn reap_orphans() {
+    if !crate::spawn::contain::is_subreaper() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for agent in crate::spawn::contain::sweep() {
+            let end = move || crate::spawn::contain::end_tree(&agent, 0, Duration::from_secs(1));
+            let _ = tokio::task::spawn_blocking(end).await;
+        }
+    }
 }
 
 /// A step allocates and frees the same buffers (the registry's text, the
