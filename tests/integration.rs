@@ -16,5 +16,6 @@ mod gates;
 mod git;
 mod newcomer;
 mod openclaw;
+mod orphans;
 mod properties;
 mod schedule;

@@ -1,0 +1,267 @@
+//! No orphans (issue 13, item 9): what an agent starts ends with it, even
+//! the processes that called `setsid` or double-forked out of its process
+//! group and session: when the agent exits, when `taskq stop` stops it,
+//! and when the factory gets SIGTERM. Each runs twice: with a cgroup v2
+//! per agent (skipped where the machine has no writable one) and with the
+//! subreaper fallback, forced through `TASKQ_CONTAINMENT`.
+//!
+//! The sleeps of each test carry durations no other test (nor another run
+//! of this one) uses, and a guard kills them whatever happens.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::util::{wait_for, TestRoot};
+
+const LONG: Duration = Duration::from_secs(30);
+const ENV: &str = "TASKQ_CONTAINMENT";
+
+/// The two processes an agent leaves behind: `setsid sleep 131.<tag>`
+/// and, through a double fork, `sleep 132.<tag>` in a session of its own.
+/// Dropping this kills any of them still running.
+struct Sleepers {
+    a: String,
+    b: String,
+}
+
+impl Sleepers {
+    fn new() -> Sleepers {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{:07}{:02}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Sleepers {
+            a: format!("131.{tag}"),
+            b: format!("132.{tag}"),
+        }
+    }
+
+    /// The task body: start both, wait until both run (their pids written
+    /// to scratch/), note the agent's cgroup, then `rest`.
+    fn task(&self, rest: &str) -> String {
+        format!(
+            "```sh\nmkdir -p scratch\ngrep '^0::' /proc/self/cgroup > scratch/cgroup\n\
+             setsid sleep {a} &\necho $! > scratch/a.pid\n\
+             ( setsid sh -c 'sleep {b} & echo $! > scratch/b.pid' & )\n\
+             until [ -s scratch/a.pid ] && [ -s scratch/b.pid ]; do sleep 0.01; done\n{rest}\n```",
+            a = self.a,
+            b = self.b
+        )
+    }
+
+    /// The processes running either sleep, with their command lines.
+    fn running(&self) -> Vec<(u32, String)> {
+        let wanted = [format!("sleep {}", self.a), format!("sleep {}", self.b)];
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                wanted
+                    .iter()
+                    .any(|w| cmd.trim_end() == *w || cmd.ends_with(&format!("{w} ")))
+                    .then_some((pid, cmd))
+            })
+            .collect()
+    }
+
+    /// Both were started (their pids recorded) and none runs any more,
+    /// within a bounded wait.
+    #[track_caller]
+    fn assert_gone(&self, root: &TestRoot, after: &str) {
+        for f in ["scratch/a.pid", "scratch/b.pid"] {
+            assert!(
+                !root.read(f).trim().is_empty(),
+                "{f}: the agent did not start its sleeps"
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.running();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 10 s after {after}: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for (pid, _) in self.running() {
+            // SAFETY: kill(2) on a process this test started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The cgroup v2 mount point, if there is one.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// Whether a factory here can run its agents in cgroups (asked once).
+fn cgroup_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let root = TestRoot::new();
+        let run = root.run_until_idle(&[(ENV, "cgroup")]);
+        match run.code {
+            0 => true,
+            _ if run.stderr.contains("no writable cgroup v2") => {
+                eprintln!("no writable cgroup v2 here: the cgroup tests are skipped");
+                false
+            }
+            _ => panic!("taskq run with {ENV}=cgroup: {}", run.stderr),
+        }
+    })
+}
+
+/// A root with the `job` shell role and the task `body` as TASK-001.
+fn root_with(body: &str) -> TestRoot {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(2);
+    root.write(
+        "tasks/todo/a.md",
+        format!("---\nid: TASK-001\ntags: [job]\n---\n{body}\n"),
+    );
+    root
+}
+
+/// The agent ran in a cgroup of the factory's under `cgroup`, and in
+/// none under `subreaper`; after the factory's exit, that cgroup is gone.
+#[track_caller]
+fn assert_containment(root: &TestRoot, mode: &str, factory_exited: bool) {
+    let line = root.read("scratch/cgroup");
+    let path = line.trim().trim_start_matches("0::");
+    match mode {
+        "cgroup" => {
+            assert!(path.contains("/taskq-"), "agent's cgroup: {line}");
+            if factory_exited {
+                let base = PathBuf::from(path.trim_start_matches('/'));
+                let base = cgroup2_mount().unwrap().join(base.parent().unwrap());
+                assert!(!base.exists(), "{} is left", base.display());
+            }
+        }
+        _ => assert!(!path.contains("/taskq-"), "agent's cgroup: {line}"),
+    }
+}
+
+fn agent_exits(mode: &str) {
+    let sleepers = Sleepers::new();
+    let root = root_with(&sleepers.task("exit 0"));
+    let run = root.run_until_idle(&[(ENV, mode)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        root.path().join("tasks/done/a.md").is_file(),
+        "{}",
+        run.stderr
+    );
+    sleepers.assert_gone(&root, "the agent exited 0");
+    assert_containment(&root, mode, true);
+}
+
+/// Starts a factory whose agent runs the sleepers and then waits; returns
+/// it once both sleepers run.
+fn running_agent(root: &TestRoot, sleepers: &Sleepers, mode: &str) -> crate::util::Daemon {
+    let daemon = root.daemon(&[], &[(ENV, mode)]);
+    wait_for("the agent's sleepers to run", LONG, || {
+        sleepers.running().len() == 2
+    });
+    assert_containment(root, mode, false);
+    daemon
+}
+
+fn taskq_stop(mode: &str) {
+    let sleepers = Sleepers::new();
+    let root = root_with(&sleepers.task("sleep 600"));
+    let daemon = running_agent(&root, &sleepers, mode);
+    let agent = root.agents()[0]["id"].as_str().unwrap().to_string();
+    // Cancelled: returned to ready, the task would start them again.
+    root.taskq(&["stop", &agent, "--cancel"]).ok();
+    wait_for("the stop to be recorded", LONG, || {
+        root.agents()[0]["status"] == "stopped"
+    });
+    sleepers.assert_gone(&root, "taskq stop");
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_containment(&root, mode, true);
+}
+
+fn factory_sigterm(mode: &str) {
+    let sleepers = Sleepers::new();
+    let root = root_with(&sleepers.task("sleep 600"));
+    let daemon = running_agent(&root, &sleepers, mode);
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    sleepers.assert_gone(&root, "SIGTERM of the factory");
+    assert_eq!(root.agents()[0]["status"], "stopped");
+    assert_containment(&root, mode, true);
+}
+
+#[test]
+fn setsid_processes_end_with_their_agent_cgroup() {
+    if cgroup_available() {
+        agent_exits("cgroup");
+    }
+}
+
+#[test]
+fn setsid_processes_end_with_their_agent_subreaper() {
+    agent_exits("subreaper");
+}
+
+#[test]
+fn setsid_processes_end_on_taskq_stop_cgroup() {
+    if cgroup_available() {
+        taskq_stop("cgroup");
+    }
+}
+
+#[test]
+fn setsid_processes_end_on_taskq_stop_subreaper() {
+    taskq_stop("subreaper");
+}
+
+#[test]
+fn setsid_processes_end_on_factory_sigterm_cgroup() {
+    if cgroup_available() {
+        factory_sigterm("cgroup");
+    }
+}
+
+#[test]
+fn setsid_processes_end_on_factory_sigterm_subreaper() {
+    factory_sigterm("subreaper");
+}
+
+/// An unknown `TASKQ_CONTAINMENT` is a usage error, said before anything
+/// runs.
+#[test]
+fn an_unknown_containment_is_refused() {
+    let root = TestRoot::new();
+    let run = root.run_until_idle(&[(ENV, "jail")]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("unknown containment `jail` in TASKQ_CONTAINMENT"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint: use `auto`"), "{}", run.stderr);
+}
