@@ -55,7 +55,7 @@ const EXIT_TRAP: &str = r#"trap 'rc=$?; printf "%s %s\n" "$TASKQ_EXIT_TAG" "$rc"
 /// Moves the wrapper into the agent's cgroup before it runs anything, so
 /// all the agent starts is in it (see [`contain`]); on the same line as
 /// what follows, so the agent's script keeps its line numbers.
-const JOIN_CGROUP: &str = r#"{ echo 0 >"$TASKQ_CGROUP/cgroup.procs"; } 2>/dev/null || echo "taskq: warning: could not move into the cgroup $TASKQ_CGROUP; what this agent leaves running may survive it" >&2; "#;
+const JOIN_CGROUP: &str = r#"{ echo 0 >"$TASKQ_CGROUP/cgroup.threads"; } 2>/dev/null || echo "taskq: warning: not in cgroup $TASKQ_CGROUP" >&2; "#;
 
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it
@@ -155,6 +155,14 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
             Err(Error::io(PathBuf::from(&spec.program), e))
         }
     }
+}
+
+/// Which containment keeps the agents' process trees together (see
+/// [`contain`]), for `taskq status`: what the factory of `root` whose pid
+/// is `factory` uses, or with none running, what `taskq run` would use
+/// here. `cgroup v2 (<path>)`, or `subreaper (...)` with what it misses.
+pub fn containment(root: &Path, factory: Option<u32>) -> String {
+    contain::describe(root, factory)
 }
 
 /// Checks that `program` can be found on `path` (or is a path that exists),

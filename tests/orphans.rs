@@ -74,22 +74,37 @@ impl Sleepers {
     /// within a bounded wait.
     #[track_caller]
     fn assert_gone(&self, root: &TestRoot, after: &str) {
+        let left = self.left_after(root);
+        assert!(
+            left.is_empty(),
+            "still running 10 s after {after}: {left:?}"
+        );
+    }
+
+    /// What still runs 10 s after the sleepers should have ended (with
+    /// their cgroups), after checking both were started.
+    #[track_caller]
+    fn left_after(&self, root: &TestRoot) -> Vec<String> {
         for f in ["scratch/a.pid", "scratch/b.pid"] {
             assert!(
                 !root.read(f).trim().is_empty(),
-                "{f}: the agent did not start its sleeps"
+                "{f}: the agent did not start its sleepers"
             );
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let left = self.running();
-            if left.is_empty() {
-                return;
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left
+                    .iter()
+                    .map(|(pid, cmd)| {
+                        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                            .unwrap_or_default();
+                        let cg = cg.lines().find(|l| l.starts_with("0::")).unwrap_or("");
+                        format!("{pid} {cmd}({cg})")
+                    })
+                    .collect();
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running 10 s after {after}: {left:?}"
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -212,6 +227,107 @@ fn factory_sigterm(mode: &str) {
     sleepers.assert_gone(&root, "SIGTERM of the factory");
     assert_eq!(root.agents()[0]["status"], "stopped");
     assert_containment(&root, mode, true);
+}
+
+/// A factory whose agent runs the sleepers and waits for scratch/go,
+/// killed (`kill -9`) once the agent is in the registry. Returns the
+/// agent's pid.
+fn killed_factory(root: &TestRoot, sleepers: &Sleepers, mode: &str) -> u32 {
+    let first = running_agent(root, sleepers, mode);
+    // Killed before its step recorded the agent's pid, the factory leaves
+    // nothing to adopt (the next one starts the task again).
+    wait_for("the agent's pid in the registry", LONG, || {
+        root.agents()
+            .first()
+            .is_some_and(|a| a["status"] == "active" && a["pid"].is_u64())
+    });
+    first.signal("KILL");
+    let _ = first.wait(LONG);
+    assert_eq!(
+        sleepers.running().len(),
+        2,
+        "the sleepers outlived the factory"
+    );
+    root.agents()[0]["pid"].as_u64().unwrap() as u32
+}
+
+/// The factory is killed while its agent runs; a new one adopts the
+/// agent, and when it ends, what it left ends too (its cgroup; under the
+/// subreaper, the processes whose environment names it, in all of /proc:
+/// the orphans went to init, not to the new factory).
+fn adopted_agent_exits(mode: &str) {
+    let sleepers = Sleepers::new();
+    let root = root_with(&sleepers.task("while [ ! -f scratch/go ]; do sleep 0.02; done"));
+    killed_factory(&root, &sleepers, mode);
+    let second = root.daemon(&[], &[(ENV, mode)]);
+    // A task it runs: it has adopted the agent by then.
+    root.write(
+        "tasks/todo/b.md",
+        "---\nid: TASK-002\ntags: [job]\n---\n```sh\ntrue\n```\n",
+    );
+    wait_for("the second factory's first task", LONG, || {
+        root.path().join("tasks/done/b.md").is_file()
+    });
+    root.write("scratch/go", "");
+    wait_for("the adopted agent's task to be done", LONG, || {
+        root.path().join("tasks/done/a.md").is_file()
+    });
+    let left = sleepers.left_after(&root);
+    let run = second.wait_after_term();
+    assert!(
+        left.is_empty(),
+        "still running 10 s after the adopted agent exited 0: {left:?}\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("adopted JOB-001"), "{}", run.stderr);
+}
+
+/// The factory is killed while its agent runs, and the agent ends while
+/// no factory runs: the next factory records its end from the exit-code
+/// file, and ends what it left.
+fn agent_ends_while_no_factory_runs(mode: &str) {
+    let sleepers = Sleepers::new();
+    let root = root_with(&sleepers.task("while [ ! -f scratch/go ]; do sleep 0.02; done"));
+    let pid = killed_factory(&root, &sleepers, mode);
+    root.write("scratch/go", "");
+    wait_for("the agent to end", LONG, || !crate::util::pid_alive(pid));
+    let second = root.daemon(&[], &[(ENV, mode)]);
+    wait_for("its task to be done", LONG, || {
+        root.path().join("tasks/done/a.md").is_file()
+    });
+    let left = sleepers.left_after(&root);
+    let run = second.wait_after_term();
+    assert!(
+        left.is_empty(),
+        "still running 10 s after the next factory started: {left:?}\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn setsid_processes_end_when_their_agent_ended_unwatched_cgroup() {
+    if cgroup_available() {
+        agent_ends_while_no_factory_runs("cgroup");
+    }
+}
+
+#[test]
+fn setsid_processes_end_when_their_agent_ended_unwatched_subreaper() {
+    agent_ends_while_no_factory_runs("subreaper");
+}
+
+#[test]
+fn setsid_processes_end_with_an_adopted_agent_cgroup() {
+    if cgroup_available() {
+        adopted_agent_exits("cgroup");
+    }
+}
+
+#[test]
+fn setsid_processes_end_with_an_adopted_agent_subreaper() {
+    adopted_agent_exits("subreaper");
 }
 
 #[test]

@@ -116,7 +116,7 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     crate::spawn::contain::init(&root.dir)?;
     let factory = Factory::new(root, config, roles, out, opts);
     let counts_line = factory.counts_line;
-    let reaper = runtime.spawn(reap_orphans());
+    let reaper = runtime.spawn(reap_orphans(factory.config.stop_grace));
     let code = runtime.block_on(factory.main());
     reaper.abort();
     crate::spawn::contain::close();
@@ -342,10 +342,17 @@ fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// A subreaper's orphans that end become its zombies: reaped here every
-/// second (a read of the factory's children; nothing when none is left),
-/// with the leftovers of an ended agent that escaped its end.
-async fn reap_orphans() {
+/// Once the factory has adopted the agents a crashed factory left, the
+/// leftovers of the ones that ended meanwhile end (this task runs only
+/// when the event loop first waits, after the recovery; the second is for
+/// a runtime that would run tasks before the main future).
+///
+/// Then, for a subreaper: its orphans that end become its zombies, reaped
+/// here every second (a read of the factory's children; nothing when none
+/// is left), with the leftovers of an ended agent that escaped its end.
+async fn reap_orphans(grace: Duration) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = tokio::task::spawn_blocking(move || crate::spawn::contain::end_stale(grace)).await;
     if !crate::spawn::contain::is_subreaper() {
         return;
     }
