@@ -94,14 +94,18 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
             root.dir.display()
         )));
     };
+    // Absolute paths: the watcher's events and the writer's paths must
+    // compare equal (the factory tells its own writes by path).
+    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
+    // What agents start ends with them (see spawn::contain). Set up before
+    // the pid is written, when others start to see a factory here.
+    crate::spawn::contain::init(&root.dir)?;
+    let contained = Contained;
     lock.write_pid()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    // Absolute paths: the watcher's events and the writer's paths must
-    // compare equal (the factory tells its own writes by path).
-    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
     fsutil::defer_dir_syncs();
     // Rewrites swap inodes with spare files instead of creating and freeing
     // one per write (see fsutil). Only this process uses the directory: it
@@ -112,14 +116,12 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // Each step rereads task files the step before wrote: from memory
     // while they are as written (see fsutil).
     fsutil::remember_writes();
-    // What agents start ends with them (see spawn::contain).
-    crate::spawn::contain::init(&root.dir)?;
     let factory = Factory::new(root, config, roles, out, opts);
     let counts_line = factory.counts_line;
     let reaper = runtime.spawn(reap_orphans(factory.config.stop_grace));
     let code = runtime.block_on(factory.main());
     reaper.abort();
-    crate::spawn::contain::close();
+    drop(contained);
     if counts_line && code.is_err() {
         // The error goes on a line of its own, not after the counts.
         let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
@@ -340,6 +342,16 @@ fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
 
 fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Ends the containment when `run` returns, on an error too (see
+/// [`crate::spawn::contain::close`]).
+struct Contained;
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        crate::spawn::contain::close();
+    }
 }
 
 /// Once the factory has adopted the agents a crashed factory left, the
