@@ -199,6 +199,12 @@ fn running_agent(root: &TestRoot, sleepers: &Sleepers, mode: &str) -> crate::uti
         sleepers.running().len() == 2
     });
     assert_containment(root, mode, false);
+    // What `taskq status` says.
+    let said = taskq::spawn::containment(root.path(), Some(daemon.child.id()));
+    match mode {
+        "cgroup" => assert!(said.starts_with("cgroup v2 (/"), "{said}"),
+        _ => assert!(said.starts_with("subreaper (setsid'd"), "{said}"),
+    }
     daemon
 }
 

@@ -223,9 +223,12 @@ pub fn current() -> Option<Containment> {
 pub fn describe(root: &Path, factory: Option<u32>) -> String {
     let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     if let Some(pid) = factory {
-        let base = cgroup_dir_of(pid).map(|dir| dir.join(base_name(&root, pid)));
-        return match base {
-            Some(base) if base.is_dir() => Containment::Cgroup { base }.to_string(),
+        // A factory with cgroups runs in its own (see `Cgroups::create`).
+        let name = base_name(&root, pid);
+        return match cgroup_dir_of(pid) {
+            Some(base) if base.file_name().is_some_and(|n| *n == *name) => {
+                Containment::Cgroup { base }.to_string()
+            }
             _ => Containment::Subreaper.to_string(),
         };
     }
@@ -424,8 +427,8 @@ fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
 /// set of cgroups it is in (one per hierarchy: ten on a v1+v2 machine)
 /// unless a process with that set exists; a zombie keeps it, and is not a
 /// member for `cgroup.events` or a kill. Measured with 2,000 spawns each
-/// moving in: +100-150 µs per move into an empty cgroup, ~0 with the
-/// zombie.
+/// moving its process in: +100-150 µs per move into an empty cgroup, ~0
+/// with the zombie (a thread's move builds the same set).
 fn pin(cg: &Path) -> Option<std::process::Child> {
     std::process::Command::new("/bin/sh")
         .arg("-c")
