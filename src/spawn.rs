@@ -10,7 +10,13 @@
 //! task that already succeeded never runs again. One shared file, appended
 //! with one short write each (atomic with O_APPEND), instead of a file per
 //! agent: no inode is created per job.
+//!
+//! What an agent starts ends with it, even the processes that leave its
+//! process group and session: see [`contain`].
 
+pub mod contain;
+
+use std::borrow::Cow;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -48,6 +54,11 @@ const WRAPPER: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >> "$TASK
 /// when the record cannot be written (`|| :`: the agent may run with `sh -e`).
 const EXIT_TRAP: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; trap 'rc=$?; printf "%s %s\n" "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc"' EXIT"#;
 
+/// Moves the wrapper into the agent's cgroup before it runs anything, so
+/// all the agent starts is in it (see [`contain`]); on the same line as
+/// what follows, so the agent's script keeps its line numbers.
+const JOIN_CGROUP: &str = r#"{ echo 0 >"$TASKQ_CGROUP/cgroup.threads"; } 2>/dev/null || echo "taskq: warning: not in cgroup $TASKQ_CGROUP" >&2; "#;
+
 /// `(flags, script)` when the agent is `sh [flags] -c SCRIPT` and the
 /// script can carry the EXIT trap: not one that may `exec` (the shell it
 /// replaces takes its trap along; then the wrapper records the code).
@@ -82,6 +93,8 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
     }
     .map_err(|e| Error::io(&spec.log, e))?;
     let log2 = log.try_clone().map_err(|e| Error::io(&spec.log, e))?;
+    let cgroup = contain::enter(&spec.exit_tag);
+    let join = if cgroup.is_some() { JOIN_CGROUP } else { "" };
     let mut cmd = tokio::process::Command::new("/bin/sh");
     match inline_script(spec) {
         // `sh [-e] -c SCRIPT` (the shell and command adapters): the exit
@@ -90,12 +103,16 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         Some((flags, script)) => {
             cmd.args(flags)
                 .arg("-c")
-                .arg(format!("{EXIT_TRAP}\n{script}"));
+                .arg(format!("{join}{EXIT_TRAP}\n{script}"));
         }
         // `sh -c SCRIPT prog prog args`: "$@" is the agent.
         None => {
+            let wrapper = match join {
+                "" => Cow::Borrowed(WRAPPER),
+                join => Cow::Owned(format!("{join}{WRAPPER}")),
+            };
             cmd.arg("-c")
-                .arg(WRAPPER)
+                .arg(wrapper.as_ref())
                 .arg(&spec.program)
                 .arg(&spec.program)
                 .args(&spec.args);
@@ -111,18 +128,43 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         .stderr(Stdio::from(log2))
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(cg) = &cgroup {
+        cmd.env("TASKQ_CGROUP", cg);
+    }
     // The wrapper's `"$@"` needs $0 then the program: `sh -c SCRIPT prog prog args`.
-    match cmd.spawn() {
+    let child = match cmd.spawn() {
         // The factory makes the workspace before it prepares the agent, but
         // a process can remove it in between: make it again rather than
         // fail as if the program were missing.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !spec.cwd.is_dir() => {
-            fs::create_dir_all(&spec.cwd).map_err(|e| Error::io(&spec.cwd, e))?;
+            if let Err(e) = fs::create_dir_all(&spec.cwd) {
+                contain::not_started(&spec.exit_tag);
+                return Err(Error::io(&spec.cwd, e));
+            }
             cmd.spawn()
         }
         spawned => spawned,
+    };
+    match child {
+        Ok(child) => {
+            if let Some(pid) = child.id() {
+                contain::started(pid);
+            }
+            Ok(child)
+        }
+        Err(e) => {
+            contain::not_started(&spec.exit_tag);
+            Err(Error::io(PathBuf::from(&spec.program), e))
+        }
     }
-    .map_err(|e| Error::io(PathBuf::from(&spec.program), e))
+}
+
+/// Which containment keeps the agents' process trees together (see
+/// [`contain`]), for `taskq status`: what the factory of `root` whose pid
+/// is `factory` uses, or with none running, what `taskq run` would use
+/// here. `cgroup v2 (<path>)`, or `subreaper (...)` with what it misses.
+pub fn containment(root: &Path, factory: Option<u32>) -> String {
+    contain::describe(root, factory)
 }
 
 /// Checks that `program` can be found on `path` (or is a path that exists),

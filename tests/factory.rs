@@ -537,7 +537,8 @@ fn the_memory_cap_holds_back_new_agents() {
 
 /// An agent that printed nothing keeps a log (a link to a shared empty
 /// file; its inode goes to the next log), unless a process it left behind
-/// still writes to it: then the log stays its own, and what comes late
+/// still writes to it (here, when the factory ends it after the agent:
+/// see tests/orphans.rs): then the log stays its own, and what comes late
 /// lands there, never in another agent's log.
 #[test]
 fn logs_stay_with_their_agents_even_when_a_leftover_process_writes_late() {
@@ -546,10 +547,14 @@ fn logs_stay_with_their_agents_even_when_a_leftover_process_writes_late() {
     root.factory("");
     root.shell_role(1);
     std::fs::create_dir_all(root.path().join("scratch")).unwrap();
-    // The escapee leaves the agent's process group (setsid), so the
-    // factory does not stop it when the agent ends; the agent waits until
-    // it runs.
-    root.write_task("a", "id: TASK-001\ntags: [job]", "```sh\nsetsid sh -c 'touch scratch/up; sleep 1; echo late' &\nwhile [ ! -f scratch/up ]; do sleep 0.01; done\n```");
+    // The escapee leaves the agent's process group (setsid) and writes
+    // when the factory ends it, after the agent; the agent waits until it
+    // runs.
+    root.write_task(
+        "a",
+        "id: TASK-001\ntags: [job]",
+        "```sh\nsetsid sh -c 'trap \"echo late; exit\" TERM; touch scratch/up; sleep 30 & wait' &\nwhile [ ! -f scratch/up ]; do sleep 0.01; done\n```",
+    );
     root.write_task("b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
     root.write_task("c", "id: TASK-003\ntags: [job]", "```sh\ntrue\n```");
     let run = root.run_until_idle(&[]);

@@ -94,14 +94,18 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
             root.dir.display()
         )));
     };
+    // Absolute paths: the watcher's events and the writer's paths must
+    // compare equal (the factory tells its own writes by path).
+    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
+    // What agents start ends with them (see spawn::contain). Set up before
+    // the pid is written, when others start to see a factory here.
+    crate::spawn::contain::init(&root.dir)?;
+    let contained = Contained;
     lock.write_pid()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    // Absolute paths: the watcher's events and the writer's paths must
-    // compare equal (the factory tells its own writes by path).
-    let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
     // The factory's writes (see fsutil::Disk): rewrites swap inodes with
     // spare files instead of creating and freeing one per write (only this
     // process uses the directory: it holds the run lock); each step rereads
@@ -110,7 +114,10 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     let disk = fsutil::Disk::factory(&root.spare_dir());
     let factory = Factory::new(root, config, roles, out, opts, disk);
     let counts_line = factory.counts_line;
+    let reaper = runtime.spawn(reap_orphans(factory.config.stop_grace));
     let code = runtime.block_on(factory.main());
+    reaper.abort();
+    drop(contained);
     if counts_line && code.is_err() {
         // The error goes on a line of its own, not after the counts.
         let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\r\x1b[K");
@@ -348,6 +355,41 @@ fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
 
 fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Ends the containment when `run` returns, on an error too (see
+/// [`crate::spawn::contain::close`]).
+struct Contained;
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        crate::spawn::contain::close();
+    }
+}
+
+/// Once the factory has adopted the agents a crashed factory left, the
+/// leftovers of the ones that ended meanwhile end (this task runs only
+/// when the event loop first waits, after the recovery; the second is for
+/// a runtime that would run tasks before the main future).
+///
+/// Then, for a subreaper: its orphans that end become its zombies, reaped
+/// here every second (a read of the factory's children; nothing when none
+/// is left), with the leftovers of an ended agent that escaped its end.
+async fn reap_orphans(grace: Duration) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = tokio::task::spawn_blocking(move || crate::spawn::contain::end_stale(grace)).await;
+    if !crate::spawn::contain::is_subreaper() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for agent in crate::spawn::contain::sweep() {
+            let end = move || crate::spawn::contain::end_tree(&agent, 0, Duration::from_secs(1));
+            let _ = tokio::task::spawn_blocking(end).await;
+        }
+    }
 }
 
 /// A step allocates and frees the same buffers (the registry's text, the

@@ -1,7 +1,8 @@
 //! Supervision: one tokio task per agent waits for its process (or, for an
 //! agent adopted after a crash, polls its pid), enforces its time limit
 //! and stop requests (TERM to its group, a grace period, KILL), samples its
-//! memory, and reports its end to the event loop.
+//! memory, and reports its end to the event loop once everything the agent
+//! started has ended too (see [`spawn::contain`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,6 +42,10 @@ impl Factory {
         let grace = self.config.stop_grace;
         let exit_file = self.root.exit_codes();
         let agent = agent_id.to_string();
+        if child.is_none() {
+            // Started by a factory before a crash: where its leftovers are.
+            spawn::contain::adopt(&agent, pid);
+        }
         tokio::spawn(async move {
             let finished = supervise(
                 agent, child, pid, pid_start, deadline, grace, exit_file, stop_rx,
@@ -101,6 +106,14 @@ async fn supervise(
     // What the agent left running in its group goes too.
     if spawn::group_alive(pid) {
         let _ = tokio::task::spawn_blocking(move || spawn::terminate_group(pid, grace)).await;
+    }
+    // And what left the group (`setsid`, a double fork): its cgroup, or
+    // the orphans whose environment names it. Checked here at once (one
+    // read); ended on a blocking thread only when something is left.
+    if !spawn::contain::ended(&agent, pid) {
+        let agent = agent.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || spawn::contain::end_tree(&agent, pid, grace)).await;
     }
     Finished {
         agent,
