@@ -73,8 +73,23 @@ impl Rng {
     }
 }
 
+/// Copies the root of a failed round aside (see `TASKQ_CHAOS_KEEP`).
+struct Keep(Option<std::path::PathBuf>);
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (std::thread::panicking(), &self.0) {
+            let to = std::env::temp_dir().join(format!("taskq-chaos-kept-{}", std::process::id()));
+            let ok = Command::new("cp").arg("-a").arg(dir).arg(&to).status();
+            eprintln!("kept: {} ({ok:?})", to.display());
+        }
+    }
+}
+
 fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
     let root = TestRoot::new();
+    // TASKQ_CHAOS_KEEP=1 keeps the root of a failed round to look into.
+    let keep = Keep(std::env::var_os("TASKQ_CHAOS_KEEP").map(|_| root.path().to_path_buf()));
     root.factory("heartbeat: 500ms\n");
     let config = root.read("agents/factory/config.yaml");
     root.write(
@@ -214,10 +229,6 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
                 .map(str::to_string)
                 .collect();
             stop.store(true, Ordering::Relaxed);
-            if std::env::var_os("TASKQ_CHAOS_KEEP").is_some() {
-                eprintln!("kept: {}", root.path().display());
-                std::mem::forget(root);
-            }
             panic!("not every task got done: {open:#?}");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -279,6 +290,7 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
         "tasks run twice: {unexplained:?} (claims the editor undid: {undone:?})"
     );
     assert!(lost.is_empty(), "lost edits: {lost:?}");
+    drop(keep);
     (
         f.tasks,
         doubles.len(),

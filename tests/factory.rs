@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::util::{fake_agent_overlap, pid_alive, wait_for, FakeAgentOverlap, TestRoot, LONG};
 
 /// A file dropped into tasks/todo while the factory runs is adopted,
@@ -615,6 +617,128 @@ fn an_exec_command_that_ends_while_the_factory_is_down_is_not_run_again() {
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert_eq!(agents[0]["status"], "completed");
     assert_eq!(agents[0]["exit_code"], 0);
+}
+
+/// The state a `kill -9` leaves between registering an agent and
+/// creating its process: `TASK-002` claimed by `JOB-002`, which the
+/// registry lists as spawning with no pid. `runs` is where each run of
+/// the task appends a line.
+fn crashed_between_register_and_spawn(root: &TestRoot) {
+    root.factory("");
+    root.shell_role(2);
+    std::fs::create_dir_all(root.path().join("scratch")).unwrap();
+    root.write_task("a", "id: TASK-001\ntags: [job]", "```sh\ntrue\n```");
+    assert_eq!(root.run_until_idle(&[]).code, 0);
+    let mut reg: serde_json::Value =
+        serde_json::from_str(&root.read("agents/factory/registry.json")).unwrap();
+    let mut agent = reg["agents"]["JOB-001"].clone();
+    assert!(agent.is_object(), "{reg}");
+    for (k, v) in [
+        ("id", json!("JOB-002")),
+        ("task", json!("TASK-002")),
+        ("status", json!("spawning")),
+        ("pid", json!(null)),
+        ("pid_start", json!(null)),
+        ("completed", json!(null)),
+        ("exit_code", json!(null)),
+        ("duration_ms", json!(null)),
+        ("log", json!("agents/logs/JOB-002.log")),
+    ] {
+        agent[k] = v;
+    }
+    reg["agents"]["JOB-002"] = agent;
+    root.write(
+        "agents/factory/registry.json",
+        serde_json::to_string_pretty(&reg).unwrap(),
+    );
+    root.write(
+        "tasks/todo/b.md",
+        "---\nid: TASK-002\ntags: [job]\nstatus: running\nassigned: JOB-002\nstarted: 2026-01-01T00:00:00Z\n---\n```sh\necho run >> scratch/runs\n```\n",
+    );
+}
+
+/// A factory killed after it registered an agent but before the agent's
+/// process existed: the next one finds no process and no start record,
+/// so the task never ran: it is ready again and runs once, with no
+/// attempt counted and no failure.
+#[test]
+fn an_agent_a_crash_cut_before_its_process_started_is_undone_not_failed() {
+    let root = TestRoot::new();
+    crashed_between_register_and_spawn(&root);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("JOB-002 never started"),
+        "{}",
+        run.stderr
+    );
+    let task = root.show("TASK-002");
+    assert_eq!(task["status"], "done", "{task}");
+    assert_eq!(root.read("scratch/runs"), "run\n");
+    let agents = root.agents();
+    let job2 = agents.iter().find(|a| a["id"] == "JOB-002").unwrap();
+    assert_eq!(job2["status"], "failed", "{job2}");
+    assert!(
+        job2["reason"].as_str().unwrap().contains("never started"),
+        "{job2}"
+    );
+    assert_eq!(
+        agents
+            .iter()
+            .filter(|a| a["task"] == "TASK-002" && a["status"] == "completed")
+            .count(),
+        1,
+        "{agents:?}"
+    );
+}
+
+/// The same crash a moment later: the agent's wrapper exists but had not
+/// written its start record yet. The next factory finds it by its
+/// environment and adopts it instead of running the task again.
+#[test]
+fn an_agent_whose_start_record_a_crash_cut_is_adopted_not_run_again() {
+    use std::os::unix::process::CommandExt;
+    let root = TestRoot::new();
+    crashed_between_register_and_spawn(&root);
+    let dir = std::fs::canonicalize(root.path()).unwrap();
+    // What the dead factory started: a group leader with the agent's
+    // environment that runs the task, waits, and records its exit code.
+    let mut wrapper = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("echo run >> scratch/runs; while [ ! -f scratch/go ]; do sleep 0.02; done; printf 'JOB-002 0\\n' >> agents/logs/exit-codes")
+        .current_dir(&dir)
+        .env("TASKQ_AGENT_ID", "JOB-002")
+        .env("TASKQ_EXIT_TAG", "JOB-002")
+        .env("TASKQ_ROOT", &dir)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = wrapper.id();
+    let reaper = std::thread::spawn(move || wrapper.wait());
+    wait_for("the wrapper to run", LONG, || {
+        root.path().join("scratch/runs").exists()
+    });
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the factory to adopt it", LONG, || {
+        root.agents()
+            .iter()
+            .any(|a| a["id"] == "JOB-002" && a["pid"] == pid)
+    });
+    root.write("scratch/go", "");
+    let _ = reaper.join();
+    wait_for("TASK-002 done", LONG, || {
+        root.show("TASK-002")["status"] == "done"
+    });
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("adopted JOB-002"), "{}", run.stderr);
+    assert_eq!(root.read("scratch/runs"), "run\n", "ran once");
+    let job2 = root
+        .agents()
+        .into_iter()
+        .find(|a| a["id"] == "JOB-002")
+        .unwrap();
+    assert_eq!(job2["status"], "completed", "{job2}");
 }
 
 /// With `watch: false` (file systems inotify cannot see, like NFS) the

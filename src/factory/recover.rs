@@ -48,7 +48,13 @@ impl Factory {
             .into_iter()
             .map(|mut a| {
                 if a.pid.is_none() {
-                    if let Some(&pid) = started.get(&a.id) {
+                    // No record yet: the wrapper may not have written it
+                    // when the crash came, or not even started.
+                    let pid = started.get(&a.id).copied().or_else(|| {
+                        spawn::contain::leader_of(&a.id, &self.root.dir)
+                            .filter(|_| a.status == AgentStatus::Spawning)
+                    });
+                    if let Some(pid) = pid {
                         if spawn::runs_agent(pid, &a.id) {
                             a.pid = Some(pid);
                             a.pid_start = spawn::start_time(pid);
@@ -106,11 +112,18 @@ impl Factory {
             }
         }
         for a in lost {
-            let reason = match a.pid {
+            let pid = a.pid.or_else(|| started.get(&a.id).copied());
+            let reason = match pid {
                 Some(pid) => {
                     format!("lost: its process (pid {pid}) ended while no factory was watching")
                 }
-                None => "lost: the factory stopped before the process started".into(),
+                // Its wrapper never wrote its start and no process of it
+                // runs: it never ran, so its task is ready again, with no
+                // attempt counted (as when a step fails before the start).
+                None => {
+                    self.never_started(w, &mut reg, &a.id, &a.task)?;
+                    continue;
+                }
             };
             if let Some(i) = w.scan.position(&a.task) {
                 let t = &w.scan.tasks[i];

@@ -267,29 +267,44 @@ impl Factory {
             .collect();
         let any = !unstarted.is_empty();
         for (id, task) in unstarted {
-            if let Some(i) = w.scan.position(&task) {
-                let t = &w.scan.tasks[i];
-                if t.status == Status::Running && t.assigned.as_deref() == Some(id.as_str()) {
-                    w.set(
-                        i,
-                        &[
-                            Change::set("status", "ready"),
-                            Change::remove("assigned"),
-                            Change::remove("started"),
-                        ],
-                        Status::Ready,
-                        &format!("{id} never started"),
-                    )?;
-                }
-            }
-            let a = reg.agents.get_mut(&id).expect("listed above");
-            a.status = AgentStatus::Failed;
-            a.completed = Some(w.now);
-            a.reason = Some("never started: the step that was starting it failed".into());
-            self.progress(format!("{id} never started; {task} is ready again"));
+            self.never_started(w, reg, &id, &task)?;
         }
         self.reconcile = false;
         Ok(any)
+    }
+
+    /// An agent registered whose process never started (a failed step, a
+    /// factory killed in between): its task is ready again, no attempt
+    /// counted; the agent is recorded as failed, never started.
+    pub(super) fn never_started(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        id: &str,
+        task: &str,
+    ) -> Result<()> {
+        if let Some(i) = w.scan.position(task) {
+            let t = &w.scan.tasks[i];
+            if t.status == Status::Running && t.assigned.as_deref() == Some(id) {
+                w.set(
+                    i,
+                    &[
+                        Change::set("status", "ready"),
+                        Change::remove("assigned"),
+                        Change::remove("started"),
+                    ],
+                    Status::Ready,
+                    &format!("{id} never started"),
+                )?;
+            }
+        }
+        if let Some(a) = reg.agents.get_mut(id) {
+            a.status = AgentStatus::Failed;
+            a.completed = Some(w.now);
+            a.reason = Some("never started: its process was never created".into());
+        }
+        self.progress(format!("{id} never started; {task} is ready again"));
+        Ok(())
     }
 
     /// Asks the scheduler what starts now, applies the gates' actions,

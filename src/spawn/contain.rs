@@ -792,6 +792,21 @@ fn agent_of(pid: u32, root: &str) -> Option<String> {
     agent.filter(|_| ours)
 }
 
+/// The wrapper of `agent` (the process that leads its own group and
+/// whose environment names the agent and `root`), if it runs: for a
+/// factory that recovers an agent whose start a crash cut before its
+/// wrapper wrote its pid. Blocking; reads every process's environment.
+pub fn leader_of(agent: &str, root: &Path) -> Option<u32> {
+    let root = root.display().to_string();
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| proc_stat(*pid).is_some_and(|p| p.pgid == p.pid && !p.zombie))
+        .find(|pid| agent_of(*pid, &root).as_deref() == Some(agent))
+}
+
 /// The live processes `agent` left: processes whose environment names it
 /// (this process's children, or with `all` every process), and all their
 /// descendants.
