@@ -8,6 +8,7 @@
 //! Approval files are never deleted: they are the record of who allowed
 //! what.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -147,7 +148,9 @@ fn needs_approval_field(v: Option<&str>) -> bool {
 pub fn decision(root: &Root, name: &str) -> Decision {
     for state in STATES {
         let path = root.approvals(state).join(format!("{name}.md"));
-        if path.is_file() {
+        // A plain file (never through a link), named by a plain name.
+        if !name.contains('/') && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file())
+        {
             return match state {
                 "rejected" => {
                     let reason = read_field(&path, "reason");
@@ -269,17 +272,21 @@ pub fn decide(
 }
 
 fn locate_pending(root: &Root, what: &str) -> Result<PathBuf> {
-    let as_path = Path::new(what);
-    if as_path.is_file() {
-        let dir = as_path.parent().and_then(|p| p.file_name());
-        if dir.is_some_and(|d| d == "pending") {
-            return Ok(as_path.to_path_buf());
-        }
-        return Err(Error::conflict(format!(
-            "{what} is not in approvals/pending/ (already decided?)"
-        )));
+    let name = request_name(root, what)?;
+    let name = name.as_str();
+    if let Some(link) = STATES
+        .iter()
+        .map(|s| root.approvals(s).join(format!("{name}.md")))
+        .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+    {
+        return Err(Error::conflict_hint(
+            format!(
+                "{} is a symbolic link, not an approval file; left alone",
+                link.display()
+            ),
+            "approval files are plain files that taskq writes; remove the link",
+        ));
     }
-    let name = what.trim_end_matches(".md");
     match decision(root, name) {
         Decision::Pending(p) => Ok(p),
         Decision::Approved(p) => Err(Error::conflict(format!(
@@ -294,6 +301,48 @@ fn locate_pending(root: &Root, what: &str) -> Result<PathBuf> {
             format!("no pending approval `{name}`"),
             "the pending requests are the files in approvals/pending/",
         )),
+    }
+}
+
+/// The name of the request `what` names: an id or request name
+/// (`TASK-006`, `TASK-006-1`, with or without `.md`), or the path of a file
+/// directly in this root's `approvals/` folders. Nothing else: no `/` in a
+/// name, no path that leads anywhere else (`../`, another root's
+/// `pending/`).
+pub fn request_name(root: &Root, what: &str) -> Result<String> {
+    let bad = || {
+        Error::usage_hint(
+            format!("`{what}` is not an approval id"),
+            "name a request by its id (`TASK-006`, `TASK-006-1`) or its file in approvals/pending/",
+        )
+    };
+    if what.contains('/') {
+        // A path: only to a file in one of this root's approval folders.
+        let path = Path::new(what);
+        let dir = path.parent().and_then(|d| fs::canonicalize(d).ok());
+        let ours = STATES
+            .iter()
+            .filter_map(|s| fs::canonicalize(root.approvals(s)).ok())
+            .any(|a| dir.as_ref() == Some(&a));
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
+        if !ours {
+            return Err(Error::usage_hint(
+                format!("`{what}` is not in this root's approvals/ folders"),
+                "name a request by its id (`TASK-006`, `TASK-006-1`) or its file in approvals/pending/",
+            ));
+        }
+        return request_name(root, name);
+    }
+    let name = what.strip_suffix(".md").unwrap_or(what);
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    match valid {
+        true => Ok(name.to_string()),
+        false => Err(bad()),
     }
 }
 

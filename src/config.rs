@@ -2,7 +2,7 @@
 //! optional; an unknown key or a wrong value is an error naming the line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,10 @@ pub struct GitConfig {
     /// person's `commit.gpgsign` with no signer at hand never stops the
     /// trail.
     pub sign: Option<bool>,
+    /// Repositories outside the root that a task's `repo:` may name
+    /// (absolute, or relative to the root). A `repo:` inside the root is
+    /// always allowed; any other is refused.
+    pub repos: Vec<PathBuf>,
 }
 
 /// A model's list price per million tokens.

@@ -180,6 +180,46 @@ pub fn open_regular_meta(path: &Path, links: Links) -> Result<Option<(File, fs::
     Err(not_regular(path, what))
 }
 
+/// Refuses to write where a symbolic link stands: taskq's own files are
+/// never links, and one found where taskq expects its file is reported
+/// and left alone (replacing it would hide it; following it would write
+/// wherever it leads).
+pub fn refuse_link(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                NotRegular(
+                    "is a symbolic link where taskq keeps its own file; taskq writes no file through a link and leaves it alone (remove it to go on)".into(),
+                ),
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Opens (creating it if needed) a file taskq appends to (a log, a
+/// history file): never through a symbolic link (`O_NOFOLLOW`), never
+/// blocking on a FIFO (`O_NONBLOCK`), and only a regular file.
+pub fn open_append(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_regular(path, "a symbolic link"),
+            _ => Error::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(path, "a special file"));
+    }
+    Ok(file)
+}
+
 fn not_regular(path: &Path, what: &str) -> Error {
     Error::io(
         path,
@@ -467,6 +507,7 @@ impl Disk {
             s.dest = to.to_path_buf();
             return Ok(());
         }
+        refuse_link(to)?;
         let to_dir = parent_of(to);
         in_dir(&to_dir, || fs::rename(from, to)).map_err(|e| Error::io(from, e))?;
         if let Some(w) = self.written.as_mut() {
@@ -691,8 +732,21 @@ impl Disk {
                         spare: Some(spare),
                     })
                 }
-                Err(_) => {
-                    let _ = fs::remove_file(&spare);
+                Err(e) => {
+                    // A link or a FIFO planted among the spares is left
+                    // alone (and never used); a spare linked elsewhere
+                    // loses only our name.
+                    match fs::symlink_metadata(&spare) {
+                        Ok(m) if !m.file_type().is_file() => {
+                            tracing::warn!(
+                                "{}: {e}: not a spare file; left alone",
+                                spare.display()
+                            );
+                        }
+                        _ => {
+                            let _ = fs::remove_file(&spare);
+                        }
+                    }
                 }
             }
         }
@@ -735,6 +789,10 @@ impl Disk {
     /// Puts the written file in place (exchanging it with the old one when
     /// it is a spare), then does a staged rename.
     fn place(&mut self, mut p: Pending) -> Result<()> {
+        if let Err(e) = refuse_link(&p.path) {
+            self.discard(&mut p);
+            return Err(e);
+        }
         if let Some(expected) = p.expected {
             return self.place_if(p, expected);
         }
@@ -859,8 +917,15 @@ impl Disk {
     fn keep_spares(&mut self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let ignore = dir.join(".gitignore");
-        if !ignore.exists() {
-            fs::write(&ignore, "*\n").map_err(|e| Error::io(&ignore, e))?;
+        if fs::symlink_metadata(&ignore).is_err() {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&ignore)
+                .and_then(|mut f| f.write_all(b"*\n"))
+                .map_err(|e| Error::io(&ignore, e))?;
         }
         let mut free = Vec::new();
         let mut empty = Vec::new();
@@ -877,7 +942,17 @@ impl Disk {
                 continue;
             };
             next = next.max(n + 1);
-            let size = entry.metadata().map_or(1, |m| m.len());
+            // Regular files only: a link or a FIFO planted here is left
+            // alone, never written through.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.file_type().is_file() {
+                tracing::warn!(
+                    "{}: not a regular file; not used as a spare",
+                    entry.path().display()
+                );
+                continue;
+            }
+            let size = meta.len();
             if is_empty && size == 0 {
                 empty.push(entry.path());
             } else {
@@ -900,8 +975,14 @@ impl Disk {
     /// does it too.
     pub fn release_spares(&mut self) {
         if let Some(s) = self.spares.take() {
+            use std::os::unix::fs::OpenOptionsExt;
             for f in s.free {
-                let _ = OpenOptions::new().write(true).truncate(true).open(f);
+                // Never through a link someone put in a spare's place.
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(f);
             }
         }
     }
@@ -1081,12 +1162,18 @@ struct Pending {
 fn write_spare(spare: &Path, bytes: &[u8]) -> std::io::Result<File> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link planted among the spares, never a FIFO.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(spare)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     // An old file with another name elsewhere (a hard-linked backup of the
     // queue): not ours to write. Dropping our name leaves it intact and
     // frees no inode.

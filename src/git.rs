@@ -644,9 +644,12 @@ impl Git {
 
     /// `git worktree add DIR -b BRANCH BASE`.
     pub fn worktree_add(&self, dir: &Path, branch: &str, base: &str) -> Result<()> {
+        check_base(base).map_err(Error::usage)?;
+        // After `--`: a `base:` of `--no-checkout` is a ref git refuses,
+        // never an option.
         run(self
             .git()
-            .args(["worktree", "add", "--quiet", "-b", branch])
+            .args(["worktree", "add", "--quiet", "-b", branch, "--"])
             .arg(dir)
             .arg(base))
     }
@@ -1028,6 +1031,29 @@ fn run(cmd: &mut Command) -> Result<()> {
             stdout.trim()
         )))
     }
+}
+
+/// Checks a `base:` (a branch, tag, commit or `HEAD~2`) before it reaches
+/// git: not empty, no leading `-` (it would read as an option), no
+/// whitespace or control characters, no `..` range, at most 256 bytes.
+pub fn check_base(base: &str) -> std::result::Result<(), String> {
+    let why = if base.is_empty() {
+        "is empty"
+    } else if base.starts_with('-') {
+        "starts with `-`"
+    } else if base.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "contains whitespace or control characters"
+    } else if base.contains("..") {
+        "is a range (`..`), not one commit"
+    } else if base.len() > 256 {
+        "is longer than 256 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "base `{}` {why}: it must name one commit (a branch, tag, hash or `HEAD~N`)",
+        base.chars().take(80).collect::<String>()
+    ))
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! `hook_timeout`; their output goes to `agents/logs/hooks.log`; a failing
 //! hook is logged and never blocks or stops the factory.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,14 +45,12 @@ pub fn fire(
     let event = event.to_string();
     Some(std::thread::spawn(move || {
         let _ = std::fs::create_dir_all(log_path.parent().expect("has a parent"));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .and_then(|l| Ok((l.try_clone()?, l)));
+        let log = crate::fsutil::open_append(&log_path)
+            .ok()
+            .and_then(|l| Some((l.try_clone().ok()?, l)));
         let (out, err) = match log {
-            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
-            Err(_) => (Stdio::null(), Stdio::null()),
+            Some((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            None => (Stdio::null(), Stdio::null()),
         };
         let mut cmd = Command::new(&path);
         use std::os::unix::process::CommandExt;

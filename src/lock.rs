@@ -107,13 +107,30 @@ fn open(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link, never a FIFO: a lock file taskq writes its
+    // pid into stays inside the root.
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| Error::io(path, e))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => crate::fsutil::refuse_link(path)
+                .err()
+                .unwrap_or_else(|| Error::io(path, e)),
+            _ => Error::io(path, e),
+        })?;
+    match file.metadata() {
+        Ok(m) if m.file_type().is_file() => Ok(file),
+        Ok(_) => Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"),
+        )),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 fn is_contended(e: &std::io::Error) -> bool {

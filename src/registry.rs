@@ -7,8 +7,7 @@
 //! before the registry drops them: a crash can duplicate a history line,
 //! never lose one), which keeps the file small at 100,000 agents.
 
-use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -356,6 +355,21 @@ impl Registry {
         self.agents.values().filter(|a| a.status.is_live())
     }
 
+    /// The tasks the factory's agents work on right now, with the agent:
+    /// an agent whose process is alive, or one being started while a
+    /// factory runs (`factory_runs`). A script must not claim these even
+    /// when a task's file says it is ready (an editor that saved an old
+    /// copy over the factory's claim).
+    pub fn working_on(&self, factory_runs: bool) -> HashMap<String, String> {
+        self.live()
+            .filter(|a| match a.pid {
+                Some(pid) => crate::spawn::is_alive(pid, a.pid_start),
+                None => factory_runs && a.status == AgentStatus::Spawning,
+            })
+            .map(|a| (a.task.clone(), a.id.clone()))
+            .collect()
+    }
+
     /// Spend recorded on the local day of `now`.
     pub fn spent_today(&self, now: Timestamp) -> f64 {
         let today = now.with_timezone(&chrono::Local).date_naive();
@@ -440,11 +454,7 @@ impl Registry {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         for (month, lines) in by_month {
             let path = dir.join(format!("{month}.jsonl"));
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
+            let mut f = crate::fsutil::open_append(&path)?;
             let mut buf = lines.join("\n");
             buf.push('\n');
             f.write_all(buf.as_bytes())

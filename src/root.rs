@@ -118,6 +118,72 @@ impl Root {
     }
 }
 
+/// The folders taskq writes its own files in, relative to the root:
+/// each must stay inside the root (see [`Root::confine`]).
+pub const OWN_FOLDERS: &[&str] = &[
+    "tasks",
+    "tasks/todo",
+    "tasks/done",
+    "approvals",
+    "approvals/pending",
+    "approvals/approved",
+    "approvals/rejected",
+    "agents",
+    "agents/factory",
+    "agents/factory/history",
+    "agents/factory/.spare",
+    "agents/templates",
+    "agents/hooks",
+    "agents/logs",
+    "agents/results",
+    "agents/workspaces",
+];
+
+impl Root {
+    /// Refuses a root whose own folders lead outside it: a folder of
+    /// [`OWN_FOLDERS`] that is (or lies below) a symbolic link resolving
+    /// outside the root. A link that stays inside is allowed; a folder
+    /// that does not exist yet is fine (taskq makes it as a real folder).
+    /// Every command checks it before it reads or writes, the factory
+    /// before every step: about 16 `lstat`s, and a `realpath` only where a
+    /// link is found.
+    pub fn confine(&self) -> crate::error::Result<()> {
+        use std::sync::OnceLock;
+        let real_root = OnceLock::new();
+        for rel in OWN_FOLDERS {
+            let path = self.dir.join(rel);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let root = real_root.get_or_init(|| std::fs::canonicalize(&self.dir).ok());
+            let target = std::fs::canonicalize(&path);
+            let inside = match (root, &target) {
+                (Some(root), Ok(t)) => t.starts_with(root),
+                _ => false,
+            };
+            if !inside {
+                let to = match &target {
+                    Ok(t) => format!("`{}`", t.display()),
+                    Err(e) => format!("nowhere ({e})"),
+                };
+                return Err(crate::error::Error::usage_hint(
+                    format!(
+                        "`{rel}` is a symbolic link leading outside the root `{}` (to {to}); taskq keeps its files inside its root",
+                        self.dir.display()
+                    ),
+                    format!(
+                        "replace the link with a folder (`rm {rel} && mkdir {rel}`, then move its files in), or make it point inside the root"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `agents/logs/exit-codes`, relative to the root.
 pub const EXIT_CODES: &str = "agents/logs/exit-codes";
 

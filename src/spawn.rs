@@ -17,7 +17,7 @@
 pub mod contain;
 
 use std::borrow::Cow;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -81,17 +81,25 @@ fn inline_script(spec: &Spec) -> Option<(&[String], &str)> {
 /// stdin from /dev/null (`claude -p` and `codex exec` wait for EOF on an
 /// open stdin) and stdout+stderr appended to the log.
 pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
-    let open_log = || OpenOptions::new().create(true).append(true).open(&spec.log);
+    // The wrapper appends to the exit-code file with `>>`, which follows
+    // links: none may stand there (nor a FIFO, which would block it).
+    crate::fsutil::refuse_link(&spec.exit_file)?;
+    if fs::symlink_metadata(&spec.exit_file).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(Error::io(
+            &spec.exit_file,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"),
+        ));
+    }
+    let open_log = || crate::fsutil::open_append(&spec.log);
     let log = match open_log() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = spec.log.parent() {
                 fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
             open_log()
         }
         log => log,
-    }
-    .map_err(|e| Error::io(&spec.log, e))?;
+    }?;
     let log2 = log.try_clone().map_err(|e| Error::io(&spec.log, e))?;
     let cgroup = contain::enter(&spec.exit_tag);
     let join = if cgroup.is_some() { JOIN_CGROUP } else { "" };

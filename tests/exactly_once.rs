@@ -134,3 +134,46 @@ fn ids_never_repeat_when_counters_are_set_back() {
     let c = root.add(&["Third"]);
     assert_eq!(c, "TASK-008");
 }
+
+/// An editor that saves an old copy of a task over the factory's claim
+/// (it read the file before the claim, wrote it after) makes the file
+/// say `ready` while the factory's agent runs it: scripts still cannot
+/// claim it (`claim` exits 3 naming the agent, `next --claim` passes it
+/// by), and when the agent ends the task is done, once.
+#[test]
+fn a_claim_an_editor_saved_over_still_keeps_scripts_off_the_task() {
+    use crate::util::{wait_for, LONG};
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    std::fs::create_dir_all(root.path().join("scratch")).unwrap();
+    let before = root.write_task(
+        "a",
+        "id: TASK-001\ntags: [job]",
+        "```sh\necho run >> scratch/runs\nwhile [ ! -f scratch/go ]; do sleep 0.02; done\n```",
+    );
+    let old = std::fs::read_to_string(&before).unwrap();
+    let daemon = root.daemon(&[], &[]);
+    wait_for("the agent to run", LONG, || {
+        root.path().join("scratch/runs").exists()
+    });
+    // The editor's blind save of the copy it read before the claim.
+    let tmp = root.path().join("tasks/todo/.a.md.swp");
+    std::fs::write(&tmp, &old).unwrap();
+    std::fs::rename(&tmp, &before).unwrap();
+    let run = root.taskq(&["claim", "TASK-001", "--agent", "w"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("factory's agent `JOB-001`"),
+        "{}",
+        run.stderr
+    );
+    root.taskq(&["next", "--claim", "w"]).code(1);
+    root.write("scratch/go", "");
+    wait_for("TASK-001 done", LONG, || {
+        root.show("TASK-001")["status"] == "done"
+    });
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(root.read("scratch/runs"), "run\n", "ran once");
+}

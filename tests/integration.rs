@@ -8,6 +8,7 @@ mod bounded;
 mod chaos;
 mod claim;
 mod cli;
+mod confine;
 mod docs;
 mod e2e;
 mod edits;

@@ -50,6 +50,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let ctx = Ctx::new(cli.root, out)?;
+    ctx.root.confine()?;
     let result = match cli.command {
         Command::Init(_) | Command::Completions(_) => unreachable!("handled above"),
         Command::Add(args) => add::run(&ctx, args),

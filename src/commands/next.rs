@@ -74,9 +74,14 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     };
     transition::validate_agent(&agent)?;
     super::with_writer(ctx, |writer| {
+        // Never a task the factory's agent works on, whatever its file
+        // says (an editor may have saved an old copy over the claim).
+        let busy = transition::factory_work(&writer.root);
         let picked = {
             let queue = Queue::new(&writer.scan, writer.now);
-            queue.next(filter).map(|r| (r.index, r.unblocks))
+            queue
+                .next(|t| filter(t) && !busy.contains_key(&*t.id))
+                .map(|r| (r.index, r.unblocks))
         };
         let Some((i, unblocks)) = picked else {
             report(ctx, writer);

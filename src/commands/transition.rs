@@ -208,6 +208,39 @@ pub fn check_gates(writer: &Writer, i: usize, gates: &crate::approval::Gates) ->
     Ok(())
 }
 
+/// The tasks the factory's agents work on now (see
+/// [`crate::registry::Registry::working_on`]), read under the queue lock.
+/// An unreadable registry hides nothing (a warning says why).
+pub fn factory_work(root: &crate::store::Root) -> std::collections::HashMap<String, String> {
+    let factory_runs = crate::lock::read_pid(&root.run_lock())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    match crate::registry::Registry::load(root) {
+        Ok(reg) => reg.working_on(factory_runs),
+        Err(e) => {
+            tracing::warn!("{e} (claims cannot see the factory's agents)");
+            Default::default()
+        }
+    }
+}
+
+/// Refuses to claim a task one of the factory's agents works on.
+fn check_factory(writer: &Writer, i: usize) -> Result<()> {
+    let t = &writer.scan.tasks[i];
+    match factory_work(&writer.root).get(&*t.id) {
+        Some(agent) => Err(Error::conflict_hint(
+            format!(
+                "`{}` is being worked on by the factory's agent `{agent}`",
+                t.id
+            ),
+            format!(
+                "`taskq stop {agent}` ends that agent; `taskq why {}` says more",
+                t.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn finish(ctx: &Ctx, writer: &Writer) -> Result<ExitCode> {
     report(ctx, writer);
     Ok(ExitCode::SUCCESS)
@@ -219,6 +252,7 @@ pub fn claim(ctx: &Ctx, args: ClaimArgs) -> Result<ExitCode> {
     let lease = args.lease.as_deref().map(parse_lease).transpose()?;
     with_task(ctx, &args.id, |writer, i| {
         check_gates(writer, i, &crate::approval::Gates::load(&ctx.root))?;
+        check_factory(writer, i)?;
         claim_index(writer, i, &args.agent, lease)?;
         finish(ctx, writer)
     })

@@ -345,6 +345,11 @@ impl Factory {
         // `run` made the root absolute and canonical.
         let root_abs = self.root.dir.clone();
         let ws_abs = root_abs.join(workspace);
+        // A link planted where the agent's workspace goes would run the
+        // agent wherever it leads: reported, left alone, not followed.
+        if ws_abs != root_abs {
+            fsutil::refuse_link(&ws_abs).map_err(|e| e.to_string())?;
+        }
         let mut worktree = None;
         if role.settings.workspace == Workspace::Worktree && review.is_none() {
             worktree = Some(self.add_worktree(w, i, agent_id, role, &root_abs, &ws_abs)?);
@@ -476,8 +481,10 @@ impl Factory {
             .disk
             .read(&self.root.task_path(t))
             .map_err(|e| e.to_string())?;
-        let repo_dir = frontmatter::scalar_field(&file, "repo")
-            .map_or_else(|| root_abs.to_path_buf(), |r| root_abs.join(r));
+        let repo_dir = match frontmatter::scalar_field(&file, "repo") {
+            None => root_abs.to_path_buf(),
+            Some(repo) => allowed_repo(root_abs, &repo, &self.config.git.repos)?,
+        };
         let git = crate::git::Git::detect(&repo_dir).ok_or_else(|| {
             format!(
                 "`workspace: worktree` needs a git repository: {} is not in one",
@@ -498,6 +505,34 @@ impl Factory {
             .map_err(|e| e.to_string())?;
         Ok((branch, git.top))
     }
+}
+
+/// Where a task's `repo:` leads, if it may: inside the root, or inside a
+/// repository listed in `git.repos` (both compared after resolving links).
+fn allowed_repo(
+    root: &Path,
+    repo: &str,
+    listed: &[PathBuf],
+) -> std::result::Result<PathBuf, String> {
+    let real = |p: &Path| std::fs::canonicalize(p).ok();
+    let dir = real(&root.join(repo)).ok_or_else(|| {
+        format!(
+            "repo `{repo}`: no such directory (from the root {})",
+            root.display()
+        )
+    })?;
+    let inside_root = real(root).is_some_and(|r| dir.starts_with(r));
+    let listed_ok = listed
+        .iter()
+        .filter_map(|l| real(&root.join(l)))
+        .any(|l| dir.starts_with(l));
+    if inside_root || listed_ok {
+        return Ok(dir);
+    }
+    Err(format!(
+        "repo `{repo}` leads outside the root (to {}) and is not listed in `git.repos` of agents/factory/config.yaml; list it there to let agents work in it",
+        dir.display()
+    ))
 }
 
 /// What a start that failed for want of a program says (no retry helps).

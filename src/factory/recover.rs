@@ -113,32 +113,55 @@ impl Factory {
         }
         for a in lost {
             let pid = a.pid.or_else(|| started.get(&a.id).copied());
-            let reason = match pid {
-                Some(pid) => {
-                    format!("lost: its process (pid {pid}) ended while no factory was watching")
-                }
-                // Its wrapper never wrote its start and no process of it
-                // runs: it never ran, so its task is ready again, with no
-                // attempt counted (as when a step fails before the start).
-                None => {
-                    self.never_started(w, &mut reg, &a.id, &a.task)?;
-                    continue;
-                }
-            };
-            if let Some(i) = w.scan.position(&a.task) {
-                let t = &w.scan.tasks[i];
-                if t.status == Status::Running && t.assigned.as_deref() == Some(a.id.as_str()) {
-                    let role = self.role_or_fallback(&a.role);
-                    self.fail_attempt(w, i, &role, &reason)?;
+            // Someone may change the task file meanwhile (a script, an
+            // editor): read it again and decide again, never an error that
+            // ends the factory before it supervises anything.
+            let mut tries = 0;
+            loop {
+                let settled = match pid {
+                    Some(pid) => self.settle_lost(w, &mut reg, &a, pid),
+                    // Its wrapper never wrote its start and no process of
+                    // it runs: it never ran, so its task is ready again,
+                    // with no attempt counted (as when a step fails before
+                    // the start).
+                    None => self.never_started(w, &mut reg, &a.id, &a.task),
+                };
+                match settled {
+                    Err(e) if e.is_changed() && tries < 5 => {
+                        tries += 1;
+                        w.reread_if_changed(&[a.task.as_str()])?;
+                    }
+                    other => break other?,
                 }
             }
-            let e = reg.agents.get_mut(&a.id).expect("from the registry");
-            e.status = AgentStatus::Lost;
-            e.completed = Some(w.now);
-            e.reason = Some(reason);
-            self.progress(format!("{} marked lost ({})", a.id, a.task));
         }
         reg.save(&self.root, &mut w.disk, w.now)?;
         Ok(finished)
+    }
+
+    /// An agent whose process (`pid`) ended while no factory watched,
+    /// leaving no exit code: its attempt failed.
+    fn settle_lost(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        a: &Agent,
+        pid: u32,
+    ) -> Result<()> {
+        let reason = format!("lost: its process (pid {pid}) ended while no factory was watching");
+        if let Some(i) = w.scan.position(&a.task) {
+            let t = &w.scan.tasks[i];
+            if t.status == Status::Running && t.assigned.as_deref() == Some(a.id.as_str()) {
+                let role = self.role_or_fallback(&a.role);
+                self.fail_attempt(w, i, &role, &reason)?;
+            }
+        }
+        if let Some(e) = reg.agents.get_mut(&a.id) {
+            e.status = AgentStatus::Lost;
+            e.completed = Some(w.now);
+            e.reason = Some(reason);
+        }
+        self.progress(format!("{} marked lost ({})", a.id, a.task));
+        Ok(())
     }
 }

@@ -113,9 +113,12 @@ impl Factory {
         if self.running.is_empty() {
             let path = self.root.exit_codes();
             if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Never through a link (see fsutil::refuse_link).
                 let _ = std::fs::OpenOptions::new()
                     .write(true)
                     .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                     .open(&path);
             }
         }

@@ -32,6 +32,9 @@ impl Factory {
     /// One scheduling step under the queue lock: record finished agents,
     /// then spawn what the limits allow.
     pub(super) fn step(&mut self, finished: Vec<Finished>) -> Result<()> {
+        // A folder swapped for a link leading out of the root meanwhile:
+        // this step fails (and is retried, loudly) rather than follow it.
+        self.root.confine()?;
         // The queue: as the last step left it while no one else changed a
         // file, else read afresh (with the repairs a writer makes).
         let fresh = self.cache.is_none();
