@@ -19,7 +19,7 @@ use super::report;
 pub struct ApproveArgs {
     /// The task id (`6`, `TASK-006`: its gate
     /// `approvals/pending/TASK-006.md`), a request's name (`TASK-006-1`) or
-    /// the pending file's path.
+    /// the pending file's path (in this root's approvals/pending/ only).
     pub what: String,
     /// Who approves (recorded as `by:` in the file and in the commit).
     /// Default: git's `user.name` for the root, else `$USER`.

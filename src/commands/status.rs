@@ -44,6 +44,9 @@ struct StatusJson<'a> {
     recent: Vec<&'a Agent>,
     /// Transitions waiting for a git commit, and why.
     git: Option<crate::git::Waiting>,
+    /// How agents' process trees are kept together (the running factory's,
+    /// else what `taskq run` would use here).
+    containment: String,
 }
 
 /// Runs `taskq status`.
@@ -83,6 +86,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     recent.truncate(5);
     let spend = spend(&reg, ctx.now);
     let git = crate::git::Git::detect(&ctx.root.dir).and_then(|g| g.waiting());
+    let containment = spawn::containment(&ctx.root.dir, factory_pid);
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
@@ -91,6 +95,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             spend,
             recent,
             git,
+            containment,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -101,6 +106,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
         None => out.push_str("factory: not running (`taskq run` starts it)\n"),
     }
+    let _ = writeln!(out, "containment: {containment}");
     let _ = writeln!(out, "agents: {} active", active.len());
     for a in &active {
         let rss = a

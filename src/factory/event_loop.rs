@@ -37,6 +37,11 @@ impl Factory {
             self.config.max_concurrent,
             crate::output::count(self.roles.len(), "role")
         ));
+        if let Some(c) = crate::spawn::contain::current() {
+            // Which containment keeps agents' process trees together, and
+            // what it misses (docs/reference/roles.md#no-orphans).
+            self.progress(format!("agents contained by {c}"));
+        }
         let finished = self.recover()?;
         self.step_or_retry(finished);
         let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
