@@ -57,6 +57,16 @@ pub struct GateInput<'a> {
     pub missing_program: &'a dyn Fn(&Role) -> Option<String>,
 }
 
+/// Why every start is paused, when today's spend has reached the daily
+/// cost cap (exactly: ten dimes make the dollar).
+pub fn cap_reached(input: &GateInput<'_>) -> Option<String> {
+    let cap = input.config.daily_cost_cap_usd?;
+    let spent = input.spent_today;
+    (spent >= cap).then(|| {
+        format!("daily cost cap reached ({spent} of {cap} spent today); resumes at local midnight")
+    })
+}
+
 /// The roles' models whose runs would end with an unknown cost (see
 /// [`agent::unpriced`]): each as a problem at the role's template (its
 /// `model:` line), a warning. `run` refuses them under a cap unless
@@ -212,10 +222,8 @@ pub fn gate(
     }
     if let Some(cap) = config.daily_cost_cap_usd {
         let spent = input.spent_today;
-        if spent >= cap {
-            return Gate::Pause(format!(
-                "daily cost cap reached ({spent} of {cap} spent today); resumes at local midnight"
-            ));
+        if let Some(why) = cap_reached(input) {
+            return Gate::Pause(why);
         }
         if !config.allow_unpriced_models {
             if let Some(why) = agent::unpriced(config, role.settings.agent, model) {

@@ -377,6 +377,11 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
             forecast,
         });
     }
+    // The cap is reached even with no task to start (`cap_mode: stop_all`
+    // stops the agents at work, `status` and the hook say so).
+    if out.paused.is_none() {
+        out.paused = gate::cap_reached(&s.gates);
+    }
     // After a pause or a staggered start, the rest were not looked at.
     let after = match (&out.paused, out.staggered) {
         (Some(why), _) => Some(Wait::Paused(why.clone())),
