@@ -383,8 +383,9 @@ impl Factory {
                 w.move_to_done(i)?;
                 self.stats.done += 1;
                 self.progress(format!(
-                    "done {id}: {} passed the work of {builder}",
-                    agent.id
+                    "done {id}: {} passed the work of {builder}{}",
+                    agent.id,
+                    spent.describe()
                 ));
                 self.hook(
                     "on-done",
@@ -628,4 +629,33 @@ impl Spent {
 
 fn elapsed(agent: &Agent, now: Timestamp) -> std::time::Duration {
     (now - agent.spawned).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_done_line_shows_the_tasks_total() {
+        let usd = |s: &str| Usd::parse(s).unwrap();
+        let spent = |agent, task: &str, unknown| Spent {
+            agent,
+            task: usd(task),
+            task_unknown: unknown,
+        };
+        assert_eq!(
+            spent(Some(Cost::Known(usd("0.15"))), "0.40", 0).describe(),
+            " ($0.40)"
+        );
+        assert_eq!(
+            spent(Some(Cost::Unknown), "0.40", 1).describe(),
+            " ($0.40 + 1 unknown)"
+        );
+        assert_eq!(
+            spent(Some(Cost::Known(usd("0.0035"))), "0.0035", 0).describe(),
+            " ($0.0035)"
+        );
+        // A shell task that cost nothing says nothing.
+        assert_eq!(spent(None, "0", 0).describe(), "");
+    }
 }
