@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Problem, Result};
+use crate::money::Usd;
 use crate::root::Root;
 
 /// The factory configuration.
@@ -36,13 +37,23 @@ pub struct Config {
     /// `agents/factory/history/YYYY-MM.jsonl`.
     #[serde(with = "dur")]
     pub history_after: Duration,
-    /// No new agents once today's recorded spend reaches this.
-    pub daily_cost_cap_usd: Option<f64>,
+    /// No new agents once today's recorded spend reaches this (dollars,
+    /// held in exact micro-dollars).
+    pub daily_cost_cap_usd: Option<Usd>,
+    /// What reaching the cap does: `stop_new` (no new agents; the running
+    /// ones finish) or `stop_all` (the running ones are stopped too).
+    pub cap_mode: CapMode,
+    /// With a cap set, `run` refuses to start when a role may run a model
+    /// that has no price and whose CLI reports no cost (its spend would be
+    /// unknown to the cap); `true` runs it anyway.
+    pub allow_unpriced_models: bool,
     /// Only these models may be used (empty: any).
     pub model_whitelist: Vec<String>,
     /// The program each adapter runs (`claude`, `codex`, `gemini`).
     pub adapters: BTreeMap<String, String>,
-    /// USD per million tokens, by model: `{input: 3.0, output: 15.0}`.
+    /// USD per million tokens, by model: `{input: 3.0, output: 15.0}`,
+    /// optionally `cached_input: 0.3` (cache reads; default the input
+    /// price).
     pub prices: BTreeMap<String, Price>,
     /// Tasks with any of these tags need a person's approval to run.
     pub approval_tags: Vec<String>,
@@ -83,10 +94,37 @@ pub struct GitConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
-    /// USD per million input tokens.
+    /// USD per million input tokens (not read from a cache).
     pub input: f64,
-    /// USD per million output tokens.
+    /// USD per million output tokens (reasoning tokens included).
     pub output: f64,
+    /// USD per million input tokens read from the provider's cache;
+    /// default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+}
+
+/// What reaching the daily cost cap does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapMode {
+    /// No new agents; the agents at work finish (and what they cost counts
+    /// on top of the cap).
+    #[default]
+    StopNew,
+    /// No new agents, and the agents at work are stopped (their tasks go
+    /// back to ready; what they cost until then still counts).
+    StopAll,
+}
+
+impl CapMode {
+    /// `stop_new` or `stop_all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapMode::StopNew => "stop_new",
+            CapMode::StopAll => "stop_all",
+        }
+    }
 }
 
 impl Default for Config {
@@ -100,6 +138,8 @@ impl Default for Config {
             retry_backoff: Duration::from_secs(30),
             history_after: Duration::from_secs(7 * 86400),
             daily_cost_cap_usd: None,
+            cap_mode: CapMode::StopNew,
+            allow_unpriced_models: false,
             model_whitelist: Vec::new(),
             adapters: BTreeMap::new(),
             prices: BTreeMap::new(),

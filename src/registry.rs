@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem, Result};
 use crate::fsutil::Disk;
+use crate::money::{Cost, Usd};
 use crate::root::Root;
 use crate::task::Timestamp;
 
@@ -64,13 +65,30 @@ impl AgentStatus {
     }
 }
 
-/// Token counts reported by an agent.
+/// Token counts reported by an agent, mapped from each CLI's own fields
+/// (see `agent/`): `cached_input` is part of `input`, reasoning ("thought")
+/// tokens are part of `output`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
     /// Input tokens (cache reads and writes included).
     pub input: u64,
-    /// Output tokens.
+    /// Output tokens (reasoning included).
     pub output: u64,
+    /// The part of `input` read from the provider's cache (priced at the
+    /// `cached_input` price).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Tokens {
+    /// No token at all.
+    pub fn is_empty(&self) -> bool {
+        self.input == 0 && self.output == 0
+    }
 }
 
 /// One agent.
@@ -89,9 +107,14 @@ pub struct Agent {
     /// The adapter (`claude`, `shell`, ...).
     #[serde(default)]
     pub adapter: crate::agent::Adapter,
-    /// The model it ran with.
+    /// The model it ran with (the one that answered, where the CLI says).
     #[serde(default)]
     pub model: Option<String>,
+    /// The model it was asked for, when the one that answered differs (an
+    /// alias such as `sonnet`, a CLI-side fallback): the cost forecast of
+    /// the next run asked for it finds this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_asked: Option<String>,
     /// Process id (the process group leader).
     #[serde(default)]
     pub pid: Option<u32>,
@@ -116,9 +139,10 @@ pub struct Agent {
     /// Wall time in milliseconds.
     #[serde(default)]
     pub duration_ms: Option<u64>,
-    /// Cost in USD (reported, or tokens × the config's price table).
+    /// Cost in USD (reported, or tokens × the config's price table), or
+    /// `unknown`; none while it runs, and for shell and command agents.
     #[serde(default)]
-    pub cost_usd: Option<f64>,
+    pub cost_usd: Option<Cost>,
     /// Tokens used.
     #[serde(default)]
     pub tokens: Option<Tokens>,
@@ -159,6 +183,25 @@ pub struct Agent {
     /// returning it to ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_task: bool,
+}
+
+/// Whether past agent `a` ran the model a forecast for `model` asks about.
+fn model_matches(a: &Agent, model: Option<&str>) -> bool {
+    let Some(m) = model else {
+        return a.model.is_none() && a.model_asked.is_none();
+    };
+    if a.model.as_deref() == Some(m) || a.model_asked.as_deref() == Some(m) {
+        return true;
+    }
+    // An alias (`sonnet`, `opus`): a whole word of the resolved name.
+    !m.contains(['/', '-', '.'])
+        && a.model.as_deref().is_some_and(|full| {
+            full.rsplit('/')
+                .next()
+                .unwrap_or(full)
+                .split(['-', '.', '_'])
+                .any(|w| w == m)
+        })
 }
 
 /// The whole registry file.
@@ -370,41 +413,64 @@ impl Registry {
             .collect()
     }
 
-    /// Spend recorded on the local day of `now`.
-    pub fn spent_today(&self, now: Timestamp) -> f64 {
-        let today = now.with_timezone(&chrono::Local).date_naive();
-        self.agents
-            .values()
-            .filter(|a| {
-                a.completed
-                    .unwrap_or(a.spawned)
-                    .with_timezone(&chrono::Local)
-                    .date_naive()
-                    == today
-            })
-            .filter_map(|a| a.cost_usd)
-            .sum()
+    /// Spend recorded on the local day of `now`: the known amounts, exact.
+    pub fn spent_today(&self, now: Timestamp) -> Usd {
+        self.day_spend(now).0
     }
 
-    /// The median cost of past runs of `role` with `model` (the cost
-    /// forecast of the next one), if any ran.
-    pub fn median_cost(&self, role: &str, model: Option<&str>) -> Option<f64> {
-        let mut costs: Vec<f64> = self
+    /// Spend on the local day of `now`: the known amounts, and how many
+    /// agents ended that day with an unknown cost.
+    pub fn day_spend(&self, now: Timestamp) -> (Usd, usize) {
+        let today = now.with_timezone(&chrono::Local).date_naive();
+        let mut sum = Usd::ZERO;
+        let mut unknown = 0;
+        for a in self.agents.values().filter(|a| {
+            a.completed
+                .unwrap_or(a.spawned)
+                .with_timezone(&chrono::Local)
+                .date_naive()
+                == today
+        }) {
+            match a.cost_usd {
+                Some(Cost::Known(u)) => sum += u,
+                Some(Cost::Unknown) => unknown += 1,
+                None => {}
+            }
+        }
+        (sum, unknown)
+    }
+
+    /// The cost forecast of the next run of `role` with `model`: the
+    /// median known, non-zero cost of its past runs (a run that failed
+    /// before it spent anything says nothing about what a run costs). A
+    /// past run matches when it ran, or was asked for, that model, or when
+    /// `model` is an alias contained in its model's name (`sonnet` in
+    /// `claude-sonnet-4-5`). `None`: no usable history.
+    pub fn median_cost(&self, role: &str, model: Option<&str>) -> Option<Usd> {
+        self.forecast(role, model).map(|(u, _)| u)
+    }
+
+    /// [`median_cost`](Self::median_cost) and how many runs it is the
+    /// median of.
+    pub fn forecast(&self, role: &str, model: Option<&str>) -> Option<(Usd, usize)> {
+        let mut costs: Vec<Usd> = self
             .agents
             .values()
-            .filter(|a| a.role == role && a.model.as_deref() == model && !a.status.is_live())
-            .filter_map(|a| a.cost_usd)
+            .filter(|a| a.role == role && !a.status.is_live() && model_matches(a, model))
+            .filter_map(|a| a.cost_usd.and_then(Cost::known))
+            .filter(|c| !c.is_zero())
             .collect();
         if costs.is_empty() {
             return None;
         }
-        costs.sort_by(f64::total_cmp);
+        costs.sort_unstable();
         let n = costs.len();
-        Some(if n % 2 == 1 {
+        let median = if n % 2 == 1 {
             costs[n / 2]
         } else {
-            (costs[n / 2 - 1] + costs[n / 2]) / 2.0
-        })
+            Usd((costs[n / 2 - 1].0 + costs[n / 2].0) / 2)
+        };
+        Some((median, n))
     }
 
     /// The median peak memory (KiB) of past runs of `role`, if measured.
@@ -422,13 +488,19 @@ impl Registry {
         Some(v[v.len() / 2])
     }
 
-    /// Total cost of every agent that worked on `task`.
-    pub fn task_cost(&self, task: &str) -> f64 {
-        self.agents
-            .values()
-            .filter(|a| a.task == task)
-            .filter_map(|a| a.cost_usd)
-            .sum()
+    /// Total known cost of every agent that worked on `task` (every
+    /// attempt and review), and how many of them have an unknown cost.
+    pub fn task_cost(&self, task: &str) -> (Usd, usize) {
+        let mut sum = Usd::ZERO;
+        let mut unknown = 0;
+        for a in self.agents.values().filter(|a| a.task == task) {
+            match a.cost_usd {
+                Some(Cost::Known(u)) => sum += u,
+                Some(Cost::Unknown) => unknown += 1,
+                None => {}
+            }
+        }
+        (sum, unknown)
     }
 
     /// Moves finished agents that completed before `cutoff` to
@@ -482,6 +554,7 @@ mod tests {
             status,
             adapter: crate::agent::Adapter::Shell,
             model: None,
+            model_asked: None,
             pid: None,
             pid_start: None,
             parent: None,
@@ -505,6 +578,59 @@ mod tests {
             tested_by: None,
             cancel_task: false,
         }
+    }
+
+    #[test]
+    fn the_forecast_matches_aliases_and_skips_unusable_costs() {
+        let mut r = Registry::default();
+        let add =
+            |r: &mut Registry, id: &str, model: &str, asked: Option<&str>, cost: Option<Cost>| {
+                let mut a = agent(id, AgentStatus::Completed, Some("2026-01-02T00:00:00Z"));
+                a.model = Some(model.into());
+                a.model_asked = asked.map(str::to_string);
+                a.cost_usd = cost;
+                r.agents.insert(id.into(), a);
+            };
+        let usd = |s: &str| Some(Cost::Known(Usd::parse(s).unwrap()));
+        // Failures that spent nothing, and unknown costs, say nothing.
+        add(&mut r, "B-1", "claude-sonnet-4-5-20250929", None, usd("0"));
+        add(&mut r, "B-2", "claude-sonnet-4-5-20250929", None, usd("0"));
+        add(
+            &mut r,
+            "B-3",
+            "claude-sonnet-4-5-20250929",
+            None,
+            Some(Cost::Unknown),
+        );
+        assert_eq!(r.median_cost("builder", Some("sonnet")), None);
+        add(
+            &mut r,
+            "B-4",
+            "claude-sonnet-4-5-20250929",
+            None,
+            usd("0.40"),
+        );
+        add(
+            &mut r,
+            "B-5",
+            "claude-sonnet-4-5-20250929",
+            Some("sonnet"),
+            usd("0.60"),
+        );
+        // The alias finds the resolved model's runs.
+        assert_eq!(
+            r.median_cost("builder", Some("sonnet")),
+            Some(Usd::parse("0.50").unwrap())
+        );
+        assert_eq!(
+            r.median_cost("builder", Some("claude-sonnet-4-5-20250929")),
+            Some(Usd::parse("0.50").unwrap())
+        );
+        // Not another model's, nor a partial word's.
+        assert_eq!(r.median_cost("builder", Some("opus")), None);
+        assert_eq!(r.median_cost("builder", Some("son")), None);
+        assert_eq!(r.median_cost("tester", Some("sonnet")), None);
+        assert_eq!(r.task_cost("TASK-001"), (Usd::parse("1.00").unwrap(), 1));
     }
 
     #[test]

@@ -86,6 +86,14 @@ pub struct Settings {
     /// HEAD; a task's `base:` wins).
     #[serde(default)]
     pub base: Option<String>,
+    /// Under a daily cost cap: the expected cost of a run while the role
+    /// (with its model) has no usable cost history.
+    #[serde(default)]
+    pub cost_prior_usd: Option<crate::money::Usd>,
+    /// Under a daily cost cap, with no usable history and no prior: one run
+    /// at a time (per model) until one has finished and set the forecast.
+    #[serde(default)]
+    pub require_cost_history: bool,
 }
 
 fn default_agent() -> Adapter {

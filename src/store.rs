@@ -774,7 +774,7 @@ pub struct Transition {
     /// The agent involved, for the `Agent:` trailer.
     pub agent: Option<String>,
     /// The cost recorded, for the `Cost-USD:` trailer.
-    pub cost: Option<f64>,
+    pub cost: Option<crate::money::Cost>,
 }
 
 impl Transition {
@@ -802,8 +802,14 @@ impl Transition {
         if let Some(a) = &self.agent {
             trailers.push(("Agent".into(), a.clone()));
         }
-        if let Some(c) = self.cost {
-            trailers.push(("Cost-USD".into(), format!("{c:.4}")));
+        match self.cost {
+            Some(crate::money::Cost::Known(c)) => {
+                trailers.push(("Cost-USD".into(), c.decimal(4)));
+            }
+            Some(crate::money::Cost::Unknown) => {
+                trailers.push(("Cost-USD".into(), "unknown".into()));
+            }
+            None => {}
         }
         crate::git::Entry {
             line: format!("{} {}", self.id, self.change()),

@@ -9,6 +9,7 @@ mod chaos;
 mod claim;
 mod cli;
 mod confine;
+mod cost;
 mod docs;
 mod e2e;
 mod edits;

@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use super::{exit_reason, last_json_object, u64_at, CommandLine, Invocation, Outcome, Session};
+use crate::money::Usd;
 use crate::registry::Tokens;
 
 /// The command line.
@@ -80,11 +81,14 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
         })
         .unwrap_or_default();
     let usage = v.get("usage");
+    // Claude's input fields are disjoint: total input is their sum. Cache
+    // writes are priced as input (Claude reports its own cost anyway).
     let tokens = usage.map(|u| Tokens {
         input: u64_at(u, &["input_tokens"]).unwrap_or(0)
             + u64_at(u, &["cache_creation_input_tokens"]).unwrap_or(0)
             + u64_at(u, &["cache_read_input_tokens"]).unwrap_or(0),
         output: u64_at(u, &["output_tokens"]).unwrap_or(0),
+        cached_input: u64_at(u, &["cache_read_input_tokens"]).unwrap_or(0),
     });
     let subtype = v.get("subtype").and_then(Value::as_str).unwrap_or("");
     let reason = if !denials.is_empty() {
@@ -118,7 +122,10 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
         success: reason.is_none(),
         reason,
         result,
-        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+        cost_usd: v
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .and_then(Usd::from_f64),
         tokens,
         num_turns: v.get("num_turns").and_then(Value::as_u64).map(|n| n as u32),
         session_id: v
@@ -139,6 +146,16 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What Claude Code prints when taskq's SIGTERM (a timeout, a stop)
+    /// cuts it off: an error result that still carries what it spent.
+    #[test]
+    fn a_result_after_sigterm_still_gives_the_cost() {
+        let out = "{\"type\":\"result\",\"subtype\":\"error_during_execution\",\"is_error\":true,\"total_cost_usd\":1.2,\"usage\":{\"input_tokens\":9000,\"output_tokens\":300}}\n";
+        let o = parse(out, None);
+        assert!(!o.success);
+        assert_eq!(o.cost_usd, Some(Usd::parse("1.20").unwrap()));
+    }
 
     #[test]
     fn api_error_with_subtype_success_is_a_failure() {
@@ -165,12 +182,13 @@ mod tests {
                    \"modelUsage\":{\"claude-sonnet-4-5\":{}},\"permission_denials\":[]}\n";
         let o = parse(out, Some(0));
         assert!(o.success, "{o:?}");
-        assert_eq!(o.cost_usd, Some(0.42));
+        assert_eq!(o.cost_usd, Usd::from_f64(0.42));
         assert_eq!(
             o.tokens,
             Some(Tokens {
                 input: 15,
-                output: 7
+                output: 7,
+                cached_input: 5
             })
         );
         assert_eq!(o.session_id.as_deref(), Some("abc"));

@@ -109,10 +109,15 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
     let tokens = completed
         .as_ref()
         .and_then(|c| c.get("usage"))
+        // codex-rs `TokenUsage`: `cached_input_tokens` is part of
+        // `input_tokens` (its `non_cached_input()` subtracts it), and
+        // `reasoning_output_tokens` part of `output_tokens` (its
+        // `blended_total()` is non-cached input + output): adding reasoning
+        // again would charge it twice.
         .map(|u| Tokens {
             input: u64_at(u, &["input_tokens"]).unwrap_or(0),
-            output: u64_at(u, &["output_tokens"]).unwrap_or(0)
-                + u64_at(u, &["reasoning_output_tokens"]).unwrap_or(0),
+            output: u64_at(u, &["output_tokens"]).unwrap_or(0),
+            cached_input: u64_at(u, &["cached_input_tokens"]).unwrap_or(0),
         });
     let reason = if let Some(f) = failed {
         Some(format!("codex turn failed: {f}"))
@@ -159,7 +164,8 @@ mod tests {
             o.tokens,
             Some(Tokens {
                 input: 100,
-                output: 25
+                output: 20,
+                cached_input: 0
             })
         );
         assert_eq!(o.session_id.as_deref(), Some("t1"));
@@ -168,6 +174,41 @@ mod tests {
             Some(1),
         );
         assert_eq!(o.reason.as_deref(), Some("codex turn failed: stream error"));
+    }
+
+    /// The measured case: 100k input, 20k output of which 15k reasoning,
+    /// at $1.25 / $10 per million: $0.325 (reasoning counted twice, it
+    /// was $0.475); with 40k of the input from the cache at $0.125,
+    /// $0.28.
+    #[test]
+    fn reasoning_is_inside_output_and_cached_input_priced_apart() {
+        let out = "{\"type\":\"turn.completed\",\"usage\":{\"input_tokens\":100000,\"cached_input_tokens\":0,\"output_tokens\":20000,\"reasoning_output_tokens\":15000}}\n";
+        let mut config = crate::config::Config::default();
+        config.prices.insert(
+            "gpt-5".into(),
+            crate::config::Price {
+                input: 1.25,
+                output: 10.0,
+                cached_input: Some(0.125),
+            },
+        );
+        let o = super::super::parse(
+            crate::agent::Adapter::Codex,
+            out,
+            Some(0),
+            Some("gpt-5"),
+            &config,
+        );
+        assert_eq!(o.cost_usd.unwrap().to_string(), "$0.325");
+        let cached = out.replace("\"cached_input_tokens\":0", "\"cached_input_tokens\":40000");
+        let o = super::super::parse(
+            crate::agent::Adapter::Codex,
+            &cached,
+            Some(0),
+            Some("gpt-5"),
+            &config,
+        );
+        assert_eq!(o.cost_usd.unwrap().to_string(), "$0.28");
     }
 
     #[test]

@@ -66,7 +66,17 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
                     .and_then(Value::as_u64)
                     .unwrap_or(0)
             };
-            tokens.input += get("input").max(get("prompt"));
+            // Gemini CLI (uiTelemetry): `prompt` is the whole prompt,
+            // `cached` the part of it read from the cache, `input` = prompt
+            // - cached; `tool` (tool-use prompts) and `thoughts` are
+            // counted apart from `prompt` and `candidates`, and billed as
+            // input and output.
+            let prompt = match t.and_then(|t| t.get("prompt")) {
+                Some(_) => get("prompt"),
+                None => get("input") + get("cached"),
+            };
+            tokens.input += prompt + get("tool");
+            tokens.cached_input += get("cached").min(prompt);
             tokens.output += get("candidates") + get("thoughts");
         }
     }
@@ -117,10 +127,43 @@ mod tests {
             o.tokens,
             Some(Tokens {
                 input: 50,
-                output: 12
+                output: 12,
+                cached_input: 0
             })
         );
         assert_eq!(o.model.as_deref(), Some("gemini-2.5-pro"));
         assert!(!parse("", Some(41)).success);
+    }
+
+    /// Priced to the cent with cached, tool and thought tokens: prompt
+    /// 200k (50k cached), tool 10k, candidates 8k, thoughts 12k at $1.25
+    /// input, $0.31 cached, $10 output per million: 160k × 1.25 + 50k ×
+    /// 0.31 + 20k × 10 = $0.4155.
+    #[test]
+    fn cached_tool_and_thought_tokens_are_priced_by_their_definitions() {
+        let out = r#"{"response":"ok","stats":{"models":{"gemini-2.5-pro":{"tokens":{"input":150000,"prompt":200000,"candidates":8000,"total":230000,"cached":50000,"thoughts":12000,"tool":10000}}}}}"#;
+        let mut config = crate::config::Config::default();
+        config.prices.insert(
+            "gemini-2.5-pro".into(),
+            crate::config::Price {
+                input: 1.25,
+                output: 10.0,
+                cached_input: Some(0.31),
+            },
+        );
+        let o = super::super::parse(crate::agent::Adapter::Gemini, out, Some(0), None, &config);
+        assert_eq!(
+            o.tokens,
+            Some(Tokens {
+                input: 210_000,
+                output: 20_000,
+                cached_input: 50_000
+            })
+        );
+        assert_eq!(o.cost_usd.unwrap().to_string(), "$0.4155");
+        // Without `prompt` (older versions): input + cached.
+        let old = out.replace(r#""prompt":200000,"#, "");
+        let o = super::super::parse(crate::agent::Adapter::Gemini, &old, Some(0), None, &config);
+        assert_eq!(o.cost_usd.unwrap().to_string(), "$0.4155");
     }
 }

@@ -15,7 +15,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, Price};
+use crate::money::Usd;
 use crate::registry::Tokens;
 use crate::role::Role;
 
@@ -77,8 +78,9 @@ pub struct Outcome {
     pub reason: Option<String>,
     /// The final message / result text.
     pub result: Option<String>,
-    /// Reported cost in USD (Claude); computed from tokens otherwise.
-    pub cost_usd: Option<f64>,
+    /// Reported cost (Claude, OpenClaw); after [`parse`], tokens × the
+    /// config's prices when the CLI reported none. `None`: unknown.
+    pub cost_usd: Option<Usd>,
     /// Tokens.
     pub tokens: Option<Tokens>,
     /// Turns.
@@ -219,7 +221,9 @@ pub fn command(inv: &Invocation<'_>) -> Result<CommandLine, String> {
 }
 
 /// Reads an agent's output (its log) into an outcome. `exit_code` is
-/// `None` when the process was killed by a signal.
+/// `None` when the process was killed by a signal. Read on every end (a
+/// timeout and a stop too: Claude prints its result, with its cost, after
+/// a SIGTERM).
 pub fn parse(
     adapter: Adapter,
     output: &str,
@@ -228,24 +232,57 @@ pub fn parse(
     config: &Config,
 ) -> Outcome {
     let mut outcome = adapter.parse_output(output, exit_code);
-    // CLIs that report only tokens: cost from the config's price table.
-    if outcome.cost_usd.is_none_or(|c| c == 0.0) {
-        let priced = outcome.model.as_deref().or(model);
-        if let (Some(tokens), Some(price)) =
-            (outcome.tokens, priced.and_then(|m| price_for(config, m)))
-        {
-            outcome.cost_usd = Some(
-                (tokens.input as f64 * price.input + tokens.output as f64 * price.output)
-                    / 1_000_000.0,
-            );
-        }
-    }
+    let priced = outcome.model.clone();
+    outcome.cost_usd = cost(&outcome, priced.as_deref().or(model), config);
     outcome
+}
+
+/// What a run cost: the CLI's own report when it is above zero; else its
+/// tokens × the model's price; else a report of zero with no token spent
+/// (nothing reached a model). `None`: unknown (no report, and no tokens or
+/// no price: OpenClaw reports 0 for a custom provider whatever it spent).
+pub fn cost(outcome: &Outcome, model: Option<&str>, config: &Config) -> Option<Usd> {
+    if let Some(c) = outcome.cost_usd.filter(|c| !c.is_zero()) {
+        return Some(c);
+    }
+    let tokens = outcome.tokens;
+    if let (Some(t), Some(p)) = (tokens, model.and_then(|m| price_for(config, m))) {
+        return Some(price_tokens(&t, &p));
+    }
+    match (outcome.cost_usd, tokens) {
+        (Some(zero), t) if t.is_none_or(|t| t.is_empty()) => Some(zero),
+        (None, Some(t)) if t.is_empty() => Some(Usd::ZERO),
+        _ => None,
+    }
+}
+
+/// The cost recorded for a run of `adapter`: the amount, else `unknown`
+/// for a model CLI (never a silent zero); shell and command agents cost
+/// nothing (`None`).
+pub fn recorded_cost(adapter: Adapter, cost: Option<Usd>) -> Option<crate::money::Cost> {
+    use crate::money::Cost;
+    match (cost, adapter.is_model_cli()) {
+        (Some(c), _) => Some(Cost::Known(c)),
+        (None, true) => Some(Cost::Unknown),
+        (None, false) => None,
+    }
+}
+
+/// Tokens × a price per million tokens: non-cached input at `input`,
+/// cache reads at `cached_input` (default `input`), output (reasoning
+/// included) at `output`; rounded once, to the micro-dollar.
+pub fn price_tokens(t: &Tokens, p: &Price) -> Usd {
+    let cached = t.cached_input.min(t.input);
+    // A price per million tokens is micro-dollars per token.
+    let micros = (t.input - cached) as f64 * p.input
+        + cached as f64 * p.cached_input.unwrap_or(p.input)
+        + t.output as f64 * p.output;
+    Usd::from_micros_f64(micros).unwrap_or(Usd(i64::MAX))
 }
 
 /// The price of a model: exact name, else the name without a
 /// `provider/` prefix.
-fn price_for(config: &Config, model: &str) -> Option<crate::config::Price> {
+pub fn price_for(config: &Config, model: &str) -> Option<Price> {
     config
         .prices
         .get(model)
@@ -255,6 +292,26 @@ fn price_for(config: &Config, model: &str) -> Option<crate::config::Price> {
                 .and_then(|(_, m)| config.prices.get(m))
         })
         .copied()
+}
+
+/// Why a run of `adapter` with `model` would end with an unknown cost: it
+/// is a model CLI that reports no cost of its own (Codex, Gemini) and
+/// `prices` has no entry for the model. Claude and OpenClaw report their
+/// cost (OpenClaw's is 0 for a custom provider: such a run is then priced
+/// from `prices`, or recorded as unknown). `None`: its cost is known.
+pub fn unpriced(config: &Config, adapter: Adapter, model: Option<&str>) -> Option<String> {
+    if !matches!(adapter, Adapter::Codex | Adapter::Gemini) {
+        return None;
+    }
+    match model {
+        Some(m) if price_for(config, m).is_some() => None,
+        Some(m) => Some(format!(
+            "model `{m}` has no price in the config's `prices` and {adapter} reports no cost"
+        )),
+        None => Some(format!(
+            "{adapter} runs its default model, which `prices` cannot name, and reports no cost"
+        )),
+    }
 }
 
 /// The last complete JSON object in `output` for which `accept` holds:
@@ -352,6 +409,71 @@ mod tests {
         let v = last_json_object(log, |v| v["type"] == "result").unwrap();
         assert_eq!(v["n"], 1);
         assert!(last_json_object("nothing", |_| true).is_none());
+    }
+
+    fn price(input: f64, output: f64, cached: Option<f64>) -> Price {
+        Price {
+            input,
+            output,
+            cached_input: cached,
+        }
+    }
+
+    #[test]
+    fn tokens_are_priced_to_the_micro_dollar() {
+        let t = Tokens {
+            input: 100_000,
+            output: 20_000,
+            cached_input: 40_000,
+        };
+        // 60k × $1.25 + 40k × $0.125 + 20k × $10 per million.
+        assert_eq!(
+            price_tokens(&t, &price(1.25, 10.0, Some(0.125))),
+            Usd::parse("0.28").unwrap()
+        );
+        // Without a cached price, cache reads cost the input price.
+        assert_eq!(
+            price_tokens(&t, &price(1.25, 10.0, None)),
+            Usd::parse("0.325").unwrap()
+        );
+    }
+
+    #[test]
+    fn cost_prefers_the_report_then_prices_else_unknown() {
+        let mut config = Config::default();
+        let tokens = Some(Tokens {
+            input: 1_000_000,
+            output: 0,
+            cached_input: 0,
+        });
+        let o = |cost: Option<f64>, tokens: Option<Tokens>| Outcome {
+            cost_usd: cost.and_then(Usd::from_f64),
+            tokens,
+            ..Outcome::default()
+        };
+        assert_eq!(
+            cost(&o(Some(1.2), tokens), Some("m"), &config),
+            Usd::from_f64(1.2)
+        );
+        // A report of zero for tokens spent, no price: unknown, never $0.
+        assert_eq!(cost(&o(Some(0.0), tokens), Some("m"), &config), None);
+        assert_eq!(cost(&o(None, tokens), Some("m"), &config), None);
+        assert_eq!(cost(&o(None, None), Some("m"), &config), None);
+        // Nothing reached a model: $0 is the truth.
+        assert_eq!(
+            cost(&o(Some(0.0), None), Some("m"), &config),
+            Some(Usd::ZERO)
+        );
+        config.prices.insert("m".into(), price(3.0, 15.0, None));
+        assert_eq!(
+            cost(&o(Some(0.0), tokens), Some("p/m"), &config),
+            Usd::from_f64(3.0)
+        );
+        assert_eq!(unpriced(&config, Adapter::Codex, Some("m")), None);
+        assert!(unpriced(&config, Adapter::Codex, Some("x")).is_some());
+        assert!(unpriced(&config, Adapter::Gemini, None).is_some());
+        assert_eq!(unpriced(&config, Adapter::Claude, Some("x")), None);
+        assert_eq!(unpriced(&config, Adapter::Shell, None), None);
     }
 
     #[test]

@@ -66,11 +66,14 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
     let ok = v.get("ok").and_then(Value::as_bool).unwrap_or(false);
     let status = v.get("status").and_then(Value::as_str).unwrap_or("");
     let usage = v.get("usage");
+    // OpenClaw's `input`, `cacheRead` and `cacheWrite` are disjoint (its
+    // `total` is their sum plus `output`); cache writes priced as input.
     let tokens = usage.map(|u| Tokens {
         input: u64_at(u, &["input"]).unwrap_or(0)
             + u64_at(u, &["cacheRead"]).unwrap_or(0)
             + u64_at(u, &["cacheWrite"]).unwrap_or(0),
         output: u64_at(u, &["output"]).unwrap_or(0),
+        cached_input: u64_at(u, &["cacheRead"]).unwrap_or(0),
     });
     let error = v
         .pointer("/error/message")
@@ -101,7 +104,10 @@ pub fn parse(output: &str, exit_code: Option<i32>) -> Outcome {
         success: reason.is_none(),
         reason,
         result: v.get("final").and_then(Value::as_str).map(str::to_string),
-        cost_usd: v.pointer("/usage/cost/total").and_then(Value::as_f64),
+        cost_usd: v
+            .pointer("/usage/cost/total")
+            .and_then(Value::as_f64)
+            .and_then(crate::money::Usd::from_f64),
         tokens,
         num_turns: v
             .get("assistantTurns")
@@ -130,9 +136,39 @@ mod tests {
             o.tokens,
             Some(Tokens {
                 input: 12,
-                output: 3
+                output: 3,
+                cached_input: 0
             })
         );
+        // A custom provider reports cost 0: priced from the tokens, cache
+        // reads at their own price (10k × $3 + 30k × $0.30 + 1k × $15).
+        let cached = r#"{"ok":true,"status":"ok","final":"Hi.","usage":{"input":10000,"output":1000,"cacheRead":30000,"cacheWrite":0,"total":41000,"cost":{"total":0}},"model":"claude-haiku-4-5","provider":"anthropic"}"#;
+        let mut config = crate::config::Config::default();
+        config.prices.insert(
+            "claude-haiku-4-5".into(),
+            crate::config::Price {
+                input: 3.0,
+                output: 15.0,
+                cached_input: Some(0.3),
+            },
+        );
+        let o = super::super::parse(
+            crate::agent::Adapter::Openclaw,
+            cached,
+            Some(0),
+            None,
+            &config,
+        );
+        assert_eq!(o.cost_usd.unwrap().to_string(), "$0.054");
+        // No price: unknown, not $0.
+        let o = super::super::parse(
+            crate::agent::Adapter::Openclaw,
+            cached,
+            Some(0),
+            None,
+            &crate::config::Config::default(),
+        );
+        assert_eq!(o.cost_usd, None);
         let bad = r#"{"ok":false,"status":"error","error":{"message":"Unknown model: x/y","kind":"model"}}"#;
         assert_eq!(
             parse(bad, Some(1)).reason.as_deref(),

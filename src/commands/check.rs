@@ -124,6 +124,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     problems.extend(routing_problems(ctx, &scan, &roles, &bad_roles));
     if let Some(config) = &config {
         problems.extend(program_problems(&roles, config));
+        problems.extend(crate::factory::gate::unpriced_models(&roles, config));
     }
     problems.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
     let _ = Layout::FIRST_LINE;

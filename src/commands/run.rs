@@ -24,6 +24,7 @@ pub struct Args {
 /// Runs `taskq run`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if !args.dry_run {
+        refuse_unpriced(ctx)?;
         return factory::run(
             &ctx.root,
             ctx.out,
@@ -37,14 +38,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = super::scan_and_warn(ctx);
     super::warn_graph(ctx, &scan, &crate::graph::Graph::build(&scan));
     let (items, config) = factory::plan(&ctx.root, &scan, ctx.now)?;
+    let (roles, _) = crate::role::load_all(&ctx.root);
+    let unpriced = factory::gate::unpriced_models(&roles, &config);
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({
             "max_concurrent": config.max_concurrent,
             "daily_cost_cap_usd": config.daily_cost_cap_usd,
+            "cap_mode": config.cap_mode.as_str(),
             "model_whitelist": config.model_whitelist,
+            "unpriced": unpriced.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "plan": items,
         }))?;
         return Ok(ExitCode::SUCCESS);
+    }
+    for p in &unpriced {
+        ctx.out.warn(p);
     }
     let mut out = String::new();
     let _ = writeln!(out, "plan (max_concurrent {}):", config.max_concurrent);
@@ -54,7 +62,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             "spawn" => {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  spawn  {} ({}{}){}  {}",
+                    "  {:<width$}  spawn  {} ({}{}){}{}  {}",
                     item.task,
                     item.role.as_deref().unwrap_or("?"),
                     item.agent.as_deref().unwrap_or("?"),
@@ -65,6 +73,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                     item.review_of
                         .as_deref()
                         .map(|b| format!(" to review the work of {b}"))
+                        .unwrap_or_default(),
+                    item.forecast
+                        .as_deref()
+                        .map(|f| format!(", forecast {f}"))
                         .unwrap_or_default(),
                     item.title
                 );
@@ -86,7 +98,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     match config.daily_cost_cap_usd {
         Some(cap) => {
-            let _ = writeln!(out, "daily cost cap: ${cap:.2}");
+            let _ = writeln!(
+                out,
+                "daily cost cap: {cap} (cap_mode {})",
+                config.cap_mode.as_str()
+            );
+            if !unpriced.is_empty() && !config.allow_unpriced_models {
+                let _ = writeln!(
+                    out,
+                    "refused: `taskq run` will not start with {} (allow_unpriced_models: true runs them anyway)",
+                    crate::output::count(unpriced.len(), "unpriced model")
+                );
+            }
         }
         None => out.push_str("daily cost cap: none\n"),
     }
@@ -99,4 +122,30 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     ctx.out.text(out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With a daily cost cap, a model whose runs' cost would be unknown (no
+/// price, and a CLI that reports none) would make the cap blind: `run`
+/// refuses to start unless `allow_unpriced_models: true`.
+fn refuse_unpriced(ctx: &Ctx) -> Result<()> {
+    let config = crate::config::Config::load(&ctx.root)?;
+    if config.daily_cost_cap_usd.is_none() || config.allow_unpriced_models {
+        return Ok(());
+    }
+    let (roles, _) = crate::role::load_all(&ctx.root);
+    let unpriced = factory::gate::unpriced_models(&roles, &config);
+    let Some(first) = unpriced.into_iter().next() else {
+        return Ok(());
+    };
+    let mut p = first;
+    p.warning = false;
+    p.message = format!(
+        "{} (daily_cost_cap_usd is set: the cap could not see this spend)",
+        p.message
+    );
+    p.hint = Some(
+        "add the model to `prices` in agents/factory/config.yaml (input, output, cached_input: USD per million tokens), or set allow_unpriced_models: true"
+            .into(),
+    );
+    Err(p.into())
 }

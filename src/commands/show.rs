@@ -29,7 +29,7 @@ struct ShowJson {
     task: TaskJson,
     unblocks: u32,
     /// `cost_usd:` the task's agents' total cost so far.
-    cost_usd: Option<f64>,
+    cost_usd: Option<crate::money::Usd>,
     /// `review_role:` the role that reviews the work.
     review_role: Option<String>,
     /// `builder:` the agent whose work is (or was) under review.
@@ -74,7 +74,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let e = t.extra();
     // Fields only this command shows: read from the bytes at hand, not kept
     // by the scan.
-    let cost_usd = frontmatter::scalar_field(bytes, "cost_usd").and_then(|c| c.parse::<f64>().ok());
+    let cost_usd = frontmatter::scalar_field(bytes, "cost_usd")
+        .and_then(|c| crate::money::Usd::parse(&c).ok());
     let tested_by = frontmatter::scalar_field(bytes, "tested_by");
     let text = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
     if ctx.out.json {
@@ -156,7 +157,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     field("result", e.result.as_deref().map(str::to_string));
     field("reason", e.reason.as_deref().map(str::to_string));
     field("result file", e.result_file.as_deref().map(str::to_string));
-    field("cost", cost_usd.map(|c| format!("${c:.4}")));
+    field("cost", cost_usd.map(|c| c.to_string()));
     field(
         "reviewed by",
         e.review_role.as_deref().map(|r| format!("the {r} role")),

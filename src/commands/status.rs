@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
+use crate::money::{Cost, Usd};
 use crate::queue::{Queue, State};
 use crate::registry::{Agent, Registry};
 use crate::root::log_path;
@@ -27,12 +28,33 @@ pub struct Args {
     pub lines: usize,
 }
 
+/// Spend, in exact amounts (known costs only; the agents whose cost is
+/// unknown are counted apart).
 #[derive(Serialize)]
 struct Spend {
-    today_usd: f64,
-    week_usd: f64,
-    by_role: BTreeMap<String, f64>,
-    by_model: BTreeMap<String, f64>,
+    today_usd: Usd,
+    week_usd: Usd,
+    /// Agents that ended today (this week) with an unknown cost.
+    unknown_today: usize,
+    unknown_week: usize,
+    /// Every local day the registry holds.
+    by_day: BTreeMap<String, Usd>,
+    /// This week.
+    by_role: BTreeMap<String, Usd>,
+    by_model: BTreeMap<String, Usd>,
+    by_task: BTreeMap<String, Usd>,
+}
+
+/// The daily cost cap and where today stands against it.
+#[derive(Serialize)]
+struct CapJson {
+    daily_usd: Usd,
+    mode: &'static str,
+    spent_today_usd: Usd,
+    left_usd: Usd,
+    /// Reached: no new agent starts until local midnight.
+    paused: bool,
+    reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +63,8 @@ struct StatusJson<'a> {
     active: Vec<&'a Agent>,
     queue: BTreeMap<&'static str, usize>,
     spend: Spend,
+    /// The daily cost cap, when one is set.
+    cap: Option<CapJson>,
     recent: Vec<&'a Agent>,
     /// Transitions waiting for a git commit, and why.
     git: Option<crate::git::Waiting>,
@@ -87,12 +111,31 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let spend = spend(&reg, ctx.now);
     let git = crate::git::Git::detect(&ctx.root.dir).and_then(|g| g.waiting());
     let containment = spawn::containment(&ctx.root.dir, factory_pid);
+    let config = crate::config::Config::load(&ctx.root).ok();
+    let cap = config.as_ref().and_then(|c| {
+        let cap = c.daily_cost_cap_usd?;
+        let paused = spend.today_usd >= cap;
+        Some(CapJson {
+            daily_usd: cap,
+            mode: c.cap_mode.as_str(),
+            spent_today_usd: spend.today_usd,
+            left_usd: cap.saturating_sub(spend.today_usd),
+            paused,
+            reason: paused.then(|| {
+                format!(
+                    "daily cost cap reached ({} of {cap} spent today); resumes at local midnight",
+                    spend.today_usd
+                )
+            }),
+        })
+    });
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
             active,
             queue: counts,
             spend,
+            cap,
             recent,
             git,
             containment,
@@ -134,24 +177,29 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     );
     let _ = writeln!(
         out,
-        "spend: today ${:.2}, this week ${:.2}",
+        "spend: today {}, this week {}",
         spend.today_usd, spend.week_usd
     );
-    if let Some(cap) = crate::config::Config::load(&ctx.root)
-        .ok()
-        .and_then(|c| c.daily_cost_cap_usd)
-    {
-        if spend.today_usd >= cap {
+    if spend.unknown_week > 0 {
+        let _ = writeln!(
+            out,
+            "cost unknown: {} today, {} this week (not in these sums; `taskq status AGENT` says why)",
+            crate::output::count(spend.unknown_today, "agent"),
+            crate::output::count(spend.unknown_week, "agent"),
+        );
+    }
+    if let Some(cap) = &cap {
+        if cap.paused {
             let _ = writeln!(
                 out,
-                "paused: daily cost cap reached (${:.2} of ${cap:.2}); no new agents until local midnight",
-                spend.today_usd
+                "paused: daily cost cap reached ({} of {}); no new agents until local midnight",
+                cap.spent_today_usd, cap.daily_usd
             );
         } else {
             let _ = writeln!(
                 out,
-                "daily cost cap: ${cap:.2} (${:.2} left today)",
-                cap - spend.today_usd
+                "daily cost cap: {} ({} left today; cap_mode {})",
+                cap.daily_usd, cap.left_usd, cap.mode
             );
         }
     }
@@ -172,13 +220,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         let roles: Vec<String> = spend
             .by_role
             .iter()
-            .map(|(r, c)| format!("{r} ${c:.2}"))
+            .map(|(r, c)| format!("{r} {c}"))
             .collect();
         let _ = writeln!(out, "  this week by role: {}", roles.join(", "));
         let models: Vec<String> = spend
             .by_model
             .iter()
-            .map(|(m, c)| format!("{m} ${c:.2}"))
+            .map(|(m, c)| format!("{m} {c}"))
             .collect();
         let _ = writeln!(out, "  this week by model: {}", models.join(", "));
     }
@@ -192,7 +240,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                 a.task,
                 a.status.as_str(),
                 ago(a.completed.unwrap_or(a.spawned), ctx.now),
-                a.cost_usd.map(|c| format!("  ${c:.2}")).unwrap_or_default(),
+                a.cost_usd.map(|c| format!("  {c}")).unwrap_or_default(),
                 a.reason.as_deref().or(a.result.as_deref()).unwrap_or("")
             );
         }
@@ -287,11 +335,28 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
                 a.exit_code.map_or("-".into(), |c| c.to_string())
             );
         }
-        if let Some(c) = a.cost_usd {
-            let _ = writeln!(out, "  cost ${c:.4}");
+        match a.cost_usd {
+            Some(Cost::Known(c)) => {
+                let _ = writeln!(out, "  cost {c}");
+            }
+            Some(Cost::Unknown) => {
+                let _ = writeln!(
+                    out,
+                    "  cost unknown (no cost in its output, and {})",
+                    match (a.tokens, a.adapter.is_model_cli()) {
+                        (Some(_), _) => "no price for its model in the config's `prices`",
+                        _ => "no token counts to price",
+                    }
+                );
+            }
+            None => {}
         }
         if let Some(t) = a.tokens {
-            let _ = writeln!(out, "  tokens {} in, {} out", t.input, t.output);
+            let cached = match t.cached_input {
+                0 => String::new(),
+                n => format!(" ({n} cached)"),
+            };
+            let _ = writeln!(out, "  tokens {} in{cached}, {} out", t.input, t.output);
         }
         if let Some(kb) = a.max_rss_kb {
             let _ = writeln!(out, "  peak memory {} MB", kb / 1024);
@@ -336,10 +401,14 @@ fn spend(reg: &Registry, now: Timestamp) -> Spend {
     let week_start =
         today - chrono::Duration::days(i64::from(today.weekday().num_days_from_monday()));
     let mut s = Spend {
-        today_usd: 0.0,
-        week_usd: 0.0,
+        today_usd: Usd::ZERO,
+        week_usd: Usd::ZERO,
+        unknown_today: 0,
+        unknown_week: 0,
+        by_day: BTreeMap::new(),
         by_role: BTreeMap::new(),
         by_model: BTreeMap::new(),
+        by_task: BTreeMap::new(),
     };
     for a in reg.agents.values() {
         let Some(cost) = a.cost_usd else { continue };
@@ -348,6 +417,15 @@ fn spend(reg: &Registry, now: Timestamp) -> Spend {
             .unwrap_or(a.spawned)
             .with_timezone(&Local)
             .date_naive();
+        let cost = match cost {
+            Cost::Known(c) => c,
+            Cost::Unknown => {
+                s.unknown_today += usize::from(day == today);
+                s.unknown_week += usize::from(day >= week_start);
+                continue;
+            }
+        };
+        *s.by_day.entry(day.to_string()).or_default() += cost;
         if day == today {
             s.today_usd += cost;
         }
@@ -357,6 +435,7 @@ fn spend(reg: &Registry, now: Timestamp) -> Spend {
             *s.by_model
                 .entry(a.model.clone().unwrap_or_else(|| a.adapter.to_string()))
                 .or_default() += cost;
+            *s.by_task.entry(a.task.clone()).or_default() += cost;
         }
     }
     s

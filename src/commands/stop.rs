@@ -107,6 +107,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                 a.status = AgentStatus::Stopped;
                 a.completed = Some(w.now);
                 a.reason = Some("stopped".into());
+                // What it spent until the stop: Claude prints its result,
+                // with its cost, after the SIGTERM.
+                let log = spawn::read_tail(&ctx.root.log(id), 8 << 20);
+                let outcome =
+                    crate::agent::parse(a.adapter, &log, None, a.model.as_deref(), &config);
+                a.tokens = outcome.tokens;
+                a.cost_usd = crate::agent::recorded_cost(a.adapter, outcome.cost_usd);
                 let (task, cancel) = (a.task.clone(), a.cancel_task);
                 if let Some(i) = w.scan.position(&task) {
                     let t = &w.scan.tasks[i];

@@ -99,6 +99,7 @@ impl Factory {
                     status: AgentStatus::Spawning,
                     adapter: p.role.settings.agent,
                     model: p.model.clone(),
+                    model_asked: None,
                     pid: None,
                     pid_start: None,
                     parent,

@@ -149,6 +149,9 @@ pub struct Finished {
     pub stopped: bool,
     /// Its process tree's peak memory.
     pub max_rss_kb: Option<u64>,
+    /// When it ended, if before the factory saw it (an agent that ended
+    /// while no factory watched); `None`: now.
+    pub ended_at: Option<crate::task::Timestamp>,
 }
 
 /// An agent this factory watches.

@@ -39,6 +39,10 @@ pub struct PlanItem {
     /// The builder whose work it reviews (a tester's start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review_of: Option<String>,
+    /// What it is expected to cost, with a daily cost cap (`$0.40 (median
+    /// of 3 past runs)`, or `unknown (...)`: the cap cannot foresee it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<String>,
     /// Why it waits.
     pub why: Option<String>,
     /// It can never run as things are (see [`never_runs`]).
@@ -104,6 +108,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
             agent: Some(start.role.settings.agent.to_string()),
             model: start.model.clone(),
             review_of: start.review_of.clone(),
+            forecast: start.forecast.map(|f| f.describe()),
             why: None,
             never: false,
         });
@@ -150,6 +155,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
                 crate::agent::model_for_attempt(r, t.extra().model.as_deref(), t.attempts + 1)
             }),
             review_of: None,
+            forecast: None,
             why: Some(why),
             never: stuck,
         });
@@ -202,6 +208,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
             agent: None,
             model: None,
             review_of: None,
+            forecast: None,
             why: Some(why),
             never: stuck.is_some(),
         });

@@ -9,6 +9,7 @@ use super::{path_str, Factory, Finished, Live};
 use crate::agent::{self, Outcome};
 use crate::error::Result;
 use crate::frontmatter::Change;
+use crate::money::{Cost, Usd};
 use crate::registry::{Agent, AgentStatus, Registry};
 use crate::role::Role;
 use crate::root::result_path;
@@ -44,10 +45,23 @@ impl Factory {
         }
         let stopping = f.stopped || agent.status == AgentStatus::Stopping;
         let output = spawn::read_tail(&self.root.log(&agent.id), 8 << 20);
+        // The output is read on every end: Claude prints its result, with
+        // what it spent, even after taskq's SIGTERM (a timeout, a stop, a
+        // shutdown). Only the verdict is taskq's own then.
+        let parsed = agent::parse(
+            agent.adapter,
+            &output,
+            f.exit_code,
+            agent.model.as_deref(),
+            &self.config,
+        );
         let outcome = if stopping {
             Outcome {
+                success: false,
                 reason: Some("stopped".into()),
-                ..Outcome::default()
+                result: None,
+                timed_out: false,
+                ..parsed
             }
         } else if f.timed_out {
             let role_timeout = live
@@ -55,21 +69,21 @@ impl Factory {
                 .map(|l| l.timeout)
                 .or_else(|| self.role(&agent.role).map(|r| r.settings.timeout));
             Outcome {
+                success: false,
                 reason: Some(format!(
                     "timed out after {}",
                     crate::duration::format(role_timeout.unwrap_or_default())
                 )),
-                ..Outcome::default()
+                result: None,
+                ..parsed
             }
         } else {
-            agent::parse(
-                agent.adapter,
-                &output,
-                f.exit_code,
-                agent.model.as_deref(),
-                &self.config,
-            )
+            parsed
         };
+        // What it cost: reported, or priced, or unknown: never a silent
+        // zero for a model CLI. Shell and command agents cost nothing.
+        let cost = agent::recorded_cost(agent.adapter, outcome.cost_usd);
+        let ended = f.ended_at.unwrap_or(w.now);
         let status = if stopping {
             AgentStatus::Stopped
         } else if f.timed_out || outcome.timed_out {
@@ -192,14 +206,22 @@ impl Factory {
                 }
             ));
         }
+        // The task's cost so far: every attempt and review, this one too.
+        let (before, unknown_before) = reg.task_cost(&agent.task);
+        let spent = Spent {
+            agent: cost,
+            task: before + cost.and_then(Cost::known).unwrap_or_default(),
+            task_unknown: unknown_before + usize::from(cost == Some(Cost::Unknown)),
+        };
         let mut builder_verdict = None;
         if let Some(i) = position {
-            builder_verdict = self.apply(w, i, &agent, &role, resolution, &summary, &outcome)?;
+            builder_verdict =
+                self.apply(w, i, &agent, &role, resolution, &summary, &outcome, &spent)?;
         }
         for t in w.transitions[transitions_before..].iter_mut() {
             t.agent.get_or_insert_with(|| agent.id.clone());
             if t.cost.is_none() {
-                t.cost = outcome.cost_usd;
+                t.cost = cost;
             }
         }
         if let Some((builder, passed)) = builder_verdict {
@@ -210,14 +232,20 @@ impl Factory {
         }
         let a = reg.agents.get_mut(&f.agent).expect("checked above");
         a.status = status;
-        a.completed = Some(w.now);
+        // Its real end (an agent that ended while no factory watched keeps
+        // its own time, not the restart's: its spend stays on its day).
+        a.completed = Some(ended);
         a.exit_code = f.exit_code;
-        a.duration_ms = Some(elapsed(&agent, w.now).as_millis() as u64);
-        a.cost_usd = outcome.cost_usd;
+        a.duration_ms = Some(elapsed(&agent, ended).as_millis() as u64);
+        a.cost_usd = cost;
         a.tokens = outcome.tokens;
         a.num_turns = outcome.num_turns;
         if let Some(model) = &outcome.model {
-            // The model that answered (a CLI-side fallback may have).
+            // The model that answered (an alias resolved, a CLI-side
+            // fallback): the one asked for stays, for the forecast.
+            if a.model.as_deref() != Some(model) {
+                a.model_asked = a.model.take();
+            }
             a.model = Some(model.clone());
         }
         if outcome.session_id.is_some() {
@@ -236,11 +264,11 @@ impl Factory {
         if output.is_empty() {
             w.disk.recycle_empty(&self.root.log(&agent.id));
         }
-        // The task's cost: every attempt and review, summed.
-        let total = reg.task_cost(&agent.task);
-        if total > 0.0 {
+        // The task's cost: every attempt and review, summed (the known
+        // amounts; `status TASK` names the unknown ones).
+        if !spent.task.is_zero() {
             if let Some(i) = w.scan.position(&agent.task) {
-                w.rewrite(i, &[Change::set_raw("cost_usd", format!("{total:.4}"))])?;
+                w.rewrite(i, &[Change::set_raw("cost_usd", spent.task.decimal(4))])?;
             }
         }
         Ok(())
@@ -258,7 +286,9 @@ impl Factory {
         resolution: Resolution,
         summary: &Option<String>,
         outcome: &Outcome,
+        spent: &Spent,
     ) -> Result<Option<(String, bool)>> {
+        let cost_json = spent.agent.map(Cost::to_json);
         let result_file = path_str(&result_path(&agent.task));
         match resolution {
             Resolution::NotMine { .. } => {}
@@ -301,7 +331,7 @@ impl Factory {
                 ));
                 self.hook("on-review",
                     json!({"task": agent.task, "agent": agent.id, "role": agent.role, "reviewer": reviewer,
-                           "status": "review", "cost_usd": outcome.cost_usd, "result": summary}));
+                           "status": "review", "cost_usd": cost_json, "result": summary}));
             }
             Resolution::Done => {
                 let mut changes = vec![
@@ -324,14 +354,11 @@ impl Factory {
                     agent.task,
                     agent.id,
                     crate::duration::format(elapsed(agent, w.now)),
-                    outcome
-                        .cost_usd
-                        .map(|c| format!(" (${c:.2})"))
-                        .unwrap_or_default()
+                    spent.describe()
                 ));
                 self.hook("on-done",
                     json!({"task": agent.task, "agent": agent.id, "role": agent.role, "model": agent.model,
-                           "status": "done", "cost_usd": outcome.cost_usd, "result": summary,
+                           "status": "done", "cost_usd": cost_json, "task_cost_usd": spent.task.as_f64(), "result": summary,
                            "log": agent.log, "workspace": agent.workspace}));
             }
             r @ (Resolution::Retry { .. } | Resolution::Failed { .. }) => {
@@ -356,8 +383,9 @@ impl Factory {
                 w.move_to_done(i)?;
                 self.stats.done += 1;
                 self.progress(format!(
-                    "done {id}: {} passed the work of {builder}",
-                    agent.id
+                    "done {id}: {} passed the work of {builder}{}",
+                    agent.id,
+                    spent.describe()
                 ));
                 self.hook(
                     "on-done",
@@ -576,6 +604,58 @@ impl Factory {
     }
 }
 
+/// What an agent's end adds to the money: its own cost, and its task's
+/// total over every attempt and review.
+pub(super) struct Spent {
+    /// This agent's cost (`None`: a shell or command agent).
+    pub agent: Option<Cost>,
+    /// The task's known total, this agent included.
+    pub task: Usd,
+    /// The task's agents whose cost is unknown.
+    pub task_unknown: usize,
+}
+
+impl Spent {
+    /// ` ($0.40)`, ` ($0.40 + 1 unknown)`, or nothing for a task that cost
+    /// nothing to anyone's knowledge and had no model agent.
+    fn describe(&self) -> String {
+        match (self.task.is_zero(), self.task_unknown) {
+            (true, 0) if self.agent.is_none() => String::new(),
+            (_, 0) => format!(" ({})", self.task),
+            (_, n) => format!(" ({} + {n} unknown)", self.task),
+        }
+    }
+}
+
 fn elapsed(agent: &Agent, now: Timestamp) -> std::time::Duration {
     (now - agent.spawned).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_done_line_shows_the_tasks_total() {
+        let usd = |s: &str| Usd::parse(s).unwrap();
+        let spent = |agent, task: &str, unknown| Spent {
+            agent,
+            task: usd(task),
+            task_unknown: unknown,
+        };
+        assert_eq!(
+            spent(Some(Cost::Known(usd("0.15"))), "0.40", 0).describe(),
+            " ($0.40)"
+        );
+        assert_eq!(
+            spent(Some(Cost::Unknown), "0.40", 1).describe(),
+            " ($0.40 + 1 unknown)"
+        );
+        assert_eq!(
+            spent(Some(Cost::Known(usd("0.0035"))), "0.0035", 0).describe(),
+            " ($0.0035)"
+        );
+        // A shell task that cost nothing says nothing.
+        assert_eq!(spent(None, "0", 0).describe(), "");
+    }
 }

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::registry::{Agent, AgentStatus, Registry};
 use crate::spawn;
 use crate::store::Writer;
-use crate::task::Status;
+use crate::task::{Status, Timestamp};
 
 impl Factory {
     /// At start: adopt live agents, finish those that ended while no
@@ -98,6 +98,7 @@ impl Factory {
                     timed_out: false,
                     stopped: false,
                     max_rss_kb: None,
+                    ended_at: self.ended_at(&a, w.now),
                 });
             } else if a.status == AgentStatus::Stopping {
                 finished.push(Finished {
@@ -106,6 +107,7 @@ impl Factory {
                     timed_out: false,
                     stopped: true,
                     max_rss_kb: None,
+                    ended_at: self.ended_at(&a, w.now),
                 });
             } else {
                 lost.push(a);
@@ -156,12 +158,35 @@ impl Factory {
                 self.fail_attempt(w, i, &role, &reason)?;
             }
         }
+        // What it printed before it died may still say what it spent.
+        let output = spawn::read_tail(&self.root.log(&a.id), 8 << 20);
+        let outcome =
+            crate::agent::parse(a.adapter, &output, None, a.model.as_deref(), &self.config);
+        let ended = self.ended_at(a, w.now).unwrap_or(w.now);
         if let Some(e) = reg.agents.get_mut(&a.id) {
             e.status = AgentStatus::Lost;
-            e.completed = Some(w.now);
+            e.completed = Some(ended);
+            e.duration_ms =
+                Some((ended - a.spawned).to_std().unwrap_or_default().as_millis() as u64);
+            e.tokens = outcome.tokens;
+            e.cost_usd = crate::agent::recorded_cost(a.adapter, outcome.cost_usd);
             e.reason = Some(reason);
         }
         self.progress(format!("{} marked lost ({})", a.id, a.task));
         Ok(())
+    }
+
+    /// When an agent that ended while no factory watched really ended: its
+    /// log's last write (its final output), between its start and now.
+    /// `None` when its log is gone.
+    fn ended_at(&self, a: &Agent, now: Timestamp) -> Option<Timestamp> {
+        let log = a
+            .log
+            .as_ref()
+            .map_or_else(|| self.root.log(&a.id), |l| self.root.dir.join(l));
+        let modified = std::fs::metadata(log).ok()?.modified().ok()?;
+        let at: Timestamp = chrono::DateTime::<chrono::Utc>::from(modified).fixed_offset();
+        // (Not `clamp`: a clock set back could make the start the later.)
+        Some(at.max(a.spawned).min(now))
     }
 }

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::gate::{gate, Gate, GateAction, GateInput};
+use super::gate::{self, gate, Committed, Forecast, Gate, GateAction, GateInput};
 use crate::agent::{self, Adapter};
 use crate::queue::Queue;
 use crate::role::{self, Role};
@@ -58,6 +58,8 @@ pub struct Start {
     pub workspace: Option<PathBuf>,
     /// The builder agent whose work this agent reviews.
     pub review_of: Option<String>,
+    /// What it is expected to cost (with a daily cost cap).
+    pub forecast: Option<Forecast>,
 }
 
 /// Why a ready task (or a task in review) does not start now.
@@ -180,6 +182,26 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
             per_role[k] += 1;
         }
     }
+    // Under a cost cap: what the agents at work are expected to cost (they
+    // have spent nothing the registry knows of yet), and, as they start,
+    // the agents of this step.
+    let capped = config.daily_cost_cap_usd.is_some();
+    let mut committed = Committed::default();
+    if capped {
+        for (id, r) in s.running {
+            let model = s
+                .gates
+                .registry
+                .agents
+                .get(*id)
+                .and_then(|a| a.model_asked.as_deref().or(a.model.as_deref()));
+            let f = match s.roles.iter().find(|x| x.name == *r) {
+                Some(role) => gate::forecast(s.gates.registry, role, model),
+                None => Forecast::Unknown,
+            };
+            committed.add(r, model, f);
+        }
+    }
     let budget_kb = config.max_agent_memory_mb.map(|mb| mb * 1024);
     let mut used_kb = s.memory_used_kb;
     let stagger = config.spawn_stagger;
@@ -251,7 +273,7 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
             }
         };
         let model = agent::model_for_attempt(role, None, 1);
-        match gate(&s.gates, t, role, model.as_deref()) {
+        match gate(&s.gates, t, role, model.as_deref(), &committed) {
             Gate::Go => {}
             Gate::Wait(why) => {
                 out.waits.push((i, Wait::Gate(why)));
@@ -269,6 +291,10 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
         }
         per_role[k] += 1;
         used_kb += need;
+        let forecast = capped.then(|| gate::forecast(s.gates.registry, role, model.as_deref()));
+        if let Some(f) = forecast {
+            committed.add(&role.name, model.as_deref(), f);
+        }
         let workspace = s
             .gates
             .registry
@@ -282,6 +308,7 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
             model,
             workspace: Some(workspace),
             review_of: Some(builder.to_string()),
+            forecast,
         });
     }
     // Then ready tasks, in queue order.
@@ -312,7 +339,7 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
             }
         };
         let model = agent::model_for_attempt(role, t.extra().model.as_deref(), t.attempts + 1);
-        match gate(&s.gates, t, role, model.as_deref()) {
+        match gate(&s.gates, t, role, model.as_deref(), &committed) {
             Gate::Go => {}
             Gate::Wait(why) => {
                 out.waits.push((i, Wait::Gate(why)));
@@ -337,13 +364,23 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
         }
         per_role[k] += 1;
         used_kb += need;
+        let forecast = capped.then(|| gate::forecast(s.gates.registry, role, model.as_deref()));
+        if let Some(f) = forecast {
+            committed.add(&role.name, model.as_deref(), f);
+        }
         out.starts.push(Start {
             task: i,
             role: role.clone(),
             model,
             workspace: None,
             review_of: None,
+            forecast,
         });
+    }
+    // The cap is reached even with no task to start (`cap_mode: stop_all`
+    // stops the agents at work, `status` and the hook say so).
+    if out.paused.is_none() {
+        out.paused = gate::cap_reached(&s.gates);
     }
     // After a pause or a staggered start, the rest were not looked at.
     let after = match (&out.paused, out.staggered) {
@@ -383,10 +420,29 @@ mod tests {
         busy: &[&str],
         since_last_spawn: Option<Duration>,
     ) -> (Schedule, Vec<String>) {
+        plan_with(
+            tasks,
+            roles,
+            config,
+            running,
+            busy,
+            since_last_spawn,
+            &Registry::default(),
+        )
+    }
+
+    fn plan_with(
+        tasks: Vec<crate::task::Task>,
+        roles: &[Role],
+        config: &Config,
+        running: &[(&str, &str)],
+        busy: &[&str],
+        since_last_spawn: Option<Duration>,
+        reg: &Registry,
+    ) -> (Schedule, Vec<String>) {
         let scan = Scan::from_tasks(tasks);
         let queue = Queue::new(&scan, crate::store::now());
         let root = Root::new("/r");
-        let reg = Registry::default();
         let decision = |_: &str| Decision::Missing;
         let missing = |_: &Role| None;
         let s = Snapshot {
@@ -395,8 +451,8 @@ mod tests {
             gates: GateInput {
                 root: &root,
                 config,
-                registry: &reg,
-                spent_today: 0.0,
+                registry: reg,
+                spent_today: crate::money::Usd::ZERO,
                 decision: &decision,
                 missing_program: &missing,
             },
@@ -489,11 +545,73 @@ mod tests {
             .any(|(_, w)| *w == Wait::Memory { budget_mb: 500 }));
     }
 
+    /// A $1.00 cap, runs that cost $0.40, three at a time: the step starts
+    /// two (the third would make $1.20 with them), and an agent at work
+    /// counts the same way.
+    #[test]
+    fn a_same_step_fan_out_counts_the_agents_it_starts() {
+        let roles = [role(
+            "build",
+            "prefix: B\ntags: [b]\nmax_concurrent: 5\nmodel: sonnet",
+        )];
+        let config = Config {
+            daily_cost_cap_usd: crate::money::Usd::from_f64(1.0),
+            ..Config::default()
+        };
+        let mut reg = Registry::default();
+        let past: crate::registry::Agent = serde_json::from_value(serde_json::json!({
+            "id": "B-001", "type": "build", "task": "TASK-009", "status": "completed",
+            "model": "claude-sonnet-4-5-20250929", "spawned": "2026-01-01T00:00:00Z", "cost_usd": 0.4
+        }))
+        .unwrap();
+        reg.agents.insert(past.id.clone(), past);
+        let tasks = || {
+            (1..=3)
+                .map(|n| task(&format!("TASK-00{n}"), "tags: [b]"))
+                .collect::<Vec<_>>()
+        };
+        let (s, ids) = plan_with(tasks(), &roles, &config, &[], &[], None, &reg);
+        assert_eq!(ids, ["TASK-001", "TASK-002"]);
+        assert!(
+            matches!(&s.waits[..], [(2, Wait::Gate(why))] if why.contains("would pass the daily cost cap")),
+            "{:?}",
+            s.waits
+        );
+        assert_eq!(
+            s.starts[0].forecast,
+            Some(Forecast::Median {
+                usd: crate::money::Usd::from_f64(0.4).unwrap(),
+                runs: 1
+            })
+        );
+        // One at work (asked for `sonnet`): one more starts.
+        let mut at_work: crate::registry::Agent = serde_json::from_value(serde_json::json!({
+            "id": "B-002", "type": "build", "task": "TASK-008", "status": "active",
+            "model": "sonnet", "spawned": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        at_work.status = crate::registry::AgentStatus::Active;
+        reg.agents.insert(at_work.id.clone(), at_work);
+        let (_, ids) = plan_with(
+            tasks(),
+            &roles,
+            &config,
+            &[("B-002", "build")],
+            &[],
+            None,
+            &reg,
+        );
+        assert_eq!(ids, ["TASK-001"]);
+        // Without a cap, all three.
+        let (_, ids) = plan_with(tasks(), &roles, &Config::default(), &[], &[], None, &reg);
+        assert_eq!(ids.len(), 3);
+    }
+
     #[test]
     fn a_gate_that_pauses_stops_every_start() {
         let roles = [role("build", "prefix: B\ntags: [b]\nmax_concurrent: 5")];
         let config = Config {
-            daily_cost_cap_usd: Some(0.0),
+            daily_cost_cap_usd: Some(crate::money::Usd::ZERO),
             ..Config::default()
         };
         let tasks = vec![task("TASK-001", "tags: [b]"), task("TASK-002", "tags: [b]")];

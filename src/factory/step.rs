@@ -347,12 +347,31 @@ impl Factory {
                 self.progress(format!("paused: {why}"));
                 let spent = reg.spent_today(w.now);
                 self.hook("on-cost-cap",
-                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd}));
+                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd,
+                           "cap_mode": self.config.cap_mode.as_str()}));
             }
             (None, Some(_)) => self.progress("resumed: under the daily cost cap"),
             _ => {}
         }
         self.paused = plan.paused;
+        // `cap_mode: stop_all`: the agents at work stop too (their tasks go
+        // back to ready; what they spent until now is recorded as they end).
+        if self.paused.is_some() && self.config.cap_mode == crate::config::CapMode::StopAll {
+            let mut stopped = Vec::new();
+            for (id, live) in self.running.iter_mut() {
+                if let Some(stop) = live.stop.take() {
+                    let _ = stop.send(());
+                    stopped.push(id.clone());
+                }
+            }
+            if !stopped.is_empty() {
+                stopped.sort();
+                self.progress(format!(
+                    "cap_mode stop_all: stopping {}",
+                    stopped.join(", ")
+                ));
+            }
+        }
         for (i, action) in plan.actions {
             let task = w.scan.tasks[i].id.to_string();
             self.apply_gate_action(w, &task, action)?;
@@ -374,7 +393,7 @@ impl Factory {
         // Only the cost cap reads it, and it sums the whole registry.
         let spent_today = match self.config.daily_cost_cap_usd {
             Some(_) => reg.spent_today(w.now),
-            None => 0.0,
+            None => crate::money::Usd::ZERO,
         };
         // The memory budget: what running agents use now.
         let memory_used_kb = match self.config.max_agent_memory_mb {
@@ -528,7 +547,7 @@ pub(super) fn touch_gate(w: &mut Writer, root: &Root, task: &str) {
 
 /// Names the agent (and cost) of the writer's last transition, for the
 /// commit's trailers.
-pub(super) fn tag_last(w: &mut Writer, agent: &str, cost: Option<f64>) {
+pub(super) fn tag_last(w: &mut Writer, agent: &str, cost: Option<crate::money::Cost>) {
     if let Some(t) = w.transitions.last_mut() {
         t.agent = Some(agent.to_string());
         t.cost = cost;

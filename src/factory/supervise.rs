@@ -121,6 +121,7 @@ async fn supervise(
         timed_out,
         stopped,
         max_rss_kb: rss,
+        ended_at: None,
     }
 }
 

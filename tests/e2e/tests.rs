@@ -595,3 +595,94 @@ fn three_claude_agents_at_once() {
         assert_eq!(e.root.show(&format!("TASK-00{n}"))["status"], "done");
     }
 }
+
+/// Claude Code cut off by taskq's SIGTERM, at its time limit and by
+/// `taskq stop`, while the model holds its second request: whatever it
+/// printed on the way out is read, and what it spent is recorded, as its
+/// reported `total_cost_usd` when it prints its result, else as `unknown`
+/// (never $0, never nothing). Measured with 2.1.197 against the mock:
+/// it prints nothing after SIGTERM (an empty log, ended by the signal),
+/// so both are `unknown` and `status` counts them; the print-on-SIGTERM
+/// path is covered with a script in `tests/cost.rs`.
+#[test]
+fn claude_cut_off_by_a_timeout_or_a_stop_has_its_cost_recorded() {
+    let Some(e) = E2e::new("claude_cut_off_by_a_timeout_or_a_stop_has_its_cost_recorded") else {
+        return;
+    };
+    let mock = Mock::start(|r| {
+        if r.tool_results() == 0 {
+            Reply::write("first.txt", "first turn")
+        } else {
+            Reply::text("too late").after(Duration::from_secs(120))
+        }
+    });
+    e.claude_role(
+        "timed",
+        "TIM",
+        &mock.url(),
+        "permission_mode: acceptEdits\ntimeout: 20s",
+        &[],
+    );
+    e.claude_role(
+        "held",
+        "HLD",
+        &mock.url(),
+        "permission_mode: acceptEdits\ntimeout: 300s",
+        &[],
+    );
+    // Time for Claude to print its result after the SIGTERM, if it does.
+    let config = e.root.read("agents/factory/config.yaml");
+    e.root.write(
+        "agents/factory/config.yaml",
+        config.replace("stop_grace: 1s", "stop_grace: 10s"),
+    );
+    e.task(
+        "TASK-001",
+        "timed",
+        "Cut by the time limit",
+        "Write first.txt.",
+    );
+    e.task("TASK-002", "held", "Cut by a stop", "Write first.txt.");
+    let daemon = e.root.daemon(&[], &[]);
+    crate::util::wait_for(
+        "both agents' second requests",
+        Duration::from_secs(60),
+        || {
+            mock.model_requests()
+                .iter()
+                .filter(|r| r.tool_results() > 0)
+                .count()
+                >= 2
+        },
+    );
+    e.root.taskq(&["stop", "--cancel", "TASK-002"]).ok();
+    crate::util::wait_for("both ends recorded", LIMIT, || {
+        e.agent("TIM-001")["status"] == "timeout" && e.agent("HLD-002")["status"] == "stopped"
+    });
+    let run = daemon.wait_after_term();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut unknown = 0;
+    for id in ["TIM-001", "HLD-002"] {
+        let a = e.agent(id);
+        let log = e.log(id);
+        let reported = taskq::agent::json_lines(&log)
+            .filter(|v| v["type"] == "result")
+            .last()
+            .and_then(|r| r["total_cost_usd"].as_f64());
+        match reported {
+            Some(reported) => {
+                let cost = a["cost_usd"].as_f64().unwrap_or_else(|| panic!("{a}"));
+                assert!(close(cost, reported), "{id}: {cost} vs {reported}");
+                eprintln!("{id}: claude printed its cost after SIGTERM: {reported}");
+            }
+            None => {
+                assert_eq!(a["cost_usd"], "unknown", "{id}: {a}\n{log}");
+                unknown += 1;
+                eprintln!("{id}: claude printed nothing after SIGTERM: cost unknown");
+            }
+        }
+    }
+    let status: Value =
+        serde_json::from_str(&e.root.taskq(&["status", "--json"]).ok().stdout).unwrap();
+    assert_eq!(status["spend"]["unknown_today"], unknown, "{status}");
+}
