@@ -63,6 +63,12 @@ impl Factory {
                                 e.pid_start = a.pid_start;
                                 e.status = AgentStatus::Active;
                             }
+                        } else if started.contains_key(&a.id) {
+                            // It started and has ended: never "unstarted"
+                            // (its end comes from its exit record).
+                            if let Some(e) = reg.agents.get_mut(&a.id) {
+                                e.status = AgentStatus::Active;
+                            }
                         }
                     }
                 }

@@ -164,7 +164,7 @@ impl Factory {
         fresh: bool,
     ) -> Result<()> {
         let undone = match self.reconcile {
-            true => self.undo_unstarted(w, reg)?,
+            true => self.undo_unstarted(w, reg, &finished)?,
             false => false,
         };
         // Agents that ended free their slots at once: their successors
@@ -261,11 +261,19 @@ impl Factory {
     /// batch that marked their tasks failed halfway, e.g. a person's edit
     /// refused by the compare-and-swap) are recorded as never started, and
     /// their tasks returned to ready without counting an attempt.
-    fn undo_unstarted(&mut self, w: &mut Writer, reg: &mut Registry) -> Result<bool> {
+    fn undo_unstarted(
+        &mut self,
+        w: &mut Writer,
+        reg: &mut Registry,
+        finished: &[Finished],
+    ) -> Result<bool> {
+        // Not one whose end is being recorded (it ran: a recovered agent
+        // whose end was read from its exit record, a step retried).
         let unstarted: Vec<(String, String)> = reg
             .agents
             .values()
             .filter(|a| a.status == AgentStatus::Spawning && !self.running.contains_key(&a.id))
+            .filter(|a| !finished.iter().any(|f| f.agent == a.id))
             .map(|a| (a.id.clone(), a.task.clone()))
             .collect();
         let any = !unstarted.is_empty();
