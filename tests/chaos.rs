@@ -1,5 +1,8 @@
 //! The chaos suite: the factory, shell scripts claiming and finishing tasks
-//! (`next --claim` / `done`), an editor (`sed -i`) changing task files, and
+//! (`next --claim` / `done`), editors changing task files (`sed -i`, and
+//! vim's save: move aside, write anew), hostile files (a FIFO named like a
+//! task, links leading outside the root among the tasks, the spare files
+//! and the approvals), and
 //! a factory that is suspended (SIGSTOP/SIGCONT) and killed (`kill -9`,
 //! then started again), all at once on one root. At the end:
 //!
@@ -73,6 +76,25 @@ impl Rng {
     }
 }
 
+/// Saves `path` with `mark` appended the way vim does by default: rename
+/// to `path~`, write the new text at `path`, remove the backup. False when
+/// the file was gone (moved by taskq meanwhile): then nothing is written.
+fn vim_save(path: &std::path::Path, mark: &str) -> bool {
+    let backup = path.with_extension("md~");
+    if std::fs::rename(path, &backup).is_err() {
+        return false;
+    }
+    let Ok(mut text) = std::fs::read_to_string(&backup) else {
+        let _ = std::fs::rename(&backup, path);
+        return false;
+    };
+    text.push_str(mark);
+    text.push('\n');
+    let ok = std::fs::write(path, text).is_ok();
+    let _ = std::fs::remove_file(&backup);
+    ok
+}
+
 /// Copies the root of a failed round aside (see `TASKQ_CHAOS_KEEP`).
 struct Keep(Option<std::path::PathBuf>);
 
@@ -110,6 +132,24 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
         );
     }
     root.write("agents/factory/last-task-id", format!("{}\n", f.tasks));
+    // Hostile files: a FIFO named like a task, links leading outside the
+    // root where taskq reads tasks and keeps spare files and approvals.
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(root.path().join("tasks/todo/fifo.md"))
+        .status()
+        .unwrap()
+        .success());
+    let link = |rel: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&precious, p).unwrap();
+    };
+    link("tasks/todo/link.md");
+    link("agents/factory/.spare/7");
+    link("approvals/pending/TASK-999.md");
     let stop = Arc::new(AtomicBool::new(false));
     // Claims a script made that the editor then undid: `sed -i` read the
     // file before the claim and saved it after (a blind overwrite no tool
@@ -153,7 +193,18 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
                     drop(l);
                     // `done` retries its compare-and-swap itself; a conflict
                     // that remains is a failure of the suite.
-                    let done = run(&["done", &id]);
+                    // A script retries a `done` that finds no task: an
+                    // editor may be in the middle of saving it (vim moves
+                    // the file aside for a moment).
+                    let mut done = run(&["done", &id]);
+                    for _ in 0..100 {
+                        let err = String::from_utf8_lossy(&done.stderr);
+                        if done.status.code() == Some(0) || err.contains("is already done") {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        done = run(&["done", &id]);
+                    }
                     let err = String::from_utf8_lossy(&done.stderr);
                     if done.status.code() == Some(3) && err.contains("is already done") {
                         undone.lock().unwrap().push(id.clone());
@@ -184,13 +235,19 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
                     continue;
                 }
                 let mark = format!("edit-{e}-of-TASK-{k:03}");
-                let ok = Command::new("sed")
-                    .arg("-i")
-                    .arg(format!("$a {mark}"))
-                    .arg(&path)
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
+                let ok = match e % 3 {
+                    // vim's way (`backupcopy=auto`): the file moves to a
+                    // backup name, the new text is written at its name,
+                    // the backup goes. For a moment the task is not there.
+                    2 => vim_save(&path, &mark),
+                    _ => Command::new("sed")
+                        .arg("-i")
+                        .arg(format!("$a {mark}"))
+                        .arg(&path)
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success()),
+                };
                 if ok {
                     edits.lock().unwrap().push(mark);
                 }
@@ -267,7 +324,10 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
     let mut files = String::new();
     for dir in ["tasks/todo", "tasks/done"] {
         for e in std::fs::read_dir(root.path().join(dir)).unwrap().flatten() {
-            files.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            // Regular files only: not the FIFO nor the links planted above.
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                files.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
         }
     }
     let edits = edits.lock().unwrap();
@@ -284,6 +344,11 @@ fn one_round(f: &Form, seed: u64) -> (usize, usize, usize, usize, usize) {
             });
         }
     }
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "keep me\n",
+        "a file outside the root was written through a link"
+    );
     assert_eq!(missing, 0, "tasks never run: {runs:?}");
     assert!(
         unexplained.is_empty(),
