@@ -22,6 +22,7 @@ pub mod hooks;
 pub mod lock;
 pub mod logging;
 pub mod mix;
+pub mod notify;
 pub mod output;
 pub mod queue;
 pub mod registry;

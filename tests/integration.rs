@@ -19,5 +19,6 @@ mod gates;
 mod git;
 mod gittrail;
 mod newcomer;
+mod notify;
 mod properties;
 mod schedule;

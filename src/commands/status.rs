@@ -44,6 +44,18 @@ struct StatusJson<'a> {
     recent: Vec<&'a Agent>,
     /// Transitions waiting for a git commit, and why.
     git: Option<crate::git::Waiting>,
+    /// The service unit the factory runs as (`taskq service install`).
+    service: Option<String>,
+    /// Agents with no output and no CPU time for `stuck_after`.
+    stuck: Vec<StuckJson>,
+}
+
+#[derive(Serialize)]
+struct StuckJson {
+    agent: String,
+    task: String,
+    role: String,
+    since: Timestamp,
 }
 
 /// Runs `taskq status`.
@@ -83,6 +95,24 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     recent.truncate(5);
     let spend = spend(&reg, ctx.now);
     let git = crate::git::Git::detect(&ctx.root.dir).and_then(|g| g.waiting());
+    // What the running factory flagged (a file left by one that is gone
+    // says nothing).
+    let runtime = crate::notify::Runtime::load(&ctx.root);
+    let runtime = match factory_pid.is_some() && runtime.pid == factory_pid {
+        true => runtime,
+        false => crate::notify::Runtime::default(),
+    };
+    let stuck: Vec<StuckJson> = runtime
+        .stuck
+        .iter()
+        .filter(|(id, _)| reg.agents.get(*id).is_some_and(|a| a.status.is_live()))
+        .map(|(id, s)| StuckJson {
+            agent: id.clone(),
+            task: s.task.clone(),
+            role: s.role.clone(),
+            since: s.since,
+        })
+        .collect();
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
@@ -91,14 +121,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             spend,
             recent,
             git,
+            service: runtime.service.clone(),
+            stuck,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
     match factory_pid {
-        Some(pid) => {
-            let _ = writeln!(out, "factory: running (pid {pid})");
-        }
+        Some(pid) => match &runtime.service {
+            Some(unit) => {
+                let _ = writeln!(out, "factory: running as service {unit} (pid {pid})");
+            }
+            None => {
+                let _ = writeln!(out, "factory: running (pid {pid})");
+            }
+        },
         None => out.push_str("factory: not running (`taskq run` starts it)\n"),
     }
     let _ = writeln!(out, "agents: {} active", active.len());
@@ -109,9 +146,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             .and_then(spawn::tree_rss_kb)
             .map(|kb| format!("  {} MB", kb / 1024))
             .unwrap_or_default();
+        let flag = match stuck.iter().find(|s| s.agent == a.id) {
+            Some(s) => format!("  STUCK (no output or CPU for {})", ago(s.since, ctx.now)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}",
+            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}{flag}",
             a.id,
             a.role,
             a.task,

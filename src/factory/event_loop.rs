@@ -75,6 +75,7 @@ impl Factory {
                     self.full_rescan |= rescan;
                     due = true;
                     self.rotate_history();
+                    self.check_stuck();
                 }
                 () = tokio::time::sleep_until(wake) => due = true,
                 _ = sigterm.recv() => return self.shutdown("SIGTERM").await,
@@ -142,6 +143,7 @@ impl Factory {
         match self.step(finished) {
             Ok(()) => {
                 self.changed_retries = 0;
+                self.after_step();
                 if let Some(n) = self.step_failures.take() {
                     self.progress(format!(
                         "recovered: a step succeeded after {n} failed one{}",
