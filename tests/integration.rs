@@ -22,3 +22,4 @@ mod newcomer;
 mod notify;
 mod properties;
 mod schedule;
+mod service;

@@ -357,7 +357,8 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
 }
 
 /// The pid of the running factory, if one holds the daemon lock.
-fn factory_pid(ctx: &Ctx) -> Option<u32> {
+/// The pid of the factory running in the root, if one runs.
+pub(crate) fn factory_pid(ctx: &Ctx) -> Option<u32> {
     let path = ctx.root.run_lock();
     match crate::lock::LockGuard::try_acquire(&path) {
         Ok(Some(_free)) => None,
