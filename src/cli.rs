@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, approval, check, deps, graph, init, list, log, next, run, service, show, status, stop,
-    transition, why,
+    add, approval, check, deps, graph, init, list, log, next, report, run, service, show, status,
+    stop, transition, why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -125,6 +125,11 @@ pub enum Command {
     /// `loginctl enable-linger`), restarts it when it fails, and sets
     /// `TASKQ_SERVICE` so that `taskq status` says it runs as a service.
     Service(service::Args),
+    /// A report of the factory's work: `--html FILE` (one self-contained
+    /// page: the dependency graph, a timeline of agents, cost per day, role
+    /// and model, failures), `--markdown [FILE]` (a pull-request comment),
+    /// or `--json`.
+    Report(report::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

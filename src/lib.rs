@@ -26,6 +26,7 @@ pub mod notify;
 pub mod output;
 pub mod queue;
 pub mod registry;
+pub mod report;
 pub mod role;
 pub mod root;
 pub mod spawn;

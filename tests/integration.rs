@@ -21,5 +21,6 @@ mod gittrail;
 mod newcomer;
 mod notify;
 mod properties;
+mod report;
 mod schedule;
 mod service;

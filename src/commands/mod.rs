@@ -11,6 +11,7 @@ pub mod init;
 pub mod list;
 pub mod log;
 pub mod next;
+pub mod report;
 pub mod run;
 pub mod service;
 pub mod show;
@@ -60,6 +61,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Next(args) => next::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
         Command::Service(args) => service::run(&ctx, args),
+        Command::Report(args) => report::run(&ctx, args),
         Command::Claim(args) => transition::claim(&ctx, args),
         Command::Done(args) => transition::done(&ctx, args),
         Command::Fail(args) => transition::fail(&ctx, args),
