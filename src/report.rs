@@ -163,18 +163,27 @@ impl Report {
                 reason: t.reason.clone().unwrap_or_default(),
             })
             .collect();
-        failures.extend(
-            agents
-                .iter()
-                .rev()
-                .filter(|a| matches!(a.status.as_str(), "failed" | "lost" | "timeout"))
-                .map(|a| Failure {
+        // Agent runs that failed, latest first; the one whose reason is
+        // its failed task's names the agent there instead of a second row.
+        for a in agents
+            .iter()
+            .rev()
+            .filter(|a| matches!(a.status.as_str(), "failed" | "lost" | "timeout"))
+        {
+            let reason = a.reason.clone().unwrap_or_else(|| a.status.clone());
+            match failures
+                .iter_mut()
+                .find(|f| f.agent.is_none() && f.task == a.task && f.reason == reason)
+            {
+                Some(f) => f.agent = Some(a.id.clone()),
+                None => failures.push(Failure {
                     task: a.task.clone(),
                     title: title(&a.task),
                     agent: Some(a.id.clone()),
-                    reason: a.reason.clone().unwrap_or_else(|| a.status.clone()),
+                    reason,
                 }),
-        );
+            }
+        }
         failures.truncate(MAX_FAILURES);
         Report {
             generated,
@@ -312,7 +321,7 @@ fn drawn(tasks: &[TaskRow]) -> Vec<usize> {
 
 fn state_color(state: &str) -> &'static str {
     match state {
-        "done" => "#b7e4c7",
+        "done" | "completed" => "#b7e4c7",
         "running" | "active" | "spawning" | "stopping" => "#a0c4ff",
         "review" => "#cdb4db",
         "failed" | "lost" | "timeout" => "#ffadad",
@@ -330,6 +339,14 @@ fn graph_svg(r: &Report, out: &mut String) {
         out.push_str("<p>No tasks.</p>\n");
         return;
     }
+    if shown.len() < r.tasks.len() {
+        let _ = writeln!(
+            out,
+            "<p class=\"note\">{} of {} tasks drawn: the open ones and what they wait on, up to {MAX_GRAPH_NODES} (dependencies on tasks not drawn are left out).</p>",
+            shown.len(),
+            r.tasks.len()
+        );
+    }
     let index: BTreeMap<usize, usize> = shown.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let deps: Vec<Vec<usize>> = shown
         .iter()
@@ -342,7 +359,7 @@ fn graph_svg(r: &Report, out: &mut String) {
         })
         .collect();
     let place = layers(&deps);
-    let (w, h, gx, gy) = (170.0, 36.0, 60.0, 14.0);
+    let (w, h, gx, gy) = (180.0, 36.0, 60.0, 14.0);
     let ranks = place.iter().map(|p| p.0 + 1).max().unwrap_or(1);
     let rows = place.iter().map(|p| p.1 + 1).max().unwrap_or(1);
     let width = ranks as f64 * (w + gx) + 20.0;
@@ -382,21 +399,13 @@ fn graph_svg(r: &Report, out: &mut String) {
             state_color(&t.state),
             x + 6.0,
             y + 14.0,
-            escape(&format!("{} · {}", cut(&t.id, 14), t.state)),
+            escape(&format!("{} · {}", cut(&t.id, 16), t.state)),
             x + 6.0,
             y + 29.0,
-            escape(&cut(&t.title, 26)),
+            escape(&cut(&t.title, 24)),
         );
     }
     out.push_str("</svg>\n");
-    if shown.len() < r.tasks.len() {
-        let _ = writeln!(
-            out,
-            "<p class=\"note\">{} of {} tasks drawn: the open ones and what they wait on (finished tasks left out past {MAX_GRAPH_NODES}).</p>",
-            shown.len(),
-            r.tasks.len()
-        );
-    }
 }
 
 /// The agents' timeline as inline SVG: a bar per agent run.
@@ -443,10 +452,13 @@ fn timeline_svg(r: &Report, out: &mut String) {
         out,
         "<text x=\"{label:.0}\" y=\"{:.0}\" class=\"axis\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" class=\"axis\" text-anchor=\"end\">{}</text>",
         height - 6.0,
-        t0.format("%Y-%m-%d %H:%M"),
+        t0.format("%Y-%m-%d %H:%M:%S"),
         label + bar_w,
         height - 6.0,
-        t1.format("%Y-%m-%d %H:%M"),
+        match t0.date_naive() == t1.date_naive() {
+            true => t1.format("%H:%M:%S").to_string(),
+            false => t1.format("%Y-%m-%d %H:%M:%S").to_string(),
+        },
     );
     out.push_str("</svg>\n");
     if skip > 0 {
@@ -465,11 +477,17 @@ fn spend_table(title: &str, rows: &BTreeMap<String, Spend>, out: &mut String) {
         out.push_str("<p>Nothing yet.</p>\n");
         return;
     }
-    let top = rows.values().map(|s| s.usd).fold(0.0, f64::max);
+    // Bars by cost; by agent runs when nothing cost anything (shell jobs).
+    let by_cost = rows.values().any(|s| s.usd > 0.0);
+    let value = |s: &Spend| match by_cost {
+        true => s.usd,
+        false => s.agents as f64,
+    };
+    let top = rows.values().map(value).fold(0.0, f64::max);
     out.push_str("<table><tr><th></th><th>agents</th><th>USD</th><th></th></tr>\n");
     for (k, s) in rows {
         let pct = match top > 0.0 {
-            true => 100.0 * s.usd / top,
+            true => 100.0 * value(s) / top,
             false => 0.0,
         };
         let _ = writeln!(
@@ -722,5 +740,28 @@ mod tests {
         let md = markdown(&r);
         assert!(md.contains("| builder | 1 | 0.50 |"), "{md}");
         assert!(md.lines().count() < 60);
+    }
+
+    #[test]
+    fn a_large_graph_is_bounded_and_says_so() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:00:00+00:00").unwrap();
+        let tasks: Vec<TaskRow> = (0..2000)
+            .map(|i| TaskRow {
+                id: format!("TASK-{i:04}"),
+                title: format!("t{i}"),
+                state: if i < 1500 {
+                    "done".into()
+                } else {
+                    "ready".into()
+                },
+                deps: if i > 0 { vec![i - 1, i / 2] } else { vec![] },
+                reason: None,
+            })
+            .collect();
+        let page = html(&Report::new(now, "/r".into(), tasks, Vec::new()));
+        let nodes = page.matches("rx=\"5\"").count();
+        assert_eq!(nodes, MAX_GRAPH_NODES);
+        assert!(page.contains("300 of 2000 tasks drawn"), "note");
+        assert!(page.len() < 400_000, "{}", page.len());
     }
 }

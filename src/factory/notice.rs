@@ -153,6 +153,9 @@ impl Factory {
     /// flagged (in the runtime file, for `status`) and `stuck` fires, once;
     /// again only after it moved and stalled again.
     pub(super) fn check_stuck(&mut self) {
+        if self.running.is_empty() && self.samples.is_empty() && self.runtime.stuck.is_empty() {
+            return; // nothing to look at: no walk of /proc
+        }
         let cpu = crate::spawn::cpu_ticks_by_group();
         let now = std::time::Instant::now();
         let ids: Vec<String> = self.running.keys().cloned().collect();
