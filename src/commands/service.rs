@@ -349,6 +349,14 @@ fn install(ctx: &Ctx, unit: &Unit, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = format!("wrote {}\n", unit.path.display());
+    let runtime = crate::notify::Runtime::load(&ctx.root);
+    if let Some(pid) = super::status::factory_pid(ctx) {
+        if runtime.pid != Some(pid) || runtime.service.as_deref() != Some(&unit.name) {
+            out.push_str(&format!(
+                "note: a factory already runs in this root outside the service (pid {pid}); the service's starts (retrying every 10s) once it stops\n"
+            ));
+        }
+    }
     match started {
         true => out.push_str(&format!(
             "enabled and started {}; it starts again on login (on boot too after `loginctl enable-linger`)\n",

@@ -100,14 +100,17 @@ impl Factory {
     /// the runtime file written if it changed.
     pub(super) fn after_step(&mut self) {
         if self.listens(NotifyEvent::ApprovalPending) {
-            let pending = pending_files(&self.root);
-            let names: BTreeSet<String> = pending.keys().cloned().collect();
+            let names = pending_names(&self.root);
             let new = self.runtime.standing("approval_pending", &names);
             if !new.is_empty() {
                 self.runtime_dirty = true;
             }
             for name in new {
-                let (task, agent) = pending.get(&name).cloned().unwrap_or_default();
+                // Only a new request's file is read (once).
+                let path = self.root.approvals("pending").join(format!("{name}.md"));
+                let task =
+                    crate::approval::read_field(&path, "task").unwrap_or_else(|| name.clone());
+                let agent = crate::approval::read_field(&path, "agent").filter(|a| a != "~");
                 let file = format!("approvals/pending/{name}.md");
                 let message = match &agent {
                     Some(a) => format!("{a} asks for approval: {file}"),
@@ -225,10 +228,10 @@ impl Factory {
     }
 }
 
-/// The pending approval files: name → (task, asking agent).
-fn pending_files(root: &crate::root::Root) -> BTreeMap<String, (String, Option<String>)> {
+/// The names of the pending approval files (`TASK-006`, `TASK-006-1`).
+fn pending_names(root: &crate::root::Root) -> BTreeSet<String> {
     let Ok(dir) = std::fs::read_dir(root.approvals("pending")) else {
-        return BTreeMap::new();
+        return BTreeSet::new();
     };
     dir.filter_map(|e| {
         let e = e.ok()?;
@@ -237,10 +240,7 @@ fn pending_files(root: &crate::root::Root) -> BTreeMap<String, (String, Option<S
         if stem.eq_ignore_ascii_case("readme") || !e.file_type().ok()?.is_file() {
             return None;
         }
-        let path = e.path();
-        let task = crate::approval::read_field(&path, "task").unwrap_or_else(|| stem.to_string());
-        let agent = crate::approval::read_field(&path, "agent").filter(|a| a != "~");
-        Some((stem.to_string(), (task, agent)))
+        Some(stem.to_string())
     })
     .collect()
 }
