@@ -31,6 +31,9 @@ impl Factory {
             signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
         let mut sighup =
             signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+        // After the signal handlers: a SIGTERM right after the run lock
+        // names this process must find them in place.
+        self.load_runtime();
         self.progress(format!(
             "factory started in {} (max_concurrent {}, {})",
             self.root.dir.display(),

@@ -110,8 +110,7 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // the task files the step before wrote from memory while they are as
     // written; directory fsyncs once per step.
     let disk = fsutil::Disk::factory(&root.spare_dir());
-    let mut factory = Factory::new(root, config, roles, out, opts, disk);
-    factory.load_runtime();
+    let factory = Factory::new(root, config, roles, out, opts, disk);
     let counts_line = factory.counts_line;
     let code = runtime.block_on(factory.main());
     if counts_line && code.is_err() {
