@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, approval, check, deps, graph, init, list, log, next, run, show, status, stop, transition,
-    why,
+    add, approval, check, deps, graph, init, list, log, next, report, run, service, show, status,
+    stop, transition, why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -118,6 +118,18 @@ pub enum Command {
     /// A task's history from git (following its move to done/), or an
     /// agent's with `--agent`, as a compact timeline.
     Log(log::Args),
+    /// Run the factory in the background as a systemd user unit (launchd
+    /// on macOS): install, uninstall, status.
+    ///
+    /// The unit runs `taskq --root <root> run` on login (on boot with
+    /// `loginctl enable-linger`), restarts it when it fails, and sets
+    /// `TASKQ_SERVICE` so that `taskq status` says it runs as a service.
+    Service(service::Args),
+    /// A report of the factory's work: `--html FILE` (one self-contained
+    /// page: the dependency graph, a timeline of agents, cost per day, role
+    /// and model, failures), `--markdown [FILE]` (a pull-request comment),
+    /// or `--json`.
+    Report(report::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

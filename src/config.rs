@@ -71,6 +71,19 @@ pub struct Config {
     /// No new agent while the agents' resident memory plus the new one's
     /// expected peak (its role's median) would pass this many MB.
     pub max_agent_memory_mb: Option<u64>,
+    /// Commands told about events (approval pending, a failure, …): a
+    /// list of `{on: [events], command: CMD}`; see [`crate::notify`].
+    pub notify: Vec<crate::notify::Notifier>,
+    /// A running agent with no new output and no CPU time for this long
+    /// is flagged stuck (in `status`, and the `stuck` notification).
+    #[serde(with = "dur")]
+    pub stuck_after: Duration,
+    /// The `budget` notification fires once a day when today's spend
+    /// crosses this fraction of `daily_cost_cap_usd`.
+    pub budget_warning: f64,
+    /// Notification commands are killed after this long.
+    #[serde(with = "dur")]
+    pub notify_timeout: Duration,
 }
 
 /// `git:` settings.
@@ -149,6 +162,10 @@ impl Default for Config {
             hook_timeout: Duration::from_secs(10),
             git: GitConfig::default(),
             max_agent_memory_mb: None,
+            notify: Vec::new(),
+            stuck_after: Duration::from_secs(600),
+            budget_warning: 0.8,
+            notify_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -214,6 +231,26 @@ impl Config {
                 "`heartbeat` must be at least 100ms (it is how often the factory rechecks everything)",
             ));
         }
+        if !(config.budget_warning > 0.0 && config.budget_warning <= 1.0) {
+            return Err(bad(
+                "budget_warning",
+                "`budget_warning` must be a fraction of the cap, above 0 and at most 1 (0.8: at 80%)",
+            ));
+        }
+        if config.stuck_after.is_zero() {
+            return Err(bad("stuck_after", "`stuck_after` must be longer than 0s"));
+        }
+        if let Some(n) = config.notify.iter().position(|n| n.on.is_empty()) {
+            let line = notify_entry_line(text, n);
+            let message = "a `notify` entry with no events in `on`";
+            let p = match line {
+                Some(l) => Problem::at(shown, l, message),
+                None => Problem::new(shown, message),
+            };
+            return Err(p
+                .hint(format!("name some of: {}", notify_event_names()))
+                .into());
+        }
         Ok(config)
     }
 
@@ -224,6 +261,26 @@ impl Config {
             .cloned()
             .unwrap_or_else(|| adapter.to_string())
     }
+}
+
+/// The event names a `notify` entry accepts, for hints.
+pub fn notify_event_names() -> String {
+    crate::notify::NotifyEvent::ALL
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The line of the `n`th entry (`- `) under `notify:`, if it can be found.
+fn notify_entry_line(text: &str, n: usize) -> Option<usize> {
+    let start = crate::frontmatter::key_line(text, "notify")?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, l)| l.trim_start().starts_with("- "))
+        .nth(n)
+        .map(|(i, _)| i + 1)
 }
 
 /// A serde_yaml error as a problem at `shown:line:column`, the YAML having
@@ -398,6 +455,47 @@ mod tests {
         }
         let c = Config::parse("history_after: 36500d\n", Path::new("c.yaml")).unwrap();
         assert_eq!(c.history_after, crate::duration::MAX);
+    }
+
+    /// `notify:` entries: events by name, an unknown one at its line.
+    #[test]
+    fn notify_entries_are_checked_at_their_line() {
+        let c = Config::parse(
+            "max_concurrent: 2\nnotify:\n  - on: [failed, stuck]\n    command: cat >> /tmp/x\nstuck_after: 2m\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.notify.len(), 1);
+        assert_eq!(c.stuck_after, Duration::from_secs(120));
+        let e = Config::parse(
+            "max_concurrent: 2\nnotify:\n  - on: [failed]\n    command: a\n  - on: [failed, stuk]\n    command: b\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.yaml:5:"), "{e}");
+        assert!(e.contains("unknown variant `stuk`"), "{e}");
+        let e = Config::parse(
+            "notify:\n  - on: [failed]\n    command: a\n  - on: []\n    command: b\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("c.yaml:4: a `notify` entry with no events"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "notify:\n  - on: [idle]\n    comand: b\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.yaml:3:"), "{e}");
+        let e = Config::parse("budget_warning: 1.5\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.yaml:1: `budget_warning`"), "{e}");
     }
 
     /// serde_yaml is super-linear on deep nesting: refused first, fast.

@@ -4,8 +4,12 @@
 //! background, in their own process group, killed after the config's
 //! `hook_timeout`; their output goes to `agents/logs/hooks.log`; a failing
 //! hook is logged and never blocks or stops the factory.
+//!
+//! [`run_detached`] is that runner; the config's notification commands
+//! (see [`crate::notify`]) use it too.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,11 @@ pub const EVENTS: &[&str] = &[
     "on-cost-cap",
     "on-idle",
 ];
+
+/// At most this much of a hook's or notification's output (stdout and
+/// stderr together) reaches its log; the rest is read and dropped (a
+/// command printing forever fills no disk and never blocks on a full pipe).
+pub const OUTPUT_CAP: usize = 64 * 1024;
 
 /// Runs `agents/hooks/<event>` (if it exists) with `payload` on stdin, in
 /// a background thread. Returns the thread's handle (tests may join it).
@@ -42,49 +51,181 @@ pub fn fire(
         map.insert("root".into(), Value::String(root.dir.display().to_string()));
     }
     let log_path = root.dir.join("agents").join("logs").join("hooks.log");
-    let event = event.to_string();
-    Some(std::thread::spawn(move || {
-        let _ = std::fs::create_dir_all(log_path.parent().expect("has a parent"));
-        let log = crate::fsutil::open_append(&log_path)
-            .ok()
-            .and_then(|l| Some((l.try_clone().ok()?, l)));
-        let (out, err) = match log {
-            Some((a, b)) => (Stdio::from(a), Stdio::from(b)),
-            None => (Stdio::null(), Stdio::null()),
-        };
-        let mut cmd = Command::new(&path);
+    let label = format!("hook {event}");
+    Some(run_detached(
+        Command::new(&path),
+        label,
+        payload.to_string().into_bytes(),
+        timeout,
+        log_path,
+    ))
+}
+
+/// Runs `cmd` in a background thread, in its own process group, with
+/// `input` on stdin: its output (capped at [`OUTPUT_CAP`]) is appended to
+/// `log_path`; past `timeout` its whole group is killed. A command that
+/// cannot start, fails or times out is logged (a warning naming `label`);
+/// nothing it does can block or stop the caller.
+pub fn run_detached(
+    mut cmd: Command,
+    label: String,
+    input: Vec<u8>,
+    timeout: Duration,
+    log_path: PathBuf,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
+        let _ = std::fs::create_dir_all(log_path.parent().expect("has a parent"));
         cmd.stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(err)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(hook = %path.display(), error = %e, "hook could not start");
+                append_log(&log_path, &label, &format!("could not start: {e}"), &[]);
+                tracing::warn!(%label, error = %e, "could not start");
                 return;
             }
         };
+        let pgid = child.id();
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(payload.to_string().as_bytes());
+            // In a thread of its own: a command that never reads its stdin
+            // must not hold the runner up.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
         }
+        // stdout and stderr into one capped buffer, in arrival order.
+        let kept = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0u64)));
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let kept = std::sync::Arc::clone(&kept);
+            std::thread::spawn(move || read_capped(r, &kept))
+        })
+        .collect();
         let start = Instant::now();
-        loop {
+        let verdict = loop {
             match child.try_wait() {
-                Ok(Some(status)) if status.success() => return,
-                Ok(Some(status)) => {
-                    tracing::warn!(hook = %event, %status, "hook failed (see agents/logs/hooks.log)");
-                    return;
-                }
+                Ok(Some(status)) if status.success() => break None,
+                Ok(Some(status)) => break Some(format!("failed ({status})")),
                 Ok(None) if start.elapsed() >= timeout => {
-                    crate::spawn::signal_group(child.id(), libc::SIGKILL);
+                    crate::spawn::signal_group(pgid, libc::SIGKILL);
                     let _ = child.wait();
-                    tracing::warn!(hook = %event, "hook killed after {timeout:?}");
-                    return;
+                    break Some(format!("killed after {}", crate::duration::format(timeout)));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => return,
+                Err(e) => break Some(format!("could not be waited for: {e}")),
+            }
+        };
+        // A background process it left holds the pipe open: give it a
+        // moment, then end the group (nothing a notification starts
+        // outlives it).
+        let until = Instant::now() + Duration::from_secs(1);
+        let done = |rs: &[std::thread::JoinHandle<()>]| rs.iter().all(|r| r.is_finished());
+        while !done(&readers) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !done(&readers) {
+            crate::spawn::signal_group(pgid, libc::SIGKILL);
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        let (text, dropped) = std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let status = match &verdict {
+            None => "ok".to_string(),
+            Some(why) => why.clone(),
+        };
+        let status = match dropped {
+            0 => status,
+            n => format!("{status}; {n} more bytes of output dropped"),
+        };
+        append_log(&log_path, &label, &status, &text);
+        if let Some(why) = verdict {
+            tracing::warn!(%label, "{why} (see {})", log_path.display());
+        }
+    })
+}
+
+/// Output kept so far (at most [`OUTPUT_CAP`] bytes) and how many bytes
+/// were dropped.
+type Kept = std::sync::Mutex<(Vec<u8>, u64)>;
+
+/// Reads a pipe to its end into `kept`, up to [`OUTPUT_CAP`] bytes in all;
+/// the rest is read and counted.
+fn read_capped(mut reader: Box<dyn Read + Send>, kept: &Kept) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+                let room = OUTPUT_CAP.saturating_sub(k.0.len()).min(n);
+                k.0.extend_from_slice(&buf[..room]);
+                k.1 += (n - room) as u64;
             }
         }
-    }))
+    }
+}
+
+/// Appends `<time> <label>: <status>` and the output to the log.
+fn append_log(path: &std::path::Path, label: &str, status: &str, output: &[u8]) {
+    // Never through a link, never a FIFO (see fsutil::open_append).
+    let Ok(mut log) = crate::fsutil::open_append(path) else {
+        return;
+    };
+    let now = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%:z");
+    let mut text = output.to_vec();
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    let _ = log.write_all(&text);
+    let _ = writeln!(log, "{now} {label}: {status}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that prints a lot and never ends: its output is capped,
+    /// its group killed at the timeout, both logged.
+    #[test]
+    fn output_is_capped_and_a_hanging_command_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/n.log");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("head -c 200000 /dev/zero | tr '\\0' x; sleep 30 & sleep 30");
+        let start = Instant::now();
+        run_detached(
+            cmd,
+            "test".into(),
+            b"{}".to_vec(),
+            Duration::from_secs(1),
+            log.clone(),
+        )
+        .join()
+        .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.len() < OUTPUT_CAP + 200, "{}", text.len());
+        assert!(
+            text.contains("test: killed after 1s; 134464 more bytes of output dropped"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+    }
 }

@@ -334,6 +334,35 @@ pub fn exit_codes(path: &Path) -> std::collections::HashMap<String, i32> {
         .collect()
 }
 
+/// CPU time (utime + stime, clock ticks) of every process group, summed
+/// over its live members, in one pass over /proc (stuck detection).
+pub fn cpu_ticks_by_group() -> std::collections::HashMap<u32, u64> {
+    let mut by_group = std::collections::HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return by_group;
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((pgid, ticks)) = group_ticks(&stat) {
+            *by_group.entry(pgid).or_insert(0) += ticks;
+        }
+    }
+    by_group
+}
+
+/// A /proc/PID/stat line's process group and utime + stime.
+fn group_ticks(stat: &str) -> Option<(u32, u64)> {
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // After the name: state(0) ppid(1) pgrp(2) … utime(11) stime(12).
+    let pgid = fields.get(2)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((pgid, utime + stime))
+}
+
 /// Resident memory (KiB) of a process and all its descendants, from
 /// /proc/PID/status and /proc/PID/task/*/children.
 pub fn tree_rss_kb(pid: u32) -> Option<u64> {
@@ -412,6 +441,17 @@ pub fn read_tail(path: &Path, max: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_ticks_reads_pgrp_utime_and_stime() {
+        let line = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 0 0";
+        assert_eq!(group_ticks(line), Some((42, 10)));
+        // This process's group exists and has used some CPU.
+        let me = cpu_ticks_by_group();
+        // SAFETY: getpgrp has no preconditions.
+        let pgid = unsafe { libc::getpgrp() } as u32;
+        assert!(me.contains_key(&pgid));
+    }
 
     #[test]
     fn own_process_start_time_is_stable() {

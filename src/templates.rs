@@ -50,12 +50,14 @@ pub const INIT_FILES: &[(&str, &str)] = &[
     (".gitignore", GITIGNORE),
 ];
 
-/// Ignored by git in a taskq root: agent scratch space, logs and locks.
+/// Ignored by git in a taskq root: agent scratch space, logs, locks and
+/// the running factory's runtime file.
 pub const GITIGNORE: &str = "\
 # taskq: agent workspaces and logs are scratch space; locks are per machine.
 /agents/workspaces/
 /agents/logs/
 /agents/factory/*.lock
+/agents/factory/runtime.json
 ";
 
 /// Directories `init` creates even when empty.

@@ -22,5 +22,8 @@ mod git;
 mod gittrail;
 mod newcomer;
 mod orphans;
+mod notify;
 mod properties;
+mod report;
 mod schedule;
+mod service;

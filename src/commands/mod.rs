@@ -11,7 +11,9 @@ pub mod init;
 pub mod list;
 pub mod log;
 pub mod next;
+pub mod report;
 pub mod run;
+pub mod service;
 pub mod show;
 pub mod status;
 pub mod stop;
@@ -59,6 +61,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Show(args) => show::run(&ctx, args),
         Command::Next(args) => next::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Service(args) => service::run(&ctx, args),
+        Command::Report(args) => report::run(&ctx, args),
         Command::Claim(args) => transition::claim(&ctx, args),
         Command::Done(args) => transition::done(&ctx, args),
         Command::Fail(args) => transition::fail(&ctx, args),

@@ -71,6 +71,18 @@ struct StatusJson<'a> {
     /// How agents' process trees are kept together (the running factory's,
     /// else what `taskq run` would use here).
     containment: String,
+    /// The service unit the factory runs as (`taskq service install`).
+    service: Option<String>,
+    /// Agents with no output and no CPU time for `stuck_after`.
+    stuck: Vec<StuckJson>,
+}
+
+#[derive(Serialize)]
+struct StuckJson {
+    agent: String,
+    task: String,
+    role: String,
+    since: Timestamp,
 }
 
 /// Runs `taskq status`.
@@ -129,6 +141,24 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             }),
         })
     });
+    // What the running factory flagged (a file left by one that is gone
+    // says nothing).
+    let runtime = crate::notify::Runtime::load(&ctx.root);
+    let runtime = match factory_pid.is_some() && runtime.pid == factory_pid {
+        true => runtime,
+        false => crate::notify::Runtime::default(),
+    };
+    let stuck: Vec<StuckJson> = runtime
+        .stuck
+        .iter()
+        .filter(|(id, _)| reg.agents.get(*id).is_some_and(|a| a.status.is_live()))
+        .map(|(id, s)| StuckJson {
+            agent: id.clone(),
+            task: s.task.clone(),
+            role: s.role.clone(),
+            since: s.since,
+        })
+        .collect();
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
@@ -139,14 +169,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             recent,
             git,
             containment,
+            service: runtime.service.clone(),
+            stuck,
         })?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
     match factory_pid {
-        Some(pid) => {
-            let _ = writeln!(out, "factory: running (pid {pid})");
-        }
+        Some(pid) => match &runtime.service {
+            Some(unit) => {
+                let _ = writeln!(out, "factory: running as service {unit} (pid {pid})");
+            }
+            None => {
+                let _ = writeln!(out, "factory: running (pid {pid})");
+            }
+        },
         None => out.push_str("factory: not running (`taskq run` starts it)\n"),
     }
     let _ = writeln!(out, "containment: {containment}");
@@ -158,9 +195,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             .and_then(spawn::tree_rss_kb)
             .map(|kb| format!("  {} MB", kb / 1024))
             .unwrap_or_default();
+        let flag = match stuck.iter().find(|s| s.agent == a.id) {
+            Some(s) => format!("  STUCK (no output or CPU for {})", ago(s.since, ctx.now)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}",
+            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}{flag}",
             a.id,
             a.role,
             a.task,
@@ -387,7 +428,8 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
 }
 
 /// The pid of the running factory, if one holds the daemon lock.
-fn factory_pid(ctx: &Ctx) -> Option<u32> {
+/// The pid of the factory running in the root, if one runs.
+pub(crate) fn factory_pid(ctx: &Ctx) -> Option<u32> {
     let path = ctx.root.run_lock();
     match crate::lock::LockGuard::try_acquire(&path) {
         Ok(Some(_free)) => None,

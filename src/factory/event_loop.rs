@@ -31,6 +31,9 @@ impl Factory {
             signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
         let mut sighup =
             signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+        // After the signal handlers: a SIGTERM right after the run lock
+        // names this process must find them in place.
+        self.load_runtime();
         self.progress(format!(
             "factory started in {} (max_concurrent {}, {})",
             self.root.dir.display(),
@@ -80,6 +83,7 @@ impl Factory {
                     self.full_rescan |= rescan;
                     due = true;
                     self.rotate_history();
+                    self.check_stuck();
                 }
                 () = tokio::time::sleep_until(wake) => due = true,
                 _ = sigterm.recv() => return self.shutdown("SIGTERM").await,
@@ -147,6 +151,7 @@ impl Factory {
         match self.step(finished) {
             Ok(()) => {
                 self.changed_retries = 0;
+                self.after_step();
                 if let Some(n) = self.step_failures.take() {
                     self.progress(format!(
                         "recovered: a step succeeded after {n} failed one{}",

@@ -24,6 +24,7 @@
 //! | [`recover`] | at start: adopt live agents, finish or mark lost the others | |
 //! | [`shutdown`] | children before parents, then the last step | order: yes |
 //! | [`report`] | progress lines, the counts line, hooks, history rotation | |
+//! | [`notice`] | notifications (each event once, across restarts), stuck agents | |
 //! | [`plan`] | what `run --dry-run` and `why` print, from the same schedule | |
 //!
 //! Crash safety comes from the order of writes, always under the queue
@@ -36,6 +37,7 @@
 mod event_loop;
 pub mod gate;
 pub mod launch;
+mod notice;
 pub mod outcome;
 pub mod plan;
 pub mod prompt;
@@ -246,6 +248,13 @@ struct Factory {
     changed_retries: u32,
     /// A step failed: look for agents it registered but never started.
     reconcile: bool,
+    /// agents/factory/runtime.json as this factory keeps it (stuck agents,
+    /// notifications sent, the service), and whether it needs writing.
+    runtime: crate::notify::Runtime,
+    runtime_dirty: bool,
+    /// Each running agent's CPU time and output as last seen (stuck
+    /// detection).
+    samples: HashMap<String, crate::notify::Sample>,
 }
 
 #[derive(Default)]
@@ -313,6 +322,9 @@ impl Factory {
             changed_retries: 0,
             reconcile: false,
             disk,
+            runtime: crate::notify::Runtime::default(),
+            runtime_dirty: true,
+            samples: HashMap::new(),
         }
     }
 

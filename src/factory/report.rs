@@ -48,6 +48,31 @@ impl Factory {
     /// before it exits (`--until-idle` would otherwise cut it off).
     pub(super) fn hook(&mut self, event: &str, payload: serde_json::Value) {
         self.hook_threads.retain(|h| !h.is_finished());
+        // The notification commands' events that are hooks' too: a
+        // failure and idle (both transitions, once each).
+        let also = match event {
+            "on-fail" => Some(crate::notify::NotifyEvent::Failed),
+            "on-idle" => Some(crate::notify::NotifyEvent::Idle),
+            _ => None,
+        };
+        if let Some(n) = also {
+            let mut payload = payload.clone();
+            if let serde_json::Value::Object(map) = &mut payload {
+                let message = match n {
+                    crate::notify::NotifyEvent::Idle => format!(
+                        "idle: {} spawned, {} done, {} failed",
+                        self.stats.spawned, self.stats.done, self.stats.failed
+                    ),
+                    _ => format!(
+                        "{} failed: {}",
+                        map.get("task").and_then(|t| t.as_str()).unwrap_or("a task"),
+                        map.get("reason").and_then(|t| t.as_str()).unwrap_or("")
+                    ),
+                };
+                map.insert("message".into(), message.into());
+            }
+            self.notify(n, payload);
+        }
         if let Some(h) = hooks::fire(&self.root, event, payload, self.config.hook_timeout) {
             self.hook_threads.push(h);
         }
@@ -178,6 +203,11 @@ impl Factory {
             now.insert(key);
         }
         self.stuck_reported = now;
+        let blocked: Vec<(String, String)> = stuck
+            .iter()
+            .map(|(i, why)| (w.scan.tasks[*i].id.to_string(), why.clone()))
+            .collect();
+        self.notify_blocked(&blocked);
     }
 
     /// How `--until-idle` ends: a line naming the tasks that can never run

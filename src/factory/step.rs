@@ -350,13 +350,15 @@ impl Factory {
         if plan.staggered {
             self.stagger_wake = Some(Instant::now() + self.config.spawn_stagger);
         }
+        self.check_budget(reg, w.now);
         match (&plan.paused, &self.paused) {
             (Some(why), None) => {
                 self.progress(format!("paused: {why}"));
                 let spent = reg.spent_today(w.now);
-                self.hook("on-cost-cap",
-                    json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd,
-                           "cap_mode": self.config.cap_mode.as_str()}));
+                let payload = json!({"reason": why, "spent_today_usd": spent, "cap_usd": self.config.daily_cost_cap_usd,
+                       "cap_mode": self.config.cap_mode.as_str()});
+                self.hook("on-cost-cap", payload.clone());
+                self.notify_daily(crate::notify::NotifyEvent::CapReached, w.now, payload);
             }
             (None, Some(_)) => self.progress("resumed: under the daily cost cap"),
             _ => {}
