@@ -23,6 +23,7 @@ pub mod lock;
 pub mod logging;
 pub mod mix;
 pub mod output;
+pub mod pause;
 pub mod queue;
 pub mod registry;
 pub mod role;

@@ -8,6 +8,7 @@ mod bounded;
 mod chaos;
 mod claim;
 mod cli;
+mod control;
 mod docs;
 mod e2e;
 mod edits;

@@ -37,8 +37,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = super::scan_and_warn(ctx);
     super::warn_graph(ctx, &scan, &crate::graph::Graph::build(&scan));
     let (items, config) = factory::plan(&ctx.root, &scan, ctx.now)?;
+    let pause = crate::pause::read(&ctx.root);
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({
+            "paused": pause,
             "max_concurrent": config.max_concurrent,
             "daily_cost_cap_usd": config.daily_cost_cap_usd,
             "model_whitelist": config.model_whitelist,
@@ -47,6 +49,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
+    if let Some(p) = &pause {
+        let _ = writeln!(out, "{}: nothing starts", p.describe());
+    }
     let _ = writeln!(out, "plan (max_concurrent {}):", config.max_concurrent);
     let width = items.iter().map(|i| i.task.len()).max().unwrap_or(8);
     for item in &items {

@@ -38,6 +38,8 @@ struct Spend {
 #[derive(Serialize)]
 struct StatusJson<'a> {
     factory_pid: Option<u32>,
+    /// A person paused the factory (`taskq pause`): who, when, why.
+    paused: Option<crate::pause::Pause>,
     active: Vec<&'a Agent>,
     queue: BTreeMap<&'static str, usize>,
     spend: Spend,
@@ -83,9 +85,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     recent.truncate(5);
     let spend = spend(&reg, ctx.now);
     let git = crate::git::Git::detect(&ctx.root.dir).and_then(|g| g.waiting());
+    let paused = crate::pause::read(&ctx.root);
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
+            paused,
             active,
             queue: counts,
             spend,
@@ -100,6 +104,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             let _ = writeln!(out, "factory: running (pid {pid})");
         }
         None => out.push_str("factory: not running (`taskq run` starts it)\n"),
+    }
+    if let Some(p) = &paused {
+        let _ = writeln!(
+            out,
+            "{}: no new agents start; running agents go on",
+            p.describe()
+        );
     }
     let _ = writeln!(out, "agents: {} active", active.len());
     for a in &active {
@@ -316,7 +327,7 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
 }
 
 /// The pid of the running factory, if one holds the daemon lock.
-fn factory_pid(ctx: &Ctx) -> Option<u32> {
+pub(crate) fn factory_pid(ctx: &Ctx) -> Option<u32> {
     let path = ctx.root.run_lock();
     match crate::lock::LockGuard::try_acquire(&path) {
         Ok(Some(_free)) => None,
