@@ -126,6 +126,15 @@ pub enum Command {
     /// A task's history from git (following its move to done/), or an
     /// agent's with `--agent`, as a compact timeline.
     Log(log::Args),
+    /// A live view of the factory in the terminal: running agents, queue
+    /// counts, pending approvals, spend against the cap, recent events.
+    ///
+    /// Keys: Tab switches pane, arrows (or j/k) select; `a` approves and
+    /// `r` rejects (asking for a reason) the selected request; `l` opens
+    /// the selected agent's log, `s` stops it; `h` holds and `u` releases
+    /// the selected task; `p` pauses or resumes the factory; `q` quits.
+    /// Updates on file events; works in 80x24 over ssh, without a mouse.
+    Top(crate::top::Args),
     /// Print an agent's log, or follow it with `-f` as it is written (for
     /// a task: its latest agent's). `-f` ends once the agent has ended and
     /// its log is printed.

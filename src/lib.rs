@@ -32,6 +32,7 @@ pub mod spawn;
 pub mod store;
 pub mod task;
 pub mod templates;
+pub mod top;
 pub mod watch;
 
 use std::io::Write;

@@ -22,3 +22,4 @@ mod gittrail;
 mod newcomer;
 mod properties;
 mod schedule;
+mod top;

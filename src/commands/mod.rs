@@ -78,6 +78,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Why(args) => why::run(&ctx, args),
         Command::Log(args) => log::run(&ctx, args),
         Command::Logs(args) => logs::run(&ctx, args),
+        Command::Top(args) => crate::top::run(&ctx, args),
         Command::Pause(args) => pause::pause(&ctx, args),
         Command::Resume => pause::resume(&ctx),
     };

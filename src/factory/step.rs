@@ -339,8 +339,7 @@ impl Factory {
             (Some(why), None) => {
                 let running = self.running.len();
                 self.progress(format!(
-                    "{why}: no new agents start; {} go on",
-                    crate::output::count(running, "running agent")
+                    "{why}: no new agents start; running ones go on ({running} now)"
                 ));
             }
             (None, Some(_)) => self.progress("resumed: agents start again"),
