@@ -69,6 +69,9 @@ impl Touched {
 
 /// The model and what it was read from.
 pub struct Loader {
+    /// When the queue was last read, and how long that took: the next
+    /// read waits at least four times that (see [`Loader::queue_due`]).
+    queue_read: Option<(std::time::Instant, std::time::Duration)>,
     root: Root,
     reg: Registry,
     tails: HashMap<String, String>,
@@ -80,6 +83,7 @@ impl Loader {
     /// Reads everything.
     pub fn new(root: Root) -> Loader {
         let mut l = Loader {
+            queue_read: None,
             root,
             reg: Registry::default(),
             tails: HashMap::new(),
@@ -132,6 +136,7 @@ impl Loader {
                 .collect();
         }
         if t.tasks {
+            let began = std::time::Instant::now();
             let scan = store::scan_lean(&self.root);
             let queue = Queue::new(&scan, now);
             let mut counts: Vec<(&'static str, usize)> = [
@@ -173,10 +178,20 @@ impl Loader {
                     .map(|r| row(r.index)),
             );
             self.model.tasks = tasks;
+            self.queue_read = Some((began, began.elapsed()));
         }
         if t.approvals {
             self.model.approvals = pending(&self.root.approvals("pending"));
         }
+    }
+
+    /// The earliest time the queue should be read again: a busy factory
+    /// over 10,000 tasks changes task files many times a second, and each
+    /// read costs ~60 ms, so reads are spaced to keep them under a fifth
+    /// of a core (at most every 2 s).
+    pub fn queue_due(&self) -> Option<std::time::Instant> {
+        self.queue_read
+            .map(|(at, took)| at + (took * 4).min(std::time::Duration::from_secs(2)))
     }
 
     /// The end of an agent's log, for the log pane.

@@ -128,11 +128,16 @@ fn main_loop(
             }
             Some(Msg::Resize) => {}
             Some(Msg::Files(paths)) => {
+                let had_tasks = touched.tasks;
                 for p in &paths {
                     touched.add(&ctx.root, p);
                 }
-                if touched.any() && settle.is_none() {
-                    settle = Some(Instant::now() + DEBOUNCE);
+                if touched.any() {
+                    let mut at = settle.unwrap_or_else(|| Instant::now() + DEBOUNCE);
+                    if touched.tasks && !had_tasks {
+                        at = loader.queue_due().map_or(at, |due| due.max(at));
+                    }
+                    settle = Some(at);
                 }
             }
             Some(Msg::Done(message)) => {
