@@ -144,6 +144,23 @@ fn top_shows_agents_and_tasks_and_approves_with_a_key() {
     );
     // The approved task runs and the recent events say so.
     tmux.wait_screen("the approved task's run", &["completed TASK-002"]);
+    // An agent asks to do something; `r` asks for the reason, Enter
+    // rejects with it.
+    root.taskq(&["approval", "request", "--task", "TASK-001", "Post the note"])
+        .ok();
+    tmux.wait_screen("the new request", &["TASK-001-1   Post the note"]);
+    tmux.key("r");
+    tmux.wait_screen("the reason prompt", &["reject TASK-001-1, reason: _"]);
+    for c in ["n", "o", "t", "Space", "n", "o", "w"] {
+        tmux.key(c);
+    }
+    tmux.key("Enter");
+    // (The file is moved, then the decision written into it.)
+    wait_for("the request to be rejected with the reason", LONG, || {
+        std::fs::read_to_string(root.path().join("approvals/rejected/TASK-001-1.md"))
+            .is_ok_and(|t| t.contains("reason: not now"))
+    });
+    tmux.wait_screen("the outcome", &["done: reject TASK-001-1"]);
     // `q` quits with 0.
     tmux.key("q");
     wait_for("top to exit", LONG, || {
