@@ -163,7 +163,7 @@ fn draw_agents(frame: &mut Frame<'_>, area: Rect, model: &Model, app: &App) {
         .map(|a| {
             format!(
                 "{:<8} {:<7} {:<8} {:<9} {:>6} {:>6} {:>5} {}",
-                cut(&a.id, 8),
+                cut(&tree_id(&a.id, a.depth), 8),
                 cut(&a.role, 7),
                 cut(&a.task, 8),
                 cut(&a.model, 9),
@@ -270,6 +270,14 @@ fn draw_log(frame: &mut Frame<'_>, area: Rect, agent: &str, lines: &[String]) {
     frame.render_widget(Paragraph::new(shown), inner);
 }
 
+/// An agent's id under its parent: `└T-002`, one space more per level.
+fn tree_id(id: &str, depth: usize) -> String {
+    match depth {
+        0 => id.to_string(),
+        d => format!("{}└{id}", " ".repeat(d - 1)),
+    }
+}
+
 /// `text` cut to `width` characters (control characters dropped: a log
 /// line may hold escapes that would move the cursor).
 pub fn cut(text: &str, width: usize) -> String {
@@ -327,6 +335,7 @@ mod tests {
             counts: vec![("ready", 10_000), ("running", 1), ("hold", 1), ("done", 0)],
             agents: vec![AgentRow {
                 id: "JOB-001".into(),
+                depth: 0,
                 role: "job".into(),
                 task: "TASK-001".into(),
                 model: "shell".into(),
@@ -354,6 +363,18 @@ mod tests {
             now: Some(now),
             ..Model::default()
         }
+    }
+
+    #[test]
+    fn agents_spawned_by_agents_sit_under_them() {
+        let mut m = model();
+        let mut child = m.agents[0].clone();
+        child.id = "TST-002".into();
+        child.depth = 1;
+        m.agents.push(child);
+        let s = screen(&m, &App::new(false));
+        assert!(s.contains("\nJOB-001  job"), "{s}");
+        assert!(s.contains("\n└TST-002 job"), "{s}");
     }
 
     #[test]

@@ -119,19 +119,26 @@ impl Loader {
                 self.tails
                     .insert(id.clone(), last.unwrap_or_default().trim().to_string());
             }
-            self.model.agents = self
-                .reg
-                .live()
-                .map(|a| AgentRow {
-                    id: a.id.clone(),
-                    role: a.role.clone(),
-                    task: a.task.clone(),
-                    model: a.model.clone().unwrap_or_else(|| a.adapter.to_string()),
-                    status: a.status.as_str().to_string(),
-                    spawned: a.spawned,
-                    cost: a.cost_usd,
-                    tokens: a.tokens.map(|t| t.input + t.output),
-                    last_line: self.tails.get(&a.id).cloned().unwrap_or_default(),
+            let live: Vec<&crate::registry::Agent> = self.reg.live().collect();
+            let parents: Vec<Option<&str>> = live.iter().map(|a| a.parent.as_deref()).collect();
+            let ids: Vec<&str> = live.iter().map(|a| a.id.as_str()).collect();
+            let order = tree_order(&ids, &parents);
+            self.model.agents = order
+                .into_iter()
+                .map(|(k, depth)| {
+                    let a = live[k];
+                    AgentRow {
+                        id: a.id.clone(),
+                        depth,
+                        role: a.role.clone(),
+                        task: a.task.clone(),
+                        model: a.model.clone().unwrap_or_else(|| a.adapter.to_string()),
+                        status: a.status.as_str().to_string(),
+                        spawned: a.spawned,
+                        cost: a.cost_usd,
+                        tokens: a.tokens.map(|t| t.input + t.output),
+                        last_line: self.tails.get(&a.id).cloned().unwrap_or_default(),
+                    }
                 })
                 .collect();
         }
@@ -200,6 +207,36 @@ impl Loader {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// The agents as a tree (room for the delegation tree): each agent
+/// followed by the agents it spawned, depth first; `(index, depth)`. An
+/// agent whose parent is not among them is a root. Cycles cannot hang it.
+pub fn tree_order(ids: &[&str], parents: &[Option<&str>]) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut placed = vec![false; ids.len()];
+    let roots: Vec<usize> = (0..ids.len())
+        .filter(|&k| parents[k].is_none_or(|p| !ids.contains(&p)))
+        .collect();
+    let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|k| (k, 0)).collect();
+    loop {
+        while let Some((k, depth)) = stack.pop() {
+            if std::mem::replace(&mut placed[k], true) {
+                continue;
+            }
+            out.push((k, depth));
+            for c in (0..ids.len()).rev() {
+                if parents[c] == Some(ids[k]) && !placed[c] {
+                    stack.push((c, depth + 1));
+                }
+            }
+        }
+        // Agents only in a cycle of parents: shown as roots.
+        match (0..ids.len()).find(|&k| !placed[k]) {
+            Some(k) => stack.push((k, 0)),
+            None => return out,
+        }
     }
 }
 
@@ -287,6 +324,16 @@ mod tests {
             "Post the note"
         );
         assert_eq!(first_body_line("no header"), "no header");
+    }
+
+    #[test]
+    fn agents_are_ordered_as_a_tree() {
+        let ids = ["B-1", "T-2", "B-3", "X-4", "Y-5"];
+        let parents = [None, Some("B-1"), None, Some("Y-5"), Some("X-4")];
+        assert_eq!(
+            tree_order(&ids, &parents),
+            [(0, 0), (1, 1), (2, 0), (3, 0), (4, 1)]
+        );
     }
 
     #[test]

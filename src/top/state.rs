@@ -12,6 +12,9 @@ use crate::task::Timestamp;
 pub struct AgentRow {
     /// `JOB-001`.
     pub id: String,
+    /// How deep in the tree of agents spawning agents (0: started by
+    /// the factory for a task; 1: spawned by the agent above it).
+    pub depth: usize,
     /// Its role.
     pub role: String,
     /// Its task.
@@ -427,6 +430,7 @@ mod tests {
         Model {
             agents: vec![AgentRow {
                 id: "JOB-001".into(),
+                depth: 0,
                 role: "job".into(),
                 task: "TASK-001".into(),
                 model: "shell".into(),
