@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, approval, check, deps, graph, init, list, log, next, report, run, service, show, status,
-    stop, transition, why,
+    add, approval, check, deps, graph, init, list, log, logs, next, pause, report, run, service,
+    show, status, stop, transition, why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -104,6 +104,14 @@ pub enum Command {
     /// Stop an agent, or the agent running a task (and every agent it
     /// spawned); its task returns to ready, or is cancelled with `--cancel`.
     Stop(stop::Args),
+    /// Pause the factory: no new agents start; agents at work go on.
+    ///
+    /// Writes agents/factory/paused (git and editors see it; it holds
+    /// across restarts of the factory). Pausing twice changes nothing.
+    Pause(pause::PauseArgs),
+    /// Resume a paused factory: agents start again. Removes
+    /// agents/factory/paused; resuming twice changes nothing.
+    Resume,
     /// Approve a pending request: moves approvals/pending/<ID>.md to
     /// approvals/approved/ (the same as `mv`).
     Approve(approval::ApproveArgs),
@@ -130,6 +138,19 @@ pub enum Command {
     /// and model, failures), `--markdown [FILE]` (a pull-request comment),
     /// or `--json`.
     Report(report::Args),
+    /// A live view of the factory in the terminal: running agents, queue
+    /// counts, pending approvals, spend against the cap, recent events.
+    ///
+    /// Keys: Tab switches pane, arrows (or j/k) select; `a` approves and
+    /// `r` rejects (asking for a reason) the selected request; `l` opens
+    /// the selected agent's log, `s` stops it; `h` holds and `u` releases
+    /// the selected task; `p` pauses or resumes the factory; `q` quits.
+    /// Updates on file events; works in 80x24 over ssh, without a mouse.
+    Top(crate::top::Args),
+    /// Print an agent's log, or follow it with `-f` as it is written (for
+    /// a task: its latest agent's). `-f` ends once the agent has ended and
+    /// its log is printed.
+    Logs(logs::Args),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }

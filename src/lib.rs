@@ -25,6 +25,7 @@ pub mod mix;
 pub mod money;
 pub mod notify;
 pub mod output;
+pub mod pause;
 pub mod queue;
 pub mod registry;
 pub mod report;
@@ -34,6 +35,7 @@ pub mod spawn;
 pub mod store;
 pub mod task;
 pub mod templates;
+pub mod top;
 pub mod watch;
 
 use std::io::Write;

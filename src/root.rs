@@ -67,6 +67,12 @@ impl Root {
         self.factory_dir().join("registry.json")
     }
 
+    /// `agents/factory/paused`: while it exists no new agent starts
+    /// (`taskq pause`, `taskq resume`; see `pause`).
+    pub fn pause_file(&self) -> PathBuf {
+        self.factory_dir().join("paused")
+    }
+
     /// `agents/factory/history`: finished agents moved out of the registry.
     pub fn history_dir(&self) -> PathBuf {
         self.factory_dir().join("history")

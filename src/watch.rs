@@ -46,7 +46,7 @@ pub fn take(shared: &Shared) -> Seen {
 }
 
 /// Watches `tasks/`, `approvals/` and `agents/templates/` (created if
-/// missing). Keep the returned watcher alive.
+/// missing), and the pause file (`agents/factory/paused`). Keep the returned watcher alive.
 pub fn start<E: Send + 'static>(
     root: &Root,
     shared: Shared,
@@ -58,11 +58,27 @@ pub fn start<E: Send + 'static>(
     // factory nothing (with notify 8, whose mask included it, ~30 ms of CPU
     // and at times an overflowed queue and a full rescan).
     let config = notify::Config::default().with_event_kinds(EventKindMask::CORE);
+    // `agents/factory` is watched too, for the pause file alone: the
+    // factory's own files there (the registry, locks) are no event.
+    let factory_dir = root.factory_dir();
+    let pause_file = root.pause_file();
     let mut watcher = RecommendedWatcher::new(
         move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => {
+            Ok(mut event) => {
                 if matches!(event.kind, EventKind::Access(_)) {
                     return;
+                }
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.parent() == Some(&*factory_dir))
+                {
+                    event
+                        .paths
+                        .retain(|p| p.parent() != Some(&*factory_dir) || *p == pause_file);
+                    if event.paths.is_empty() {
+                        return;
+                    }
                 }
                 let wake = {
                     let mut seen = shared
@@ -97,6 +113,11 @@ pub fn start<E: Send + 'static>(
             .watch(&dir, RecursiveMode::Recursive)
             .map_err(|e| watch_error(&dir, e))?;
     }
+    let dir = root.factory_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| watch_error(&dir, e))?;
     Ok(watcher)
 }
 

@@ -132,7 +132,7 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
 
 /// Who decides: `--by`, else git's `user.name` for the root, else `$USER`,
 /// else `someone`.
-fn decider(ctx: &Ctx, by: Option<String>) -> Result<String> {
+pub(crate) fn decider(ctx: &Ctx, by: Option<String>) -> Result<String> {
     if let Some(by) = by {
         let by = by.trim();
         if by.is_empty() || by.contains(['\n', '\r']) {

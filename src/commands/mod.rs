@@ -10,7 +10,9 @@ pub mod graph;
 pub mod init;
 pub mod list;
 pub mod log;
+pub mod logs;
 pub mod next;
+pub mod pause;
 pub mod report;
 pub mod run;
 pub mod service;
@@ -80,6 +82,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Approval(cmd) => approval::approval(&ctx, cmd),
         Command::Why(args) => why::run(&ctx, args),
         Command::Log(args) => log::run(&ctx, args),
+        Command::Logs(args) => logs::run(&ctx, args),
+        Command::Top(args) => crate::top::run(&ctx, args),
+        Command::Pause(args) => pause::pause(&ctx, args),
+        Command::Resume => pause::resume(&ctx),
     };
     // Paths in problems are relative to the root: show them from here.
     result.map_err(|err| match err {

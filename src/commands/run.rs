@@ -40,8 +40,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let (items, config) = factory::plan(&ctx.root, &scan, ctx.now)?;
     let (roles, _) = crate::role::load_all(&ctx.root);
     let unpriced = factory::gate::unpriced_models(&roles, &config);
+    let pause = crate::pause::read(&ctx.root);
     if ctx.out.json {
         ctx.out.json(&serde_json::json!({
+            "paused": pause,
             "max_concurrent": config.max_concurrent,
             "daily_cost_cap_usd": config.daily_cost_cap_usd,
             "cap_mode": config.cap_mode.as_str(),
@@ -55,6 +57,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         ctx.out.warn(p);
     }
     let mut out = String::new();
+    if let Some(p) = &pause {
+        let _ = writeln!(out, "{}: nothing starts", p.describe());
+    }
     let _ = writeln!(out, "plan (max_concurrent {}):", config.max_concurrent);
     let width = items.iter().map(|i| i.task.len()).max().unwrap_or(8);
     for item in &items {

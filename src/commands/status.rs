@@ -60,6 +60,8 @@ struct CapJson {
 #[derive(Serialize)]
 struct StatusJson<'a> {
     factory_pid: Option<u32>,
+    /// A person paused the factory (`taskq pause`): who, when, why.
+    paused: Option<crate::pause::Pause>,
     active: Vec<&'a Agent>,
     queue: BTreeMap<&'static str, usize>,
     spend: Spend,
@@ -159,9 +161,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             since: s.since,
         })
         .collect();
+    let paused = crate::pause::read(&ctx.root);
     if ctx.out.json {
         ctx.out.json(&StatusJson {
             factory_pid,
+            paused,
             active,
             queue: counts,
             spend,
@@ -187,6 +191,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         None => out.push_str("factory: not running (`taskq run` starts it)\n"),
     }
     let _ = writeln!(out, "containment: {containment}");
+    if let Some(p) = &paused {
+        let _ = writeln!(
+            out,
+            "{}: no new agents start; running agents go on",
+            p.describe()
+        );
+    }
     let _ = writeln!(out, "agents: {} active", active.len());
     for a in &active {
         let rss = a
@@ -428,7 +439,6 @@ fn detail(ctx: &Ctx, reg: &Registry, id: &str, lines: usize) -> Result<ExitCode>
 }
 
 /// The pid of the running factory, if one holds the daemon lock.
-/// The pid of the factory running in the root, if one runs.
 pub(crate) fn factory_pid(ctx: &Ctx) -> Option<u32> {
     let path = ctx.root.run_lock();
     match crate::lock::LockGuard::try_acquire(&path) {

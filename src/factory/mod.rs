@@ -213,6 +213,8 @@ struct Factory {
     shutting_down: bool,
     /// Why spawning is paused (the daily cost cap), if it is.
     paused: Option<String>,
+    /// A person paused the factory (`taskq pause`), in words, if so.
+    paused_by_person: Option<String>,
     /// When the last agent started (for `spawn_stagger`).
     last_spawn: Option<Instant>,
     /// Wake up for the next staggered start.
@@ -303,6 +305,7 @@ impl Factory {
             startable: 0,
             shutting_down: false,
             paused: None,
+            paused_by_person: None,
             last_spawn: None,
             stagger_wake: None,
             warned: HashSet::new(),

@@ -73,6 +73,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
             .sum(),
         None => 0,
     };
+    let pause = crate::pause::read(root);
     let decision = |name: &str| approval::decision(root, name);
     let found = HashSet::new();
     let missing = |r: &Role| super::launch::missing_program(r, &config, &found);
@@ -92,6 +93,7 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
         busy: &[],
         memory_used_kb,
         since_last_spawn: None,
+        pause: pause.as_ref(),
     };
     let s = schedule::schedule(&snapshot);
     let never = never_runs(&queue, &roles, &config);

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::gate::{self, gate, Committed, Forecast, Gate, GateAction, GateInput};
 use crate::agent::{self, Adapter};
+use crate::pause::Pause;
 use crate::queue::Queue;
 use crate::role::{self, Role};
 use crate::root::workspace_path;
@@ -43,6 +44,8 @@ pub struct Snapshot<'a> {
     pub memory_used_kb: u64,
     /// Time since the last agent started (`None`: none yet).
     pub since_last_spawn: Option<Duration>,
+    /// A person paused the factory (`taskq pause`): nothing starts.
+    pub pause: Option<&'a Pause>,
 }
 
 /// One agent to start.
@@ -90,6 +93,8 @@ pub enum Wait {
     Gate(String),
     /// The daily cost cap pauses every start.
     Paused(String),
+    /// A person paused the factory (`taskq pause`; the reason in words).
+    PausedByPerson(String),
     /// Its tester is at work (or its end is not recorded yet).
     TesterAtWork,
     /// In review, but its review role has no template.
@@ -119,7 +124,7 @@ impl Wait {
             }
             Wait::Stagger => "spawn_stagger: starts after the agent before it".into(),
             Wait::NoRole => no_role(task),
-            Wait::Gate(why) | Wait::Paused(why) => why.clone(),
+            Wait::Gate(why) | Wait::Paused(why) | Wait::PausedByPerson(why) => why.clone(),
             Wait::TesterAtWork => "in review: its tester is at work".into(),
             Wait::Busy => "an agent still works on it".into(),
             Wait::NoReviewRole(name) => {
@@ -154,6 +159,9 @@ pub struct Schedule {
     pub startable: usize,
     /// Why every start is paused (the daily cost cap), if it is.
     pub paused: Option<String>,
+    /// A person paused the factory (`taskq pause`), in words: nothing
+    /// starts, and no gate acts (no approval is requested) until resumed.
+    pub paused_by_person: Option<String>,
     /// `spawn_stagger` held a start back (wake up for it).
     pub staggered: bool,
 }
@@ -176,6 +184,21 @@ pub fn schedule(s: &Snapshot<'_>) -> Schedule {
     let config = s.gates.config;
     let scan = s.queue.scan;
     let mut out = Schedule::default();
+    if let Some(pause) = s.pause {
+        // Every candidate waits for the person, in the order it would have
+        // been looked at: testers for tasks in review, then ready tasks.
+        let why = pause.describe();
+        for (i, t) in scan.tasks.iter().enumerate() {
+            if t.folder == Folder::Todo && t.status == Status::Review && !t.broken {
+                out.waits.push((i, Wait::PausedByPerson(why.clone())));
+            }
+        }
+        for r in s.queue.ready(|_| true) {
+            out.waits.push((r.index, Wait::PausedByPerson(why.clone())));
+        }
+        out.paused_by_person = Some(why);
+        return out;
+    }
     let mut per_role = vec![0usize; s.roles.len()];
     for (_, r) in s.running {
         if let Some(k) = s.roles.iter().position(|x| x.name == *r) {
@@ -428,9 +451,12 @@ mod tests {
             busy,
             since_last_spawn,
             &Registry::default(),
+            None,
         )
     }
 
+    /// [`plan`], with a registry and a person's pause.
+    #[allow(clippy::too_many_arguments)]
     fn plan_with(
         tasks: Vec<crate::task::Task>,
         roles: &[Role],
@@ -439,6 +465,7 @@ mod tests {
         busy: &[&str],
         since_last_spawn: Option<Duration>,
         reg: &Registry,
+        pause: Option<&Pause>,
     ) -> (Schedule, Vec<String>) {
         let scan = Scan::from_tasks(tasks);
         let queue = Queue::new(&scan, crate::store::now());
@@ -461,6 +488,7 @@ mod tests {
             busy,
             memory_used_kb: 0,
             since_last_spawn,
+            pause,
         };
         let out = schedule(&s);
         let ids = out
@@ -570,7 +598,7 @@ mod tests {
                 .map(|n| task(&format!("TASK-00{n}"), "tags: [b]"))
                 .collect::<Vec<_>>()
         };
-        let (s, ids) = plan_with(tasks(), &roles, &config, &[], &[], None, &reg);
+        let (s, ids) = plan_with(tasks(), &roles, &config, &[], &[], None, &reg, None);
         assert_eq!(ids, ["TASK-001", "TASK-002"]);
         assert!(
             matches!(&s.waits[..], [(2, Wait::Gate(why))] if why.contains("would pass the daily cost cap")),
@@ -600,10 +628,20 @@ mod tests {
             &[],
             None,
             &reg,
+            None,
         );
         assert_eq!(ids, ["TASK-001"]);
         // Without a cap, all three.
-        let (_, ids) = plan_with(tasks(), &roles, &Config::default(), &[], &[], None, &reg);
+        let (_, ids) = plan_with(
+            tasks(),
+            &roles,
+            &Config::default(),
+            &[],
+            &[],
+            None,
+            &reg,
+            None,
+        );
         assert_eq!(ids.len(), 3);
     }
 
@@ -625,5 +663,67 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn a_persons_pause_starts_nothing_and_says_so_apart_from_the_cost_cap() {
+        let roles = [
+            role("build", "prefix: B\ntags: [b]\nmax_concurrent: 5"),
+            role("tester", "prefix: T\ntags: [t]"),
+        ];
+        let config = Config {
+            approval_tags: vec!["b".into()],
+            ..Config::default()
+        };
+        let tasks = || {
+            vec![
+                task("TASK-001", "tags: [b]"),
+                task("TASK-002", "tags: [b]"),
+                task(
+                    "TASK-003",
+                    "status: review\nreview_role: tester\nbuilder: B-001\nassigned: B-001",
+                ),
+            ]
+        };
+        let pause = Pause {
+            by: Some("ada".into()),
+            ..Pause::default()
+        };
+        let (s, ids) = plan_with(
+            tasks(),
+            &roles,
+            &config,
+            &[],
+            &[],
+            None,
+            &Registry::default(),
+            Some(&pause),
+        );
+        assert!(ids.is_empty(), "nothing starts while paused");
+        assert!(s.actions.is_empty(), "no gate acts (no approval requested)");
+        assert!(s.paused.is_none(), "not the cost cap");
+        assert_eq!(
+            s.paused_by_person.as_deref(),
+            Some("paused by ada (`taskq resume` resumes)")
+        );
+        assert_eq!(s.waits.len(), 3, "the tester and both ready tasks wait");
+        assert!(s
+            .waits
+            .iter()
+            .all(|(_, w)| matches!(w, Wait::PausedByPerson(_)) && !w.is_capacity()));
+        // Resumed: the same queue starts its tester and requests approvals.
+        let (s, ids) = plan_with(
+            tasks(),
+            &roles,
+            &config,
+            &[],
+            &[],
+            None,
+            &Registry::default(),
+            None,
+        );
+        assert_eq!(ids, ["TASK-003"]);
+        assert_eq!(s.actions.len(), 2);
+        assert!(s.paused_by_person.is_none());
     }
 }

@@ -382,6 +382,17 @@ impl Factory {
                 ));
             }
         }
+        match (&plan.paused_by_person, &self.paused_by_person) {
+            (Some(why), None) => {
+                let running = self.running.len();
+                self.progress(format!(
+                    "{why}: no new agents start; running ones go on ({running} now)"
+                ));
+            }
+            (None, Some(_)) => self.progress("resumed: agents start again"),
+            _ => {}
+        }
+        self.paused_by_person = plan.paused_by_person;
         for (i, action) in plan.actions {
             let task = w.scan.tasks[i].id.to_string();
             self.apply_gate_action(w, &task, action)?;
@@ -428,6 +439,10 @@ impl Factory {
             .filter_map(|id| reg.agents.get(id).map(|a| a.task.as_str()))
             .collect();
         let root = &self.root;
+        // A person's pause: one small file, read at every step (the
+        // watcher wakes the factory when it appears or goes; the heartbeat
+        // steps anyway).
+        let pause = crate::pause::read(root);
         let decision = |name: &str| approval::decision(root, name);
         let found = &self.found;
         let missing = |r: &Role| super::launch::missing_program(r, &self.config, found);
@@ -448,6 +463,7 @@ impl Factory {
             busy: &busy,
             memory_used_kb,
             since_last_spawn: self.last_spawn.map(|t| t.elapsed()),
+            pause: pause.as_ref(),
         };
         let plan = schedule::schedule(&snapshot);
         // After someone else changed the queue: the tasks that can never
