@@ -45,6 +45,7 @@ try adopt taskq adopt
 sub=$(printf '```sh\ntrue\n```\n' | taskq add "sub" --tag job --body -) && r=0 || r=$?; echo "add=$r $sub"
 try note taskq note "half way"
 try note-other taskq note --task TASK-002 "not mine"
+try request-other taskq approval request --task TASK-002 "for another task"
 try forged env TASKQ_AGENT_TOKEN=0123456789abcdef0123456789abcdef taskq note "forged"
 try other-id env TASKQ_AGENT_ID=JOB-999 taskq note "another id"
 try no-token env TASKQ_AGENT_TOKEN= taskq add "no token"
@@ -231,4 +232,57 @@ fn without_a_factory_an_agent_cannot_write_and_a_person_can() {
     let there = other.path().display().to_string();
     let run = root.taskq_env(&["--root", &there, "add", "y"], &agent).ok();
     assert_eq!(run.stdout.trim(), "TASK-001");
+}
+
+/// The socket: this user's only, one bounded JSON line each way; what is
+/// not a request is answered as invalid (exit code 2 in the answer), a
+/// request without the agent's secret is refused, and the factory goes on.
+#[test]
+fn the_socket_is_private_and_answers_one_line() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let root = TestRoot::new();
+    root.factory("");
+    let daemon = root.daemon(&[], &[]);
+    let sock = root.path().join("agents/factory/agent.sock");
+    crate::util::wait_for("the socket", crate::util::LONG, || sock.exists());
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let ask = |line: &[u8]| -> serde_json::Value {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(line).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    };
+    let garbage = ask(b"not json\n");
+    assert_eq!(garbage["ok"], false);
+    assert_eq!(garbage["code"], 2, "{garbage}");
+    let forged = ask(
+        br#"{"agent":"JOB-001","token":"00000000000000000000000000000000","op":"add","title":"x","priority":"high"}"#
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    );
+    assert_eq!(forged["code"], 3, "{forged}");
+    assert!(
+        forged["error"]
+            .as_str()
+            .unwrap()
+            .contains("token does not match"),
+        "{forged}"
+    );
+    let big = vec![b'x'; (1 << 20) + 10];
+    let too_big = ask(&big);
+    assert_eq!(too_big["code"], 2, "{too_big}");
+    assert_eq!(root.taskq(&["list", "--json"]).ok().stdout.trim(), "[]");
+    let run = daemon.wait_after_term();
+    assert!(
+        run.stderr.contains("refused a request as `JOB-001`"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sock.exists(), "removed when the factory ends");
 }
