@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    add, approval, check, deps, graph, init, list, log, logs, next, pause, report, run, service,
-    show, status, stop, transition, why,
+    add, approval, check, deps, graph, init, list, log, logs, next, note, pause, report, run,
+    service, show, status, stop, transition, why,
 };
 
 /// A directory of markdown files as a work queue and an agent factory.
@@ -121,6 +121,12 @@ pub enum Command {
     /// For agents: ask for approval of one action, and wait for it.
     #[command(subcommand)]
     Approval(approval::ApprovalCommand),
+    /// Note progress on a task (its `progress:` field; each note is a
+    /// commit in the git trail).
+    ///
+    /// For agents: `taskq note "tests pass, writing the docs"` notes on
+    /// the agent's own task (`$TASKQ_TASK_ID`), through the factory.
+    Note(note::Args),
     /// Explain in a line or two why a task is or is not running.
     Why(why::Args),
     /// A task's history from git (following its move to done/), or an

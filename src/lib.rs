@@ -6,6 +6,7 @@
 //! I/O at the edges ([`store`], [`fsutil`], [`lock`]).
 
 pub mod agent;
+pub mod agent_api;
 pub mod approval;
 pub mod cli;
 pub mod commands;

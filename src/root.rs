@@ -52,6 +52,12 @@ impl Root {
         self.factory_dir().join("run.lock")
     }
 
+    /// The agent API's socket: the running factory answers agents' writing
+    /// commands there (docs/reference/agent-api.md).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.factory_dir().join("agent.sock")
+    }
+
     /// The high-water mark of task ids (ids are never reused).
     pub fn last_id_file(&self) -> PathBuf {
         self.factory_dir().join("last-task-id")

@@ -162,6 +162,11 @@ pub struct Extra {
     pub review_role: Option<Box<str>>,
     /// `builder:` the agent whose work is under review.
     pub builder: Option<Box<str>>,
+    /// `created_by:` the agent that created the task (through the agent
+    /// API; docs/reference/agent-api.md).
+    pub created_by: Option<Box<str>>,
+    /// `progress:` the last progress note (`taskq note`).
+    pub progress: Option<Box<str>>,
     /// `review_rounds:` times a tester sent the task back.
     pub review_rounds: u32,
     /// `review_errors:` tester runs that gave no verdict.
@@ -239,6 +244,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "attempts",
     "approval",
     "parent",
+    "created_by",
+    "progress",
     "started",
     "completed",
     "result",
@@ -267,6 +274,8 @@ impl Task {
             result_file: None,
             review_role: None,
             builder: None,
+            created_by: None,
+            progress: None,
             review_rounds: 0,
             review_errors: 0,
             retries: None,
@@ -463,7 +472,8 @@ impl Task {
                     }
                 },
                 "assigned" | "role" | "model" | "approval" | "parent" | "timeout" | "result"
-                | "reason" | "result_file" | "review_role" | "builder" => {
+                | "reason" | "result_file" | "review_role" | "builder" | "created_by"
+                | "progress" => {
                     let v = match &field.value {
                         Value::Null => None,
                         Value::Scalar(s) if s.trim().is_empty() => None,
@@ -505,6 +515,8 @@ impl Task {
                                 "result_file" => &mut extra.result_file,
                                 "review_role" => &mut extra.review_role,
                                 "builder" => &mut extra.builder,
+                                "created_by" => &mut extra.created_by,
+                                "progress" => &mut extra.progress,
                                 _ => &mut extra.reason,
                             };
                             *slot = v;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod agent_api;
 mod bad_input;
 mod bounded;
 mod chaos;

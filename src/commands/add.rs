@@ -42,15 +42,66 @@ pub struct Args {
     pub role: Option<String>,
 }
 
+/// A task to create: what `taskq add` was given, checked; also what the
+/// factory creates for an agent (docs/reference/agent-api.md).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// One non-empty line.
+    pub title: String,
+    /// The body (empty: none).
+    pub body: String,
+    /// Tags, once each.
+    pub tags: Vec<String>,
+    /// Dependency ids as typed (`3`, `TASK-003`).
+    pub deps: Vec<String>,
+    /// The priority.
+    pub priority: Priority,
+    /// The role, if one is named.
+    pub role: Option<String>,
+    /// The agent that asked for it (`created_by:`).
+    pub created_by: Option<String>,
+    /// The task it was created from (`parent:`).
+    pub parent: Option<String>,
+}
+
+impl NewTask {
+    /// Checks the title, the body's size and the role's name.
+    pub fn check(&self) -> Result<()> {
+        let title = self.title.trim();
+        if title.is_empty() || title.contains(['\n', '\r']) {
+            return Err(Error::usage("the title must be one non-empty line"));
+        }
+        // Bounded: the task file must stay small enough to change.
+        let cap = crate::fsutil::MAX_FILE / 2;
+        if self.body.len() as u64 > cap {
+            return Err(Error::usage_hint(
+                format!("the body is longer than {}", crate::fsutil::size_text(cap)),
+                "keep long text (logs, data) in another file and name it in the task",
+            ));
+        }
+        if let Some(role) = &self.role {
+            validate_id(role)
+                .map_err(|why| Error::usage(format!("invalid role `{role}`: {why}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `taskq add`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let title = args.title.trim();
-    if title.is_empty() || title.contains('\n') {
-        return Err(Error::usage("the title must be one non-empty line"));
-    }
+    let new = new_task(args)?;
+    super::with_writer(ctx, |writer| {
+        let id = create(writer, &new)?;
+        report(ctx, writer);
+        ctx.out.line(&id)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The task `taskq add ARGS` asks for, checked (a body on stdin read).
+pub fn new_task(args: Args) -> Result<NewTask> {
     let body = match args.body.as_deref() {
         Some("-") => {
-            // Bounded: the task file must stay small enough to change.
             let cap = crate::fsutil::MAX_FILE / 2;
             let mut bytes = Vec::new();
             std::io::stdin()
@@ -71,27 +122,30 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         Some(text) => text.to_string(),
         None => String::new(),
     };
-    if let Some(role) = &args.role {
-        validate_id(role).map_err(|why| Error::usage(format!("invalid role `{role}`: {why}")))?;
-    }
-    let tags = tag_list(&args.tags);
-    super::with_writer(ctx, |writer| add(ctx, &args, title, &body, &tags, writer))
+    let new = NewTask {
+        title: args.title.trim().to_string(),
+        body,
+        tags: tag_list(&args.tags),
+        deps: args.deps.as_deref().map(split_list).unwrap_or_default(),
+        priority: args.priority,
+        role: args.role,
+        created_by: None,
+        parent: None,
+    };
+    new.check()?;
+    Ok(new)
 }
 
-/// Writes the new task under the writer's lock; prints its id.
-fn add(
-    ctx: &Ctx,
-    args: &Args,
-    title: &str,
-    body: &str,
-    tags: &[String],
-    writer: &mut Writer,
-) -> Result<ExitCode> {
+/// Writes the new task under the writer's lock; returns its id.
+pub fn create(writer: &mut Writer, new: &NewTask) -> Result<String> {
+    new.check()?;
+    let title = new.title.trim();
+    let body = &new.body;
     // Dependencies must exist; store them under their canonical ids.
     let mut deps = Vec::new();
     let mut dep_indices = Vec::new();
-    for d in args.deps.as_deref().map(split_list).unwrap_or_default() {
-        let i = writer.scan.resolve(&d).map_err(|_| {
+    for d in &new.deps {
+        let i = writer.scan.resolve(d).map_err(|_| {
             Error::usage_hint(
                 format!("unknown dependency `{d}`"),
                 "`taskq list` shows the ids; a dependency must exist before it is named",
@@ -118,16 +172,22 @@ fn add(
     let mut text = format!(
         "---\nid: {id}\ntitle: {}\nstatus: ready\npriority: {}\n",
         yaml_str(title),
-        args.priority
+        new.priority
     );
-    if !tags.is_empty() {
-        text.push_str(&format!("tags: {}\n", yaml_list(tags)));
+    if !new.tags.is_empty() {
+        text.push_str(&format!("tags: {}\n", yaml_list(&new.tags)));
     }
     if !deps.is_empty() {
         text.push_str(&format!("dependencies: {}\n", yaml_list(&deps)));
     }
-    if let Some(role) = &args.role {
+    if let Some(role) = &new.role {
         text.push_str(&format!("role: {role}\n"));
+    }
+    if let Some(parent) = &new.parent {
+        text.push_str(&format!("parent: {}\n", yaml_str(parent)));
+    }
+    if let Some(agent) = &new.created_by {
+        text.push_str(&format!("created_by: {}\n", yaml_str(agent)));
     }
     text.push_str(&format!("created: {}\n---\n", format_timestamp(writer.now)));
     if !body.is_empty() {
@@ -142,13 +202,15 @@ fn add(
         id: id.clone(),
         from: None,
         to: Status::Ready,
-        note: String::new(),
-        agent: None,
+        note: new
+            .created_by
+            .as_ref()
+            .map(|a| format!("created by {a}"))
+            .unwrap_or_default(),
+        agent: new.created_by.clone(),
         cost: None,
     });
-    report(ctx, writer);
-    ctx.out.line(&id)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(id)
 }
 
 /// `JWT middleware: v2!` → `jwt-middleware-v2` (at most 40 characters).

@@ -12,6 +12,7 @@ pub mod list;
 pub mod log;
 pub mod logs;
 pub mod next;
+pub mod note;
 pub mod pause;
 pub mod report;
 pub mod run;
@@ -42,6 +43,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         quiet: cli.quiet,
     };
     match cli.command {
+        Command::Init(args) if inside_agent(cli.root.as_deref(), args.dir.as_deref()) => {
+            return Err(refusal(&Command::Init(args)));
+        }
         Command::Init(args) => return init::run(out, cli.root, args),
         Command::Completions(args) => {
             use clap::CommandFactory;
@@ -55,6 +59,17 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
     let ctx = Ctx::new(cli.root, out)?;
     ctx.root.confine()?;
+    // Inside an agent, writes go through the factory or are refused (see
+    // agent_api); reads run here.
+    if let Some(caller) = crate::agent_api::caller(&ctx.root) {
+        match crate::agent_api::route(&cli.command) {
+            crate::agent_api::Route::Local => {}
+            crate::agent_api::Route::Factory => {
+                return crate::agent_api::forward(&ctx, &caller, cli.command)
+            }
+            crate::agent_api::Route::Refused { .. } => return Err(refusal(&cli.command)),
+        }
+    }
     let result = match cli.command {
         Command::Init(_) | Command::Completions(_) => unreachable!("handled above"),
         Command::Add(args) => add::run(&ctx, args),
@@ -80,6 +95,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Approve(args) => approval::approve(&ctx, args),
         Command::Reject(args) => approval::reject(&ctx, args),
         Command::Approval(cmd) => approval::approval(&ctx, cmd),
+        Command::Note(args) => note::run(&ctx, args),
         Command::Why(args) => why::run(&ctx, args),
         Command::Log(args) => log::run(&ctx, args),
         Command::Logs(args) => logs::run(&ctx, args),
@@ -95,6 +111,30 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         other => other,
     })
+}
+
+/// The refusal of `command` for an agent (exit 3).
+fn refusal(command: &Command) -> Error {
+    match crate::agent_api::route(command) {
+        crate::agent_api::Route::Refused { message, hint } => Error::conflict_hint(message, hint),
+        _ => Error::conflict("refused inside an agent"),
+    }
+}
+
+/// True when `taskq init` inside an agent would initialise the agent's own
+/// root (`$TASKQ_ROOT`): templates and config are a person's.
+fn inside_agent(root: Option<&Path>, dir: Option<&Path>) -> bool {
+    if std::env::var("TASKQ_AGENT_ID").map_or(true, |a| a.trim().is_empty()) {
+        return false;
+    }
+    let Some(own) = std::env::var_os("TASKQ_ROOT") else {
+        return false;
+    };
+    let target = dir.or(root).unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(own), std::fs::canonicalize(target)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// `taskq adopt`: opening the writer adopts; report what it did.
@@ -268,6 +308,10 @@ pub struct TaskJson {
     pub approval: Option<String>,
     /// `parent:`.
     pub parent: Option<String>,
+    /// `created_by:` (the agent that added it through the agent API).
+    pub created_by: Option<String>,
+    /// `progress:` (the last `taskq note`).
+    pub progress: Option<String>,
     /// `timeout:`.
     pub timeout: Option<String>,
     /// False for a file with no `id:` yet.
@@ -313,6 +357,8 @@ impl TaskJson {
             result_file: s(&e.result_file),
             approval: s(&e.approval),
             parent: s(&e.parent),
+            created_by: s(&e.created_by),
+            progress: s(&e.progress),
             timeout: s(&e.timeout),
             has_id: t.has_id,
             path: path_string(&root.rel_path(t.folder, &t.rel)),

@@ -45,6 +45,8 @@ impl Factory {
             // what it misses (docs/reference/roles.md#no-orphans).
             self.progress(format!("agents contained by {c}"));
         }
+        // The agent API: agents' writing commands come in here.
+        let _api = self.start_api();
         let finished = self.recover()?;
         self.step_or_retry(finished);
         let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
@@ -68,6 +70,10 @@ impl Factory {
                 ev = self.rx.recv() => match ev {
                     Some(Event::Changed) => rescan |= self.external_change(),
                     Some(Event::Finished(f)) => finished.push(f),
+                    Some(Event::Api(call)) => {
+                        self.api_queue.push(call);
+                        due = true;
+                    }
                     None => return Ok(ExitCode::SUCCESS),
                 },
                 () = tokio::time::sleep_until(heartbeat) => {
@@ -118,6 +124,7 @@ impl Factory {
                 match event {
                     Some(Event::Changed) => rescan |= self.external_change(),
                     Some(Event::Finished(f)) => finished.push(f),
+                    Some(Event::Api(call)) => self.api_queue.push(call),
                     None => break,
                 }
             }
@@ -148,7 +155,9 @@ impl Factory {
             finished.splice(0..0, earlier);
         }
         let again = finished.clone();
-        match self.step(finished) {
+        let result = self.step(finished);
+        self.answer_api(result.is_ok());
+        match result {
             Ok(()) => {
                 self.changed_retries = 0;
                 self.after_step();

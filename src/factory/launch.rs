@@ -439,6 +439,10 @@ impl Factory {
             extra.push((k.clone(), v));
         }
         extra.extend(line.env.iter().cloned());
+        // The agent's secret for the agent API, last: no role setting
+        // replaces it. In memory and in the agent's environment only.
+        let token = self.new_token(agent_id)?;
+        extra.push((crate::agent_api::TOKEN_VAR.to_string(), token));
         let env = spawn::environment(&role.settings.env, &extra);
         let path = env
             .iter()

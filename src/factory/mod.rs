@@ -34,6 +34,7 @@
 //! the ones that ended while it was down (their exit code is in
 //! `agents/logs/exit-codes`), and marks the rest `lost`.
 
+mod api;
 mod event_loop;
 pub mod gate;
 pub mod launch;
@@ -136,6 +137,8 @@ enum Event {
     Changed,
     /// An agent's process ended.
     Finished(Finished),
+    /// An agent's request through the agent API (served by the next step).
+    Api(api::Call),
 }
 
 /// The end of one agent process.
@@ -257,6 +260,14 @@ struct Factory {
     /// Each running agent's CPU time and output as last seen (stuck
     /// detection).
     samples: HashMap<String, crate::notify::Sample>,
+    /// Each agent's secret for the agent API (`TASKQ_AGENT_TOKEN`), in
+    /// memory only, while it runs.
+    tokens: HashMap<String, String>,
+    /// Agent API requests waiting for a step; answers waiting for the
+    /// step's writes to be in place; requests to serve again.
+    api_queue: Vec<api::Call>,
+    api_answers: Vec<(api::Call, crate::agent_api::Response)>,
+    api_retry: Vec<api::Call>,
 }
 
 #[derive(Default)]
@@ -328,6 +339,10 @@ impl Factory {
             runtime: crate::notify::Runtime::default(),
             runtime_dirty: true,
             samples: HashMap::new(),
+            tokens: HashMap::new(),
+            api_queue: Vec::new(),
+            api_answers: Vec::new(),
+            api_retry: Vec::new(),
         }
     }
 

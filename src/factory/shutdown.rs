@@ -78,6 +78,8 @@ impl Factory {
                         finished.push(f);
                     }
                     Some(Event::Changed) => {}
+                    // Not served while stopping: dropped, it is answered so.
+                    Some(Event::Api(_)) => {}
                     None => break,
                 }
             }
@@ -90,6 +92,9 @@ impl Factory {
                 .filter(|a| !finished.iter().any(|f| f.agent == a.agent))
                 .collect::<Vec<_>>(),
         );
+        // Agents' requests are not served while stopping (each is answered
+        // so when dropped).
+        self.api_queue.clear();
         self.step(finished)?;
         self.join_hooks();
         self.progress(format!(

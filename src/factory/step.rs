@@ -167,6 +167,9 @@ impl Factory {
             true => self.undo_unstarted(w, reg, &finished)?,
             false => false,
         };
+        // Agents' requests first: a task an agent adds is scheduled in
+        // this same step.
+        self.serve_api(w, reg);
         // Agents that ended free their slots at once: their successors
         // start first, then the ends are recorded while those run (a step
         // is longer than a short job; this keeps the cores busy).
@@ -174,6 +177,7 @@ impl Factory {
             .into_iter()
             .map(|f| {
                 let live = self.running.remove(&f.agent);
+                self.tokens.remove(&f.agent);
                 (f, live)
             })
             .collect();

@@ -92,6 +92,9 @@ impl TestRoot {
         c.args(args)
             .current_dir(self.path())
             .env_remove("TASKQ_ROOT")
+            // Tests run inside an agent are a person's shell here.
+            .env_remove("TASKQ_AGENT_ID")
+            .env_remove("TASKQ_AGENT_TOKEN")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
