@@ -399,16 +399,16 @@ impl Registry {
     }
 
     /// The tasks the factory's agents work on right now, with the agent:
-    /// an agent whose process is alive, or one being started while a
-    /// factory runs (`factory_runs`). A script must not claim these even
+    /// while a factory runs (`factory_runs`), every agent whose end it has
+    /// not recorded yet; otherwise those whose process is alive. A script must not claim these even
     /// when a task's file says it is ready (an editor that saved an old
     /// copy over the factory's claim).
     pub fn working_on(&self, factory_runs: bool) -> HashMap<String, String> {
         self.live()
-            .filter(|a| match a.pid {
-                Some(pid) => crate::spawn::is_alive(pid, a.pid_start),
-                None => factory_runs && a.status == AgentStatus::Spawning,
-            })
+            // While a factory runs, every agent it has not recorded the end
+            // of (its process may have ended a moment ago); with none, the
+            // ones whose process is alive.
+            .filter(|a| factory_runs || a.pid.is_some_and(|pid| crate::spawn::is_alive(pid, a.pid_start)))
             .map(|a| (a.task.clone(), a.id.clone()))
             .collect()
     }

@@ -275,8 +275,17 @@ pub fn kill_agents(root: &Path) {
             // Agents lead their own process group (pgid == pid);
             // `signal_group` never signals a group id that could be ours
             // or init's.
+            // Only the process the registry saw start (its start time):
+            // a pid the kernel has since given to another test's factory
+            // or agent is never killed (a flake seen under load).
             if let Some(pgid) = a["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
-                taskq::spawn::signal_group(pgid, libc::SIGKILL);
+                // With its leader gone, the group's number cannot have been
+                // given to another process yet (Linux keeps a pid while a
+                // group uses it): what is left of the group is the agent's.
+                let now = taskq::spawn::start_time(pgid);
+                if now.is_none() || now == a["pid_start"].as_u64() {
+                    taskq::spawn::signal_group(pgid, libc::SIGKILL);
+                }
             }
         }
     }
