@@ -16,9 +16,10 @@
 //!   spare name then holds the old inode for the next write. Readers still
 //!   see the old file or the new one, but no inode is created or freed per
 //!   write. A spare is rewritten only while no one has it open (whoever
-//!   opened the old file before it was replaced still reads it). On ext4 without a journal every freed inode makes each later
-//!   file creation scan past it for minutes (`recently_deleted`): measured
-//!   here, that cost a factory ~3 ms of kernel time per job.
+//!   opened the old file before it was replaced still reads it). On ext4
+//!   without a journal every freed inode makes each later file creation
+//!   scan past it for minutes (`recently_deleted`): measured here, that
+//!   cost a factory ~3 ms of kernel time per job.
 //! - remembered writes: [`Disk::read`] answers from memory while a file is
 //!   still as this `Disk` wrote it (see [`Disk::written_stamp`]).
 //! - deferred directory fsyncs: once per directory per step
