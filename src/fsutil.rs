@@ -1080,6 +1080,7 @@ impl Disk {
                 return false;
             }
             let fd = file.as_raw_fd();
+            quiet_lease_breaks(fd);
             // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
             if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
                 return false;
@@ -1216,12 +1217,13 @@ struct Pending {
 /// reading it) still reads this inode. Rewriting it would show them
 /// another file's bytes under the old name, and `sed -i` saves what it
 /// read. A write lease is granted only when no other open file
-/// description exists; it is dropped at once (held, an opener's lease break
-/// would signal this process). `Err` when the filesystem cannot tell.
+/// description exists; it is dropped at once. `Err` when the filesystem
+/// cannot tell.
 #[cfg(target_os = "linux")]
 fn open_elsewhere(file: &File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
+    quiet_lease_breaks(fd);
     // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
     if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -1233,6 +1235,17 @@ fn open_elsewhere(file: &File) -> std::io::Result<bool> {
     // SAFETY: as above.
     unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
     Ok(false)
+}
+
+/// Someone opening a file while this process holds a lease on it is
+/// signalled to the lease holder, SIGIO by default, whose default action
+/// ends the process: SIGURG instead, ignored unless handled.
+#[cfg(target_os = "linux")]
+fn quiet_lease_breaks(fd: std::os::fd::RawFd) {
+    // F_SETSIG (linux/fcntl.h; not in the libc crate).
+    const F_SETSIG: libc::c_int = 10;
+    // SAFETY: a valid open descriptor; F_SETSIG takes a signal number.
+    unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) };
 }
 
 #[cfg(not(target_os = "linux"))]
