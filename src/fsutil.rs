@@ -15,9 +15,11 @@
 //!   *exchanged* with the destination (`renameat2(RENAME_EXCHANGE)`); the
 //!   spare name then holds the old inode for the next write. Readers still
 //!   see the old file or the new one, but no inode is created or freed per
-//!   write. On ext4 without a journal every freed inode makes each later
-//!   file creation scan past it for minutes (`recently_deleted`): measured
-//!   here, that cost a factory ~3 ms of kernel time per job.
+//!   write. A spare is rewritten only while no one has it open (whoever
+//!   opened the old file before it was replaced still reads it). On ext4
+//!   without a journal every freed inode makes each later file creation
+//!   scan past it for minutes (`recently_deleted`): measured here, that
+//!   cost a factory ~3 ms of kernel time per job.
 //! - remembered writes: [`Disk::read`] answers from memory while a file is
 //!   still as this `Disk` wrote it (see [`Disk::written_stamp`]).
 //! - deferred directory fsyncs: once per directory per step
@@ -718,10 +720,37 @@ impl Disk {
     /// Writes `bytes` into a spare (when spares are kept and work for
     /// `dir`) or a new temp file beside `path`; not yet synced.
     fn prepare(&mut self, path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
-        if let Some(spare) = self.take_spare(dir, path) {
-            match write_spare(&spare, bytes) {
+        // Spares someone still reads are passed over (see `open_elsewhere`)
+        // and kept for later; a few at most, then a new one is made.
+        let mut busy = Vec::new();
+        let result = self.prepare_spare(path, dir, bytes, &mut busy);
+        if let Some(s) = self.spares.as_mut() {
+            // Tried last next time.
+            s.free.splice(0..0, busy);
+        }
+        match result {
+            Some(p) => Ok(p),
+            None => self.prepare_temp(path, dir, bytes),
+        }
+    }
+
+    /// [`Disk::prepare`] into a spare, if one can be used.
+    fn prepare_spare(
+        &mut self,
+        path: &Path,
+        dir: &Path,
+        bytes: &[u8],
+        busy: &mut Vec<PathBuf>,
+    ) -> Option<Pending> {
+        for _ in 0..8 {
+            // After a few in use, a new one: no one has that open.
+            let spare = match busy.len() < 4 {
+                true => self.take_spare(dir, path)?,
+                false => self.new_spare()?,
+            };
+            let e = match write_spare(&spare, bytes) {
                 Ok(file) => {
-                    return Ok(Pending {
+                    return Some(Pending {
                         expected: None,
                         path: path.to_path_buf(),
                         dest: path.to_path_buf(),
@@ -732,10 +761,20 @@ impl Disk {
                         spare: Some(spare),
                     })
                 }
-                Err(e) => {
-                    // A link or a FIFO planted among the spares is left
-                    // alone (and never used); a spare linked elsewhere
-                    // loses only our name.
+                Err(e) => e,
+            };
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => busy.push(spare),
+                std::io::ErrorKind::Unsupported => {
+                    tracing::warn!("{}: {e} (writing without spare files)", spare.display());
+                    self.put_spare(spare);
+                    self.refuse_spares(dir);
+                    return None;
+                }
+                // A link or a FIFO planted among the spares is left alone
+                // (and never used); a spare linked elsewhere, or not ours,
+                // loses only our name.
+                _ => {
                     match fs::symlink_metadata(&spare) {
                         Ok(m) if !m.file_type().is_file() => {
                             tracing::warn!(
@@ -747,9 +786,15 @@ impl Disk {
                             let _ = fs::remove_file(&spare);
                         }
                     }
+                    return None;
                 }
             }
         }
+        None
+    }
+
+    /// [`Disk::prepare`] into a new temp file beside `path`.
+    fn prepare_temp(&mut self, path: &Path, dir: &Path, bytes: &[u8]) -> Result<Pending> {
         let tmp = temp_path(dir);
         let result = (|| {
             let mut file = in_dir(dir, || {
@@ -977,12 +1022,17 @@ impl Disk {
         if let Some(s) = self.spares.take() {
             use std::os::unix::fs::OpenOptionsExt;
             for f in s.free {
-                // Never through a link someone put in a spare's place.
-                let _ = OpenOptions::new()
+                // Never through a link someone put in a spare's place, nor
+                // under someone who still reads it (see `open_elsewhere`).
+                let file = OpenOptions::new()
                     .write(true)
-                    .truncate(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                     .open(f);
+                if let Ok(file) = file {
+                    if matches!(open_elsewhere(&file), Ok(false)) {
+                        let _ = file.set_len(0);
+                    }
+                }
             }
         }
     }
@@ -1030,6 +1080,7 @@ impl Disk {
                 return false;
             }
             let fd = file.as_raw_fd();
+            quiet_lease_breaks(fd);
             // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
             if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
                 return false;
@@ -1066,15 +1117,18 @@ impl Disk {
             .remove(path)
             .and_then(|t| s.free.iter().position(|f| *f == t))
             .map(|i| s.free.swap_remove(i));
-        let spare = twin
-            .or_else(|| s.free.pop())
-            .or_else(|| s.empty.pop())
-            .unwrap_or_else(|| {
-                let p = s.dir.join(s.next.to_string());
-                s.next += 1;
-                p
-            });
-        Some(spare)
+        match twin.or_else(|| s.free.pop()).or_else(|| s.empty.pop()) {
+            Some(spare) => Some(spare),
+            None => self.new_spare(),
+        }
+    }
+
+    /// A new spare name (the file is created when it is written).
+    fn new_spare(&mut self) -> Option<PathBuf> {
+        let s = self.spares.as_mut()?;
+        let p = s.dir.join(s.next.to_string());
+        s.next += 1;
+        Some(p)
     }
 
     fn put_spare(&mut self, path: PathBuf) {
@@ -1157,8 +1211,52 @@ struct Pending {
     tmp: PathBuf,
 }
 
+/// Whether a process other than through `file` has its inode open: a
+/// spare is the old version of a replaced file, and whoever opened that
+/// file before it was replaced (an editor, `sed -i`, `tail -f`, a `taskq`
+/// reading it) still reads this inode. Rewriting it would show them
+/// another file's bytes under the old name, and `sed -i` saves what it
+/// read. A write lease is granted only when no other open file
+/// description exists; it is dropped at once. `Err` when the filesystem
+/// cannot tell.
+#[cfg(target_os = "linux")]
+fn open_elsewhere(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    quiet_lease_breaks(fd);
+    // SAFETY: a valid open descriptor; F_SETLEASE takes an int.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(true),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    Ok(false)
+}
+
+/// Someone opening a file while this process holds a lease on it is
+/// signalled to the lease holder, SIGIO by default, whose default action
+/// ends the process: SIGURG instead, ignored unless handled.
+#[cfg(target_os = "linux")]
+fn quiet_lease_breaks(fd: std::os::fd::RawFd) {
+    // F_SETSIG (linux/fcntl.h; not in the libc crate).
+    const F_SETSIG: libc::c_int = 10;
+    // SAFETY: a valid open descriptor; F_SETSIG takes a signal number.
+    unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_elsewhere(_: &File) -> std::io::Result<bool> {
+    // No RENAME_EXCHANGE either: spares are never used there.
+    Ok(false)
+}
+
 /// Writes `bytes` into the spare file `spare` (made if missing); not yet
-/// synced.
+/// synced. [`std::io::ErrorKind::WouldBlock`] when someone still has the
+/// spare open (see [`open_elsewhere`]): it is left as it is, for later.
 fn write_spare(spare: &Path, bytes: &[u8]) -> std::io::Result<File> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
@@ -1179,6 +1277,18 @@ fn write_spare(spare: &Path, bytes: &[u8]) -> std::io::Result<File> {
     // frees no inode.
     if std::os::unix::fs::MetadataExt::nlink(&file.metadata()?) > 1 {
         return Err(std::io::Error::other("linked elsewhere"));
+    }
+    match open_elsewhere(&file) {
+        Ok(false) => {}
+        Ok(true) => return Err(std::io::ErrorKind::WouldBlock.into()),
+        // Not our file (another user's task file, replaced): drop it.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            return Err(std::io::Error::other(format!("not ours to rewrite: {e}")));
+        }
+        Err(e) => {
+            let why = format!("cannot tell whether someone has it open: {e}");
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, why));
+        }
     }
     // Overwrite from the first byte that differs from what the spare holds
     // (often an earlier version of this same file), then cut: a big file
@@ -1502,6 +1612,45 @@ mod tests {
         disk.write(&path, b"classic").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"classic");
         assert_eq!(names(&dir.path().join("tasks")), ["a.md"]);
+    }
+
+    /// What the chaos suite's `sed -i` met: it opened a task file, the
+    /// factory replaced that file (its old inode became a spare) and then
+    /// wrote another task into the spare; `sed` read on from its open file
+    /// and saved the other task's bytes under the first one's name.
+    #[test]
+    fn a_replaced_file_someone_still_reads_is_never_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = with_spares(&dir.path().join("spare"));
+        let (a, b) = (dir.path().join("a.md"), dir.path().join("b.md"));
+        disk.write(&a, b"a, first version\n").unwrap();
+        disk.write(&b, b"b, first version\n").unwrap();
+        // A reader (an editor, `sed -i`, `tail -f`) opens a.md...
+        let mut reader = File::open(&a).unwrap();
+        // ...which is replaced: its inode is now a spare...
+        disk.write(&a, b"a, second version\n").unwrap();
+        // ...and the next writes take spares.
+        for n in 0..4 {
+            disk.write(&b, format!("b, version {n} of b.md\n").as_bytes())
+                .unwrap();
+            disk.write(&dir.path().join(format!("c{n}.md")), b"c\n")
+                .unwrap();
+        }
+        // The reader still reads a.md as it was when opened.
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut seen).unwrap();
+        assert_eq!(seen, "a, first version\n");
+        assert_eq!(fs::read(&a).unwrap(), b"a, second version\n");
+        assert_eq!(fs::read(&b).unwrap(), b"b, version 3 of b.md\n");
+        // Once it is closed, its inode is a spare like any other: releasing
+        // the spares empties those no one holds, and leaves the rest.
+        drop(reader);
+        let mut reader = File::open(&b).unwrap();
+        disk.write(&b, b"b, last\n").unwrap();
+        disk.release_spares();
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut seen).unwrap();
+        assert_eq!(seen, "b, version 3 of b.md\n");
     }
 
     #[test]
