@@ -408,7 +408,11 @@ impl Registry {
             // While a factory runs, every agent it has not recorded the end
             // of (its process may have ended a moment ago); with none, the
             // ones whose process is alive.
-            .filter(|a| factory_runs || a.pid.is_some_and(|pid| crate::spawn::is_alive(pid, a.pid_start)))
+            .filter(|a| {
+                factory_runs
+                    || a.pid
+                        .is_some_and(|pid| crate::spawn::is_alive(pid, a.pid_start))
+            })
             .map(|a| (a.task.clone(), a.id.clone()))
             .collect()
     }

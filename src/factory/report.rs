@@ -133,38 +133,45 @@ impl Factory {
     /// Moves finished agents older than `history_after` from the registry
     /// to agents/factory/history/.
     pub(super) fn rotate_history(&mut self) {
-        // With no agent alive, every exit record is in the registry: the
-        // shared record file starts over (it grows ~15 bytes per agent).
-        if self.running.is_empty() {
-            let path = self.root.exit_codes();
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
-                use std::os::unix::fs::OpenOptionsExt;
-                // Never through a link (see fsutil::refuse_link).
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path);
-            }
-        }
         let result = (|| -> Result<()> {
             // The lock and a git commit, not the queue: the step after the
             // heartbeat reads that afresh anyway.
             let mut w =
                 Writer::with_disk(&self.root, Some(store::Scan::default()), &mut self.disk)?;
             let rotated = self.rotate_registry(&mut w);
+            // With no agent live in the registry on disk (every end that
+            // was read is recorded there: none waits in a failed step's
+            // retry), the shared exit record starts over (it grows ~15
+            // bytes per agent). Not while an end is unrecorded: a crash
+            // now would leave the next factory no exit code for it.
+            if matches!(rotated, Ok(false)) && self.running.is_empty() && self.retry_ends.is_empty()
+            {
+                let path = self.root.exit_codes();
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // Never through a link (see fsutil::refuse_link).
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&path);
+                }
+            }
             w.commit_git();
             self.disk = w.into_disk();
-            rotated
+            rotated.map(|_| ())
         })();
         if let Err(e) = result {
             tracing::warn!("history rotation: {e}");
         }
     }
 
-    fn rotate_registry(&self, w: &mut Writer) -> Result<()> {
+    /// Moves old finished agents to the history; true when the registry
+    /// still has a live agent.
+    fn rotate_registry(&self, w: &mut Writer) -> Result<bool> {
         {
             let mut reg = Registry::load(&self.root)?;
+            let live = reg.live().next().is_some();
             let cutoff = crate::duration::before(w.now, self.config.history_after);
             let moved = reg.rotate(&self.root, cutoff)?;
             if moved > 0 {
@@ -178,7 +185,7 @@ impl Factory {
                     trailers: Vec::new(),
                 });
             }
-            Ok(())
+            Ok(live)
         }
     }
 }
