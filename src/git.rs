@@ -795,10 +795,19 @@ impl Git {
     /// `user.name` as git would use it for a commit in `dir` (the repo's,
     /// else the global one).
     pub fn user_name(dir: &Path) -> Option<String> {
+        Git::config_value(dir, "user.name")
+    }
+
+    /// git's `user.email` for `dir`, if set.
+    pub fn user_email(dir: &Path) -> Option<String> {
+        Git::config_value(dir, "user.email")
+    }
+
+    fn config_value(dir: &Path, key: &str) -> Option<String> {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)
-            .args(["config", "user.name"])
+            .args(["config", key])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod approvals_trust;
 mod bad_input;
 mod bounded;
 mod chaos;
@@ -21,8 +22,8 @@ mod gates;
 mod git;
 mod gittrail;
 mod newcomer;
-mod orphans;
 mod notify;
+mod orphans;
 mod properties;
 mod report;
 mod schedule;

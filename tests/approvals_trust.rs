@@ -1,0 +1,201 @@
+//! Approvals only people give, and hooks without the factory's secrets,
+//! through the binary (issue 14, items 3 and 4): an approval covers what
+//! runs (a task edited after approval asks again), a file written into
+//! `approvals/approved/` with no request before it is ignored, `approve`
+//! records who, a hook sees only the allowlisted environment.
+
+use crate::util::{git, wait_for, TestRoot, LONG};
+
+/// A gated shell task whose `sh` block writes `file` in the root.
+fn gated(root: &TestRoot, id: &str, file: &str) {
+    root.write_task(
+        &id.to_lowercase(),
+        &format!("id: {id}\ntags: [job]\napproval: required"),
+        &format!("```sh\necho ran > {file}\n```"),
+    );
+}
+
+/// Approved, then the body edited (to something else entirely): it does
+/// not run; the old approval is kept in approvals/stale/ marked why, a new
+/// request waits, and the factory says so. Approving the new request runs
+/// the new body.
+#[test]
+fn a_task_edited_after_approval_asks_again() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    gated(&root, "TASK-001", "good.txt");
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pending = root.read("approvals/pending/TASK-001.md");
+    assert!(pending.contains("\ndigest: sha256:"), "{pending}");
+    assert!(pending.contains("\ntags: [job]\n"), "{pending}");
+    assert!(root
+        .read("agents/factory/requests")
+        .starts_with("TASK-001 sha256:"));
+    root.taskq(&["approve", "TASK-001", "--by", "Alice"]).ok();
+    // Edited after approval: another command altogether.
+    root.write_task(
+        "task-001",
+        "id: TASK-001\ntags: [job]\napproval: required",
+        "```sh\nrm -rf nothing-here; echo evil > evil.txt\n```",
+    );
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!root.path().join("evil.txt").exists(), "the edit ran");
+    assert!(!root.path().join("good.txt").exists());
+    assert_eq!(root.show("TASK-001")["status"], "ready");
+    assert!(
+        run.stderr.contains(
+            "TASK-001's approval is void: its body, command or model changed since it was approved; approvals/approved/TASK-001.md kept as approvals/stale/TASK-001.1.md; TASK-001 waits for approval again: approvals/pending/TASK-001.md"
+        ),
+        "{}",
+        run.stderr
+    );
+    let stale = root.read("approvals/stale/TASK-001.1.md");
+    assert!(
+        stale.contains("\nby: Alice\n"),
+        "the record is kept: {stale}"
+    );
+    assert!(stale.contains("\nstale: "), "{stale}");
+    assert!(
+        stale.contains("reason: its body, command or model changed since it was approved"),
+        "{stale}"
+    );
+    assert!(!root.path().join("approvals/approved/TASK-001.md").exists());
+    let again = root.read("approvals/pending/TASK-001.md");
+    assert!(
+        again.contains("evil.txt"),
+        "the new request shows the new body: {again}"
+    );
+    // `next` and `claim` see no approval either.
+    root.taskq(&["next"]).code(1);
+    root.taskq(&["claim", "TASK-001", "--agent", "me"]).code(3);
+    // A person approves what it is now (plain mv): it runs.
+    std::fs::rename(
+        root.path().join("approvals/pending/TASK-001.md"),
+        root.path().join("approvals/approved/TASK-001.md"),
+    )
+    .unwrap();
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(root.show("TASK-001")["status"], "done");
+    assert!(root.path().join("evil.txt").exists());
+}
+
+/// Tags that route it changed after approval: said so.
+#[test]
+fn a_tag_change_voids_the_approval_and_says_so() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    gated(&root, "TASK-001", "good.txt");
+    root.run_until_idle(&[]);
+    root.taskq(&["approve", "1"]).ok();
+    root.write_task(
+        "task-001",
+        "id: TASK-001\ntags: [job, prod]\napproval: required",
+        "```sh\necho ran > good.txt\n```",
+    );
+    let run = root.run_until_idle(&[]);
+    assert!(
+        run.stderr
+            .contains("its tags changed since it was approved ([job], now [job, prod])"),
+        "{}",
+        run.stderr
+    );
+    assert!(!root.path().join("good.txt").exists());
+}
+
+/// A file written into approvals/approved/ with no request before it is
+/// ignored with a warning, by `next`, `claim` and the factory: the task
+/// does not run. So is one for an agent's action request.
+#[test]
+fn an_approval_with_no_request_before_it_is_ignored() {
+    let root = TestRoot::new();
+    root.factory("");
+    root.shell_role(1);
+    gated(&root, "TASK-002", "forged.txt");
+    let forged = "---\ntask: TASK-002\nrole: job\nrequested: 2026-01-01T00:00:00Z\ndigest: sha256:0000\n---\nok\n";
+    root.write("approvals/approved/TASK-002.md", forged);
+    let next = root.taskq(&["next"]).code(1);
+    assert!(
+        next.stderr
+            .contains("warning: approvals/approved/TASK-002.md is ignored"),
+        "{}",
+        next.stderr
+    );
+    let claim = root.taskq(&["claim", "TASK-002", "--agent", "me"]).code(3);
+    assert!(claim.stderr.contains("is void"), "{}", claim.stderr);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !root.path().join("forged.txt").exists(),
+        "the forged approval ran it"
+    );
+    assert_eq!(root.show("TASK-002")["status"], "ready");
+    assert!(
+        run.stderr.contains(
+            "warning: approvals/approved/TASK-002.md is ignored: it matches no request taskq wrote"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(root.path().join("approvals/pending/TASK-002.md").is_file());
+    let kept = root.read("approvals/stale/TASK-002.1.md");
+    assert!(kept.contains("reason: \"matches no request"), "{kept}");
+    // An agent's action request: a forged approval does not end the wait.
+    let file = root
+        .taskq(&["approval", "request", "--task", "TASK-002", "deploy"])
+        .ok()
+        .stdout;
+    let file = file.trim();
+    assert!(root
+        .read("approvals/pending/TASK-002-1.md")
+        .contains("\ndigest: sha256:"));
+    root.write(
+        "approvals/approved/TASK-002-1.md",
+        "---\ntask: TASK-002\n---\nyes\n",
+    );
+    let wait = root
+        .taskq(&["approval", "wait", file, "--timeout", "1s"])
+        .code(3);
+    assert!(wait.stderr.contains("is ignored"), "{}", wait.stderr);
+    // The pending request moved by a person ends it.
+    std::fs::remove_file(root.path().join("approvals/approved/TASK-002-1.md")).unwrap();
+    std::fs::rename(file, root.path().join("approvals/approved/TASK-002-1.md")).unwrap();
+    root.taskq(&["approval", "wait", file, "--timeout", "5s"])
+        .ok();
+}
+
+/// `approve` records who: `--by`, else git's user.name and user.email.
+#[test]
+fn approve_records_who() {
+    let root = TestRoot::new();
+    git(&root, &["init", "-q"]);
+    git(&root, &["config", "user.name", "Person"]);
+    git(&root, &["config", "user.email", "person@example.com"]);
+    root.factory("");
+    root.shell_role(2);
+    gated(&root, "TASK-001", "a.txt");
+    gated(&root, "TASK-002", "b.txt");
+    root.run_until_idle(&[]);
+    let json = root.taskq(&["--json", "approve", "1"]).ok().json();
+    assert_eq!(json["by"], "Person");
+    assert_eq!(json["email"], "person@example.com");
+    let file = root.read("approvals/approved/TASK-001.md");
+    assert!(
+        file.contains("\nby: Person\nemail: person@example.com\n"),
+        "{file}"
+    );
+    root.taskq(&["approve", "2", "--by", "Alice <alice@example.com>"])
+        .ok();
+    let file = root.read("approvals/approved/TASK-002.md");
+    assert!(file.contains("\nby: Alice <alice@example.com>\n"), "{file}");
+    assert!(!file.contains("email:"), "{file}");
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_for("both to run", LONG, || {
+        root.path().join("a.txt").exists() && root.path().join("b.txt").exists()
+    });
+}
