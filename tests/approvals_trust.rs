@@ -199,3 +199,73 @@ fn approve_records_who() {
         root.path().join("a.txt").exists() && root.path().join("b.txt").exists()
     });
 }
+
+/// Hooks and notification commands get only the allowlisted environment:
+/// a secret in the factory's is absent. A hook others may write, or a link
+/// leading out of the root, is refused with a warning.
+#[test]
+fn hooks_get_only_the_allowlisted_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = TestRoot::new();
+    root.factory("notify:\n  - on: [idle]\n    command: env > notify-env.txt\n");
+    root.shell_role(1);
+    root.write_task("a", "id: TASK-001\ntags: [job]", "```sh\ntrue\n```");
+    let hook = |name: &str, text: &str, mode: u32| {
+        let p = root.write(&format!("agents/hooks/{name}"), text);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    hook("on-done", "#!/bin/sh\nenv > hook-env.txt\n", 0o755);
+    // Writable by others: refused.
+    hook("on-spawn", "#!/bin/sh\ntouch spawn-ran.txt\n", 0o777);
+    // A link leading out of the root: refused.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("idle");
+    std::fs::write(&target, "#!/bin/sh\ntouch idle-ran.txt\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&target, root.path().join("agents/hooks/on-idle")).unwrap();
+    let run = root.run_until_idle(&[("FACTORY_SECRET_TOKEN", "s3cret-value")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_for("the hook and the notification", LONG, || {
+        root.path().join("hook-env.txt").exists() && root.path().join("notify-env.txt").exists()
+    });
+    for file in ["hook-env.txt", "notify-env.txt"] {
+        let env = root.read(file);
+        assert!(!env.contains("s3cret-value"), "{file}: {env}");
+        assert!(!env.contains("FACTORY_SECRET_TOKEN"), "{file}: {env}");
+        assert!(
+            env.contains("\nPATH=") || env.starts_with("PATH="),
+            "{file}: {env}"
+        );
+        assert!(env.contains("TASKQ_ROOT="), "{file}: {env}");
+    }
+    assert!(root.read("hook-env.txt").contains("TASKQ_EVENT=on-done"));
+    assert!(!root.path().join("spawn-ran.txt").exists());
+    assert!(!root.path().join("idle-ran.txt").exists());
+    assert!(!outside.path().join("idle-ran.txt").exists());
+    let log = root.read("agents/logs/hooks.log");
+    assert!(
+        log.contains("hook on-spawn: refused: others may write it (mode 777)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("hook on-idle: refused: it is a link to"),
+        "{log}"
+    );
+    assert!(
+        run.stderr.contains("agents/hooks/on-spawn refused"),
+        "{}",
+        run.stderr
+    );
+    // Listed in hooks.env: it gets through.
+    root.factory("hooks:\n  env: [PATH, FACTORY_SECRET_TOKEN]\n");
+    root.write_task("b", "id: TASK-002\ntags: [job]", "```sh\ntrue\n```");
+    std::fs::remove_file(root.path().join("hook-env.txt")).unwrap();
+    let run = root.run_until_idle(&[("FACTORY_SECRET_TOKEN", "s3cret-value")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_for("the hook", LONG, || {
+        root.path().join("hook-env.txt").exists()
+    });
+    assert!(root
+        .read("hook-env.txt")
+        .contains("FACTORY_SECRET_TOKEN=s3cret-value"));
+}

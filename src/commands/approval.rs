@@ -266,7 +266,7 @@ pub fn approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<ExitCode> {
                 &ctx.root,
                 "on-approval-pending",
                 serde_json::json!({"task": id, "agent": agent, "status": "pending", "file": abs, "text": text}),
-                crate::config::Config::load(&ctx.root).map(|c| c.hook_timeout).unwrap_or_default(),
+                &crate::config::Config::load(&ctx.root).unwrap_or_default(),
             )
             .map(|h| h.join());
             ctx.out.line(abs.display().to_string())?;
