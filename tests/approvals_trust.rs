@@ -269,3 +269,62 @@ fn hooks_get_only_the_allowlisted_environment() {
         .read("hook-env.txt")
         .contains("FACTORY_SECRET_TOKEN=s3cret-value"));
 }
+
+/// A worktree agent's HOME and TMPDIR never reach its branch: inside the
+/// worktree (the old advice, `{workspace}/home`) they are left out of the
+/// commit of its work; `{agent_home}` puts HOME outside the worktree.
+#[test]
+fn a_worktree_branch_holds_the_work_and_not_the_agents_home() {
+    let root = TestRoot::new();
+    git(&root, &["init", "-q"]);
+    git(&root, &["config", "user.email", "person@example.com"]);
+    git(&root, &["config", "user.name", "Person"]);
+    root.write("readme.txt", "v1\n");
+    root.factory("");
+    root.write(
+        "agents/templates/job.md",
+        "---\nprefix: JOB\nagent: shell\ntags: [job]\nmax_concurrent: 1\nworkspace: worktree\nenv: [PATH]\nset_env: {HOME: \"{workspace}/home\", TMPDIR: \"{workspace}/tmp\"}\n---\n",
+    );
+    root.write(
+        "agents/templates/away.md",
+        "---\nprefix: AWY\nagent: shell\ntags: [away]\nmax_concurrent: 1\nworkspace: worktree\nenv: [PATH]\nset_env: {HOME: \"{agent_home}\"}\n---\n",
+    );
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "setup"]);
+    let script = "```sh\necho work > feature.txt\necho '{\"token\": \"s3cret\"}' > \"$HOME/.claude.json\"\nmkdir -p \"$HOME/.claude/projects\" && echo transcript > \"$HOME/.claude/projects/t.jsonl\"\n[ -z \"${TMPDIR:-}\" ] || echo scratch > \"$TMPDIR/x\"\n```";
+    root.write_task("a", "id: TASK-001\ntags: [job]", script);
+    root.write_task("b", "id: TASK-002\ntags: [away]", script);
+    let run = root.run_until_idle(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for id in ["TASK-001", "TASK-002"] {
+        assert_eq!(root.show(id)["status"], "done", "{id}");
+        let branch = format!("taskq/{id}");
+        assert_eq!(
+            git(&root, &["show", &format!("{branch}:feature.txt")]),
+            "work\n"
+        );
+        let files = git(&root, &["ls-tree", "-r", "--name-only", &branch]);
+        assert!(
+            !files.contains("claude") && !files.contains("home/") && !files.contains("tmp/"),
+            "{id}: the branch holds the agent's private state: {files}"
+        );
+    }
+    // `{agent_home}`: under agents/homes/, ignored by git in the root.
+    let homes: Vec<String> = std::fs::read_dir(root.path().join("agents/homes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(homes.len(), 1, "{homes:?}");
+    let home = root.path().join("agents/homes").join(&homes[0]);
+    let listing: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        home.join(".claude.json").is_file(),
+        "{listing:?}: {}",
+        root.read(&format!("agents/logs/{}.log", homes[0]))
+    );
+    let status = git(&root, &["status", "--porcelain", "--ignored=no"]);
+    assert!(!status.contains("agents/homes"), "{status}");
+}
