@@ -68,6 +68,28 @@ fn a_task_edited_after_approval_asks_again() {
         again.contains("evil.txt"),
         "the new request shows the new body: {again}"
     );
+    // Changed again while pending: `taskq approve` refuses (the person
+    // would approve what they did not read).
+    root.write_task(
+        "task-001",
+        "id: TASK-001\ntags: [job]\napproval: required",
+        "```sh\necho evil > evil.txt\n```",
+    );
+    let refused = root.taskq(&["approve", "TASK-001"]).code(3);
+    assert!(
+        refused
+            .stderr
+            .contains("changed since its request was written"),
+        "{}",
+        refused.stderr
+    );
+    let run = root.run_until_idle(&[]);
+    assert!(
+        run.stderr.contains("since it was requested"),
+        "{}",
+        run.stderr
+    );
+    assert!(root.path().join("approvals/stale/TASK-001.2.md").is_file());
     // `next` and `claim` see no approval either.
     root.taskq(&["next"]).code(1);
     root.taskq(&["claim", "TASK-001", "--agent", "me"]).code(3);
@@ -316,15 +338,9 @@ fn a_worktree_branch_holds_the_work_and_not_the_agents_home() {
         .collect();
     assert_eq!(homes.len(), 1, "{homes:?}");
     let home = root.path().join("agents/homes").join(&homes[0]);
-    let listing: Vec<_> = std::fs::read_dir(&home)
+    assert!(std::fs::read_to_string(home.join(".claude.json"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(
-        home.join(".claude.json").is_file(),
-        "{listing:?}: {}",
-        root.read(&format!("agents/logs/{}.log", homes[0]))
-    );
+        .contains("s3cret"));
     let status = git(&root, &["status", "--porcelain", "--ignored=no"]);
     assert!(!status.contains("agents/homes"), "{status}");
 }

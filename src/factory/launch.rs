@@ -732,3 +732,26 @@ struct Started {
     /// `(branch, repo top)` of a worktree workspace.
     worktree: Option<(String, PathBuf)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factory::test_support::role;
+
+    #[test]
+    fn private_paths_are_the_state_dirs_inside_the_workspace() {
+        let r = role(
+            "coder",
+            "prefix: COD\nset_env: {HOME: \"{workspace}/home\", TMPDIR: \"{workspace}/tmp/x\", XDG_CONFIG_HOME: \"{agent_home}\", CACHE_DIR: \"{workspace}\", LANG: \"{workspace}/l\", GOPATH_DIR: \"{workspace}/../up\"}\n",
+        );
+        let ws = Path::new("/r/agents/workspaces/COD-001");
+        assert_eq!(
+            private_paths(&r, ws, Path::new("/r"), "COD-001"),
+            ["home", "tmp/x"]
+        );
+        assert_eq!(
+            expand_set_env("{agent_home}/tmp", ws, Path::new("/r"), "COD-001"),
+            "/r/agents/homes/COD-001/tmp"
+        );
+    }
+}
