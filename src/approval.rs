@@ -250,7 +250,7 @@ pub struct Ledger {
 impl Ledger {
     /// `agents/factory/requests`.
     pub fn path(root: &Root) -> PathBuf {
-        root.factory_dir().join("requests")
+        root.approval_ledger()
     }
 
     /// Reads the ledger (empty when it is missing).

@@ -510,7 +510,7 @@ impl Factory {
 /// in the root: outside any worktree, so a work branch holds only the
 /// work).
 pub fn expand_set_env(v: &str, ws_abs: &Path, root_abs: &Path, agent_id: &str) -> String {
-    let home = root_abs.join("agents").join("homes").join(agent_id);
+    let home = crate::root::Root::new(root_abs).agent_home(agent_id);
     v.replace("{workspace}", &ws_abs.display().to_string())
         .replace("{root}", &root_abs.display().to_string())
         .replace("{agent_id}", agent_id)
