@@ -245,6 +245,14 @@ fn hooks_get_only_the_allowlisted_environment() {
     std::fs::write(&target, "#!/bin/sh\ntouch idle-ran.txt\n").unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink(&target, root.path().join("agents/hooks/on-idle")).unwrap();
+    let check = root.taskq(&["check"]);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        said.contains("agents/hooks/on-spawn")
+            && said.contains("the factory refuses to run this hook: others may write it")
+            && said.contains("agents/hooks/on-idle"),
+        "{said}"
+    );
     let run = root.run_until_idle(&[("FACTORY_SECRET_TOKEN", "s3cret-value")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     wait_for("the hook and the notification", LONG, || {
@@ -313,6 +321,13 @@ fn a_worktree_branch_holds_the_work_and_not_the_agents_home() {
     );
     git(&root, &["add", "-A"]);
     git(&root, &["commit", "-q", "-m", "setup"]);
+    let check = root.taskq(&["check"]);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        said.contains("role `job` puts `HOME`, `TMPDIR` inside the agent's workspace")
+            && !said.contains("role `away`"),
+        "{said}"
+    );
     let script = "```sh\necho work > feature.txt\necho '{\"token\": \"s3cret\"}' > \"$HOME/.claude.json\"\nmkdir -p \"$HOME/.claude/projects\" && echo transcript > \"$HOME/.claude/projects/t.jsonl\"\n[ -z \"${TMPDIR:-}\" ] || echo scratch > \"$TMPDIR/x\"\n```";
     root.write_task("a", "id: TASK-001\ntags: [job]", script);
     root.write_task("b", "id: TASK-002\ntags: [away]", script);
