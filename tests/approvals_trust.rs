@@ -109,7 +109,7 @@ fn a_task_edited_after_approval_asks_again() {
 #[test]
 fn a_tag_change_voids_the_approval_and_says_so() {
     let root = TestRoot::new();
-    root.factory("");
+    root.factory("notify:\n  - on: [approval_pending]\n    command: cat >> pending.jsonl\n");
     root.shell_role(1);
     gated(&root, "TASK-001", "good.txt");
     root.run_until_idle(&[]);
@@ -127,6 +127,11 @@ fn a_tag_change_voids_the_approval_and_says_so() {
         run.stderr
     );
     assert!(!root.path().join("good.txt").exists());
+    // The new request is notified like the first.
+    wait_for("two notifications", LONG, || {
+        std::fs::read_to_string(root.path().join("pending.jsonl"))
+            .is_ok_and(|s| s.lines().count() == 2)
+    });
 }
 
 /// A file written into approvals/approved/ with no request before it is

@@ -636,6 +636,14 @@ impl Factory {
         });
         w.disk.rename(path, &to)?;
         w.disk.write(&to, &new)?;
+        // The request that replaces it is news: notified again.
+        if self
+            .runtime
+            .sent
+            .remove(&format!("approval_pending:{stem}"))
+        {
+            self.runtime_dirty = true;
+        }
         w.touch(path.to_path_buf());
         w.touch(to.clone());
         w.notes.push(crate::git::Entry {
