@@ -84,7 +84,32 @@ pub struct Config {
     /// Notification commands are killed after this long.
     #[serde(with = "dur")]
     pub notify_timeout: Duration,
+    /// Hooks and notification commands.
+    pub hooks: HooksConfig,
 }
+
+/// `hooks:` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// The only variables of the factory's environment a hook or a
+    /// notification command gets (`NAME`, or `PREFIX*`), besides the
+    /// `TASKQ_ROOT` and `TASKQ_EVENT` taskq sets.
+    pub env: Vec<String>,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            env: DEFAULT_HOOK_ENV.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// What hooks get of the factory's environment by default: nothing secret.
+pub const DEFAULT_HOOK_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_*", "TZ", "TMPDIR",
+];
 
 /// `git:` settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -166,6 +191,7 @@ impl Default for Config {
             stuck_after: Duration::from_secs(600),
             budget_warning: 0.8,
             notify_timeout: Duration::from_secs(10),
+            hooks: HooksConfig::default(),
         }
     }
 }

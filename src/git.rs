@@ -660,7 +660,9 @@ impl Git {
     /// Unsigned, never prompting: a person's `commit.gpgsign` with no
     /// signer at hand must not lose the agent's work (`git.sign` is not
     /// passed down to here yet).
-    pub fn commit_all(dir: &Path, message: &str) -> Result<bool> {
+    /// `exclude`: paths relative to `dir` left out (the agent's HOME and
+    /// temp dirs, when a role put them in its worktree).
+    pub fn commit_all(dir: &Path, message: &str, exclude: &[String]) -> Result<bool> {
         let git = |args: &[&str]| {
             let mut c = Command::new("git");
             c.arg("-C")
@@ -671,7 +673,10 @@ impl Git {
                 .stdin(Stdio::null());
             c
         };
-        run(&mut git(&["add", "-A"]))?;
+        let mut add = vec!["add".to_string(), "-A".into(), "--".into(), ".".into()];
+        add.extend(exclude.iter().map(|p| format!(":(exclude,literal){p}")));
+        let add: Vec<&str> = add.iter().map(String::as_str).collect();
+        run(&mut git(&add))?;
         let clean = git(&["diff", "--cached", "--quiet"])
             .status()
             .is_ok_and(|s| s.success());
@@ -795,10 +800,19 @@ impl Git {
     /// `user.name` as git would use it for a commit in `dir` (the repo's,
     /// else the global one).
     pub fn user_name(dir: &Path) -> Option<String> {
+        Git::config_value(dir, "user.name")
+    }
+
+    /// git's `user.email` for `dir`, if set.
+    pub fn user_email(dir: &Path) -> Option<String> {
+        Git::config_value(dir, "user.email")
+    }
+
+    fn config_value(dir: &Path, key: &str) -> Option<String> {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)
-            .args(["config", "user.name"])
+            .args(["config", key])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()

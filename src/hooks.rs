@@ -5,6 +5,12 @@
 //! `hook_timeout`; their output goes to `agents/logs/hooks.log`; a failing
 //! hook is logged and never blocks or stops the factory.
 //!
+//! Hooks never see the factory's whole environment: only the variables the
+//! config's `hooks.env` allows (default [`crate::config::DEFAULT_HOOK_ENV`])
+//! and `TASKQ_ROOT`, `TASKQ_EVENT`. A hook file others may write (group- or
+//! world-writable), or a link leading out of the root, is refused with a
+//! warning: a hook runs as the person who runs the factory.
+//!
 //! [`run_detached`] is that runner; the config's notification commands
 //! (see [`crate::notify`]) use it too.
 
@@ -39,30 +45,79 @@ pub fn fire(
     root: &Root,
     event: &str,
     mut payload: Value,
-    timeout: Duration,
+    config: &crate::config::Config,
 ) -> Option<std::thread::JoinHandle<()>> {
     debug_assert!(EVENTS.contains(&event), "unknown hook event {event}");
     let path = root.hook(event);
     if !path.is_file() {
         return None;
     }
+    let log_path = root.dir.join("agents").join("logs").join("hooks.log");
+    if let Some(why) = untrusted(root, &path) {
+        let _ = std::fs::create_dir_all(log_path.parent().expect("has a parent"));
+        append_log(
+            &log_path,
+            &format!("hook {event}"),
+            &format!("refused: {why}"),
+            &[],
+        );
+        tracing::warn!("agents/hooks/{event} refused: {why}");
+        return None;
+    }
     if let Value::Object(map) = &mut payload {
         map.insert("event".into(), Value::String(event.into()));
         map.insert("root".into(), Value::String(root.dir.display().to_string()));
     }
-    let log_path = root.dir.join("agents").join("logs").join("hooks.log");
     let label = format!("hook {event}");
+    let mut cmd = Command::new(&path);
+    cmd.current_dir(&root.dir);
+    let env = crate::spawn::environment(
+        &config.hooks.env,
+        &[
+            ("TASKQ_ROOT".into(), root.dir.display().to_string()),
+            ("TASKQ_EVENT".into(), event.to_string()),
+        ],
+    );
     Some(run_detached(
-        Command::new(&path),
+        cmd,
         label,
         payload.to_string().into_bytes(),
-        timeout,
+        config.hook_timeout,
         log_path,
+        env,
     ))
 }
 
+/// Why the hook file at `path` may not run, if so: a link leading out of
+/// the root, or a file others may write (group- or world-writable; a hook
+/// runs with the factory's rights). Agents cannot write `agents/` under the
+/// sandbox; this holds for the rest.
+pub fn untrusted(root: &Root, path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let link = std::fs::symlink_metadata(path).ok()?;
+    if link.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path).ok()?;
+        let top = std::fs::canonicalize(&root.dir).ok()?;
+        if !target.starts_with(&top) {
+            return Some(format!(
+                "it is a link to {}, outside the root (a hook must live in the root)",
+                target.display()
+            ));
+        }
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "others may write it (mode {:o}); `chmod go-w` it to let it run",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
 /// Runs `cmd` in a background thread, in its own process group, with
-/// `input` on stdin: its output (capped at [`OUTPUT_CAP`]) is appended to
+/// `input` on stdin and exactly the environment `env`: its output (capped at [`OUTPUT_CAP`]) is appended to
 /// `log_path`; past `timeout` its whole group is killed. A command that
 /// cannot start, fails or times out is logged (a warning naming `label`);
 /// nothing it does can block or stop the caller.
@@ -72,10 +127,13 @@ pub fn run_detached(
     input: Vec<u8>,
     timeout: Duration,
     log_path: PathBuf,
+    env: Vec<(String, String)>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::create_dir_all(log_path.parent().expect("has a parent"));
+        // Only the environment given: never the factory's secrets.
+        cmd.env_clear().envs(env);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -216,6 +274,7 @@ mod tests {
             b"{}".to_vec(),
             Duration::from_secs(1),
             log.clone(),
+            vec![("PATH".into(), std::env::var("PATH").unwrap())],
         )
         .join()
         .unwrap();

@@ -89,6 +89,7 @@ pub fn deliver(
     mut payload: Value,
     now: Timestamp,
     timeout: Duration,
+    allow: &[String],
 ) -> Vec<std::thread::JoinHandle<()>> {
     if let Value::Object(map) = &mut payload {
         map.insert("event".into(), Value::String(event.as_str().into()));
@@ -106,11 +107,15 @@ pub fn deliver(
         .filter(|(_, n)| n.on.contains(&event))
         .map(|(i, n)| {
             let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg(&n.command)
-                .current_dir(&root.dir)
-                .env("TASKQ_ROOT", &root.dir)
-                .env("TASKQ_EVENT", event.as_str());
+            cmd.arg("-c").arg(&n.command).current_dir(&root.dir);
+            // The allowlisted environment (`hooks.env`), never all of ours.
+            let env = crate::spawn::environment(
+                allow,
+                &[
+                    ("TASKQ_ROOT".into(), root.dir.display().to_string()),
+                    ("TASKQ_EVENT".into(), event.as_str().to_string()),
+                ],
+            );
             let mut input = input.clone();
             input.push(b'\n');
             crate::hooks::run_detached(
@@ -119,6 +124,7 @@ pub fn deliver(
                 input,
                 timeout,
                 log.clone(),
+                env,
             )
         })
         .collect()

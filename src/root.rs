@@ -79,6 +79,18 @@ impl Root {
         self.factory_dir().join("paused")
     }
 
+    /// `agents/factory/requests`: every approval request taskq wrote (see
+    /// [`crate::approval::Ledger`]).
+    pub fn approval_ledger(&self) -> PathBuf {
+        self.factory_dir().join("requests")
+    }
+
+    /// `agents/homes/<agent-id>`: an agent's `{agent_home}`, outside any
+    /// workspace.
+    pub fn agent_home(&self, agent_id: &str) -> PathBuf {
+        self.dir.join("agents").join("homes").join(agent_id)
+    }
+
     /// `agents/factory/history`: finished agents moved out of the registry.
     pub fn history_dir(&self) -> PathBuf {
         self.factory_dir().join("history")

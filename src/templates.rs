@@ -55,6 +55,7 @@ pub const INIT_FILES: &[(&str, &str)] = &[
 pub const GITIGNORE: &str = "\
 # taskq: agent workspaces and logs are scratch space; locks are per machine.
 /agents/workspaces/
+/agents/homes/
 /agents/logs/
 /agents/factory/*.lock
 /agents/factory/runtime.json

@@ -4,6 +4,7 @@
 mod util;
 
 mod agent_api;
+mod approvals_trust;
 mod bad_input;
 mod bounded;
 mod chaos;

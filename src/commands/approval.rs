@@ -22,7 +22,8 @@ pub struct ApproveArgs {
     /// the pending file's path (in this root's approvals/pending/ only).
     pub what: String,
     /// Who approves (recorded as `by:` in the file and in the commit).
-    /// Default: git's `user.name` for the root, else `$USER`.
+    /// Default: git's `user.name` for the root (and its `user.email`, as
+    /// `email:`), else `$USER`.
     #[arg(long, value_name = "NAME")]
     pub by: Option<String>,
 }
@@ -71,12 +72,17 @@ pub fn approve(ctx: &Ctx, args: ApproveArgs) -> Result<ExitCode> {
         let what = gate_name(writer, &ctx.root, &args.what);
         let from = approval::decision(&ctx.root, &what);
         let by = decider(ctx, args.by.clone())?;
+        let subject = task_subject(ctx, writer, &what, &from)?;
         let path = approval::decide(&ctx.root, &what, true, None, &by, writer.now)?;
-        record_move(writer, &ctx.root, from, &path, "approved", &by);
+        record_move(writer, &ctx.root, from, &path, "approved", &by.name);
+        // A person approved: the request is recorded as what it covers.
+        approval::record_approval(&ctx.root, &path, subject.as_ref(), writer.now)?;
+        writer.touch(approval::Ledger::path(&ctx.root));
         let shown = ctx.display_path(path.strip_prefix(&ctx.root.dir).unwrap_or(&path));
         ctx.out.note(format!("approved: {}", shown.display()));
         if ctx.out.json {
-            ctx.out.json(&serde_json::json!({"approved": shown}))?;
+            ctx.out
+                .json(&serde_json::json!({"approved": shown, "by": by.name, "email": by.email}))?;
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -97,7 +103,7 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
             &by,
             writer.now,
         )?;
-        record_move(writer, &ctx.root, from, &path, "rejected", &by);
+        record_move(writer, &ctx.root, from, &path, "rejected", &by.name);
         let gate = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -130,19 +136,73 @@ pub fn reject(ctx: &Ctx, args: RejectArgs) -> Result<ExitCode> {
     })
 }
 
-/// Who decides: `--by`, else git's `user.name` for the root, else `$USER`,
-/// else `someone`.
-pub(crate) fn decider(ctx: &Ctx, by: Option<String>) -> Result<String> {
+/// For a task's gate: what the approval covers, the task as it is now.
+/// Refused (exit 3) when the pending request was written for another
+/// version of the task: the person would approve what they did not read.
+fn task_subject(
+    ctx: &Ctx,
+    writer: &Writer,
+    what: &str,
+    from: &approval::Decision,
+) -> Result<Option<approval::Subject>> {
+    let approval::Decision::Pending(pending) = from else {
+        return Ok(None);
+    };
+    let name = pending
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(i) = writer.scan.position(&name) else {
+        return Ok(None);
+    };
+    let config = crate::config::Config::load(&ctx.root).unwrap_or_default();
+    let (roles, _) = crate::role::load_all(&ctx.root);
+    let Some(now) = approval::Subject::of_task(&ctx.root, &writer.scan.tasks[i], &roles, &config)
+    else {
+        return Ok(None);
+    };
+    let asked = approval::read_field(pending, "digest");
+    if asked.as_deref().is_some_and(|d| d != now.digest) {
+        return Err(Error::conflict_hint(
+            format!(
+                "`{what}` changed since its request was written ({}): what it runs is not what the request shows",
+                pending.strip_prefix(&ctx.root.dir).unwrap_or(pending).display()
+            ),
+            "`taskq run` writes a fresh request for the task as it is now; read and approve that one",
+        ));
+    }
+    Ok(Some(now))
+}
+
+/// Who decides: `--by`, else git's `user.name` (with its `user.email`)
+/// for the root, else `$USER`, else `someone`.
+pub(crate) fn decider(ctx: &Ctx, by: Option<String>) -> Result<approval::Decider> {
     if let Some(by) = by {
         let by = by.trim();
         if by.is_empty() || by.contains(['\n', '\r']) {
-            return Err(Error::usage("--by must be a name on one line"));
+            return Err(Error::usage_hint(
+                "--by must be a name on one line",
+                "e.g. `--by \"Alice <alice@example.com>\"`",
+            ));
         }
-        return Ok(by.to_string());
+        return Ok(approval::Decider {
+            name: by.to_string(),
+            email: None,
+        });
     }
-    Ok(crate::git::Git::user_name(&ctx.root.dir)
-        .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
-        .unwrap_or_else(|| "someone".into()))
+    if let Some(name) = crate::git::Git::user_name(&ctx.root.dir) {
+        return Ok(approval::Decider {
+            name,
+            email: crate::git::Git::user_email(&ctx.root.dir),
+        });
+    }
+    Ok(approval::Decider {
+        name: std::env::var("USER")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "someone".into()),
+        email: None,
+    })
 }
 
 /// What the person typed, as a gate name: a path stays a path; `6` or
@@ -206,7 +266,7 @@ pub fn approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<ExitCode> {
                 &ctx.root,
                 "on-approval-pending",
                 serde_json::json!({"task": id, "agent": agent, "status": "pending", "file": abs, "text": text}),
-                crate::config::Config::load(&ctx.root).map(|c| c.hook_timeout).unwrap_or_default(),
+                &crate::config::Config::load(&ctx.root).unwrap_or_default(),
             )
             .map(|h| h.join());
             ctx.out.line(abs.display().to_string())?;

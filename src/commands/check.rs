@@ -100,6 +100,63 @@ fn program_problems(roles: &[role::Role], config: &Config) -> Vec<Problem> {
         .collect()
 }
 
+/// Roles that put an agent's HOME or temp dir inside its workspace (the
+/// old `{workspace}/home` advice), and hook files the factory would refuse
+/// to run: warnings.
+fn isolation_problems(ctx: &Ctx, roles: &[role::Role]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for r in roles {
+        let shown = std::path::PathBuf::from(format!("agents/templates/{}.md", r.name));
+        let inside: Vec<&String> = r
+            .settings
+            .set_env
+            .iter()
+            .filter(|(k, v)| {
+                (matches!(k.as_str(), "HOME" | "TMPDIR" | "TMP" | "TEMP")
+                    || k.starts_with("XDG_")
+                    || k.ends_with("HOME")
+                    || k.ends_with("DIR"))
+                    && v.starts_with("{workspace}")
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if inside.is_empty() {
+            continue;
+        }
+        let line = std::fs::read_to_string(&r.path)
+            .ok()
+            .and_then(|text| crate::frontmatter::key_line(&text, "set_env"));
+        let names: Vec<String> = inside.iter().map(|k| format!("`{k}`")).collect();
+        let message = format!(
+            "role `{}` puts {} inside the agent's workspace: its CLI's config, transcripts and credentials live among the work",
+            r.name,
+            names.join(", ")
+        );
+        let p = match line {
+            Some(l) => Problem::at(shown, l, message),
+            None => Problem::new(shown, message),
+        };
+        out.push(
+            p.hint("use `{agent_home}` (agents/homes/<agent-id>, outside the workspace): `set_env: {HOME: \"{agent_home}\"}`")
+                .warning(),
+        );
+    }
+    for event in crate::hooks::EVENTS {
+        let path = ctx.root.hook(event);
+        if let Some(why) = crate::hooks::untrusted(&ctx.root, &path) {
+            out.push(
+                Problem::new(
+                    std::path::PathBuf::from(format!("agents/hooks/{event}")),
+                    format!("the factory refuses to run this hook: {why}"),
+                )
+                .hint("a hook runs with the rights of whoever runs the factory: keep it a file only you can write")
+                .warning(),
+            );
+        }
+    }
+    out
+}
+
 /// Runs `taskq check`.
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let scan = store::scan(&ctx.root);
@@ -122,6 +179,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         Err(_) => None,
     };
     problems.extend(routing_problems(ctx, &scan, &roles, &bad_roles));
+    problems.extend(isolation_problems(ctx, &roles));
     if let Some(config) = &config {
         problems.extend(program_problems(&roles, config));
         problems.extend(crate::factory::gate::unpriced_models(&roles, config));

@@ -37,7 +37,7 @@ const FILE: &str = "agents/factory/paused";
 
 /// Runs `taskq pause`.
 pub fn pause(ctx: &Ctx, args: PauseArgs) -> Result<ExitCode> {
-    let by = super::approval::decider(ctx, args.by)?;
+    let by = super::approval::decider(ctx, args.by)?.name;
     if args.reason.as_deref().is_some_and(|r| r.trim().is_empty()) {
         return Err(Error::usage_hint(
             "--reason is empty",

@@ -39,6 +39,18 @@ pub enum GateAction {
         /// The model it would run with.
         model: Option<String>,
     },
+    /// Its approval (or pending request) no longer covers it: move that
+    /// file to `approvals/stale/`, marked why, and ask again.
+    Renew {
+        /// The role that would run it.
+        role: String,
+        /// The model it would run with.
+        model: Option<String>,
+        /// The void file.
+        stale: std::path::PathBuf,
+        /// Why it is void.
+        void: approval::Void,
+    },
 }
 
 /// What a gate needs besides the task and its role.
@@ -51,8 +63,9 @@ pub struct GateInput<'a> {
     pub registry: &'a Registry,
     /// Spent today (the known amounts).
     pub spent_today: Usd,
-    /// The approval files of a task (or request) name, as they are now.
-    pub decision: &'a dyn Fn(&str) -> Decision,
+    /// The approval files of a task, as they are now, checked against the
+    /// task (see [`approval::verified`]).
+    pub decision: &'a dyn Fn(&Task) -> Decision,
     /// Why a role's program cannot be started (not on the PATH), if so.
     pub missing_program: &'a dyn Fn(&Role) -> Option<String>,
 }
@@ -200,8 +213,16 @@ pub fn gate(
         return Gate::Act(GateAction::Fail(why));
     }
     if approval::needs_approval(t, Some(role), config) {
-        match (input.decision)(&t.id) {
+        match (input.decision)(t) {
             Decision::Approved(_) => {}
+            Decision::Void(stale, void) => {
+                return Gate::Act(GateAction::Renew {
+                    role: role.name.clone(),
+                    model: model.map(str::to_string),
+                    stale,
+                    void,
+                })
+            }
             Decision::Rejected(_, reason) => {
                 return Gate::Act(GateAction::Cancel(format!(
                     "approval rejected{}",
@@ -309,7 +330,7 @@ mod tests {
         committed: &Committed,
     ) -> Gate {
         let root = Root::new("/r");
-        let decision = move |_: &str| decision.clone();
+        let decision = move |_: &Task| decision.clone();
         let missing = move |_: &Role| missing.map(str::to_string);
         let input = GateInput {
             root: &root,
@@ -349,6 +370,29 @@ mod tests {
         assert_eq!(
             decide(&config, &t, &r, None, approved(), None, 0.0),
             Gate::Go
+        );
+        // A void approval is set aside and asked for again.
+        let void = approval::Void {
+            why: "its body, command or model changed since it was approved".into(),
+            unrequested: false,
+        };
+        let stale = PathBuf::from("/r/approvals/approved/TASK-001.md");
+        assert_eq!(
+            decide(
+                &config,
+                &t,
+                &r,
+                None,
+                Decision::Void(stale.clone(), void.clone()),
+                None,
+                0.0
+            ),
+            Gate::Act(GateAction::Renew {
+                role: "builder".into(),
+                model: None,
+                stale,
+                void
+            })
         );
         // A missing program fails before a person is asked.
         assert!(matches!(

@@ -427,10 +427,7 @@ impl Factory {
             }
         }
         for (k, v) in &role.settings.set_env {
-            let v = v
-                .replace("{workspace}", &ws_abs.display().to_string())
-                .replace("{root}", &root_abs.display().to_string())
-                .replace("{agent_id}", agent_id);
+            let v = expand_set_env(v, &ws_abs, &root_abs, agent_id);
             // Config and temp dirs an agent is pointed at must exist (codex
             // panics on a missing TMPDIR).
             if (k.ends_with("HOME") || k.ends_with("DIR")) && Path::new(&v).is_absolute() {
@@ -510,6 +507,49 @@ impl Factory {
             .map_err(|e| e.to_string())?;
         Ok((branch, git.top))
     }
+}
+
+/// A role's `set_env` value with its placeholders replaced: `{workspace}`,
+/// `{root}`, `{agent_id}`, and `{agent_home}` (`agents/homes/<agent-id>`
+/// in the root: outside any worktree, so a work branch holds only the
+/// work).
+pub fn expand_set_env(v: &str, ws_abs: &Path, root_abs: &Path, agent_id: &str) -> String {
+    let home = crate::root::Root::new(root_abs).agent_home(agent_id);
+    v.replace("{workspace}", &ws_abs.display().to_string())
+        .replace("{root}", &root_abs.display().to_string())
+        .replace("{agent_id}", agent_id)
+        .replace("{agent_home}", &home.display().to_string())
+}
+
+/// The agent's private state inside its workspace: the `set_env` values of
+/// `HOME`, `TMPDIR`, `TMP`, `TEMP`, `XDG_*` and any `*HOME` or `*DIR`
+/// variable that lead into `ws_abs`, relative to it. Committing a
+/// worktree leaves them out (a CLI's config, transcripts and credentials
+/// are not work).
+pub fn private_paths(role: &Role, ws_abs: &Path, root_abs: &Path, agent_id: &str) -> Vec<String> {
+    let mut out: Vec<String> = role
+        .settings
+        .set_env
+        .iter()
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "HOME" | "TMPDIR" | "TMP" | "TEMP")
+                || k.starts_with("XDG_")
+                || k.ends_with("HOME")
+                || k.ends_with("DIR")
+        })
+        .filter_map(|(_, v)| {
+            let v = expand_set_env(v, ws_abs, root_abs, agent_id);
+            let rel = Path::new(&v).strip_prefix(ws_abs).ok()?;
+            // Only a plain path below it (never the workspace itself).
+            let plain = rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            (plain && !rel.as_os_str().is_empty()).then(|| rel.display().to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Where a task's `repo:` leads, if it may: inside the root, or inside a
@@ -695,4 +735,27 @@ struct Started {
     pid: u32,
     /// `(branch, repo top)` of a worktree workspace.
     worktree: Option<(String, PathBuf)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factory::test_support::role;
+
+    #[test]
+    fn private_paths_are_the_state_dirs_inside_the_workspace() {
+        let r = role(
+            "coder",
+            "prefix: COD\nset_env: {HOME: \"{workspace}/home\", TMPDIR: \"{workspace}/tmp/x\", XDG_CONFIG_HOME: \"{agent_home}\", CACHE_DIR: \"{workspace}\", LANG: \"{workspace}/l\", GOPATH_DIR: \"{workspace}/../up\"}\n",
+        );
+        let ws = Path::new("/r/agents/workspaces/COD-001");
+        assert_eq!(
+            private_paths(&r, ws, Path::new("/r"), "COD-001"),
+            ["home", "tmp/x"]
+        );
+        assert_eq!(
+            expand_set_env("{agent_home}/tmp", ws, Path::new("/r"), "COD-001"),
+            "/r/agents/homes/COD-001/tmp"
+        );
+    }
 }

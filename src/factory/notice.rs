@@ -53,6 +53,7 @@ impl Factory {
             payload,
             now,
             self.config.notify_timeout,
+            &self.config.hooks.env,
         );
         self.hook_threads.extend(threads);
     }

@@ -74,7 +74,8 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
         None => 0,
     };
     let pause = crate::pause::read(root);
-    let decision = |name: &str| approval::decision(root, name);
+    let ledger = approval::lazy_ledger(root);
+    let decision = |t: &crate::task::Task| approval::verified(root, t, &roles, &config, &ledger);
     let found = HashSet::new();
     let missing = |r: &Role| super::launch::missing_program(r, &config, &found);
     let snapshot = Snapshot {
@@ -123,6 +124,12 @@ pub fn plan(root: &Root, scan: &Scan, now: Timestamp) -> Result<(Vec<PlanItem>, 
             GateAction::Cancel(why) => format!("will be cancelled: {why}"),
             GateAction::RequestApproval { .. } => format!(
                 "needs approval: the factory will write approvals/pending/{}.md",
+                t.id
+            ),
+            GateAction::Renew { stale, void, .. } => format!(
+                "needs approval again: {} is void ({}); the factory will move it to approvals/stale/ and write approvals/pending/{}.md",
+                stale.strip_prefix(&root.dir).unwrap_or(stale).display(),
+                void.why,
                 t.id
             ),
         };

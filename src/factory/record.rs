@@ -110,7 +110,12 @@ impl Factory {
                 agent.id,
                 status.as_str()
             );
-            if let Err(e) = crate::git::Git::commit_all(&ws, &msg) {
+            // Its HOME, TMPDIR and the like stay out of the branch.
+            let root_abs =
+                std::fs::canonicalize(&self.root.dir).unwrap_or_else(|_| self.root.dir.clone());
+            let ws_abs = root_abs.join(agent.workspace.as_deref().unwrap_or(""));
+            let private = super::launch::private_paths(&role, &ws_abs, &root_abs, &agent.id);
+            if let Err(e) = crate::git::Git::commit_all(&ws, &msg, &private) {
                 tracing::warn!("{}: committing the worktree: {e}", ws.display());
             }
             // Under review, the tester works in it; it goes after the verdict.

@@ -73,7 +73,7 @@ impl Factory {
             }
             self.notify(n, payload);
         }
-        if let Some(h) = hooks::fire(&self.root, event, payload, self.config.hook_timeout) {
+        if let Some(h) = hooks::fire(&self.root, event, payload, &self.config) {
             self.hook_threads.push(h);
         }
     }

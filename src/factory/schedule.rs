@@ -470,7 +470,7 @@ mod tests {
         let scan = Scan::from_tasks(tasks);
         let queue = Queue::new(&scan, crate::store::now());
         let root = Root::new("/r");
-        let decision = |_: &str| Decision::Missing;
+        let decision = |_: &crate::task::Task| Decision::Missing;
         let missing = |_: &Role| None;
         let s = Snapshot {
             queue: &queue,

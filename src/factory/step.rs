@@ -447,7 +447,9 @@ impl Factory {
         // watcher wakes the factory when it appears or goes; the heartbeat
         // steps anyway).
         let pause = crate::pause::read(root);
-        let decision = |name: &str| approval::decision(root, name);
+        let ledger = approval::lazy_ledger(root);
+        let (roles, config) = (&self.roles, &self.config);
+        let decision = |t: &crate::task::Task| approval::verified(root, t, roles, config, &ledger);
         let found = &self.found;
         let missing = |r: &Role| super::launch::missing_program(r, &self.config, found);
         let queue = Queue::new(&w.scan, w.now);
@@ -470,6 +472,7 @@ impl Factory {
             pause: pause.as_ref(),
         };
         let plan = schedule::schedule(&snapshot);
+        drop(ledger);
         // After someone else changed the queue: the tasks that can never
         // run, said once each (a graph walk: not on every step).
         if std::mem::take(&mut self.recheck_stuck) {
@@ -521,46 +524,157 @@ impl Factory {
                 self.progress(format!("cancelled {task}: {reason}"));
             }
             GateAction::RequestApproval { role, model } => {
-                let t = &w.scan.tasks[i];
-                let title = store::display_title(&self.root, t);
-                let file = w.disk.read(&self.root.task_path(t)).unwrap_or_default();
-                let (_, body) = super::prompt::body_and_command(&file);
-                let the_role = self.role_or_fallback(&role);
-                let workspace = super::launch::workspace_description(&self.root, &the_role, task);
-                let deps = super::launch::dependency_results(&self.root, w, i);
-                let prompt = super::prompt::task_prompt(task, &title, &body, &deps, &workspace);
-                // Shell commands have no model to name.
-                let model = model.filter(|_| the_role.settings.agent.is_model_cli());
-                let t = &w.scan.tasks[i];
-                let path = approval::request_task(
-                    &self.root,
-                    &mut w.disk,
-                    t,
-                    &title,
-                    &role,
-                    model.as_deref(),
-                    &prompt,
-                    w.now,
-                )?;
-                w.touch(path.clone());
-                w.notes.push(crate::git::Entry {
-                    line: format!(
-                        "{task} needs approval ({})",
-                        path.strip_prefix(&self.root.dir).unwrap_or(&path).display()
-                    ),
-                    trailers: vec![("Task".into(), task.to_string())],
-                });
-                let shown = path
-                    .strip_prefix(&self.root.dir)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
+                let shown = self.request_approval(w, i, task, &role, model)?;
                 self.progress(format!("{task} waits for approval: {shown}"));
-                self.hook("on-approval-pending",
-                    json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}));
+            }
+            GateAction::Renew {
+                role,
+                model,
+                stale,
+                void,
+            } => {
+                let kept = self.set_aside(w, &stale, &void)?;
+                let shown = |p: &std::path::Path| {
+                    p.strip_prefix(&self.root.dir)
+                        .unwrap_or(p)
+                        .display()
+                        .to_string()
+                };
+                let (was, kept) = (shown(&stale), shown(&kept));
+                let pending = self.root.approvals("pending").join(format!("{task}.md"));
+                let asked = match w.disk.exists(&pending) {
+                    true => shown(&pending),
+                    false => self.request_approval(w, i, task, &role, model)?,
+                };
+                let line = match void.unrequested {
+                    true => format!(
+                        "warning: {was} is ignored: it {}; kept as {kept}; {task} waits for approval: {asked}",
+                        void.why
+                    ),
+                    false => format!(
+                        "{task}'s approval is void: {}; {was} kept as {kept}; {task} waits for approval again: {asked}",
+                        void.why
+                    ),
+                };
+                self.progress(line);
             }
         }
         Ok(())
+    }
+
+    /// Writes a task's pending approval file (and notes the request in the
+    /// ledger); returns its path, relative to the root.
+    fn request_approval(
+        &mut self,
+        w: &mut Writer,
+        i: usize,
+        task: &str,
+        role: &str,
+        model: Option<String>,
+    ) -> Result<String> {
+        let t = &w.scan.tasks[i];
+        let title = store::display_title(&self.root, t);
+        let file = w.disk.read(&self.root.task_path(t)).unwrap_or_default();
+        let (_, body) = super::prompt::body_and_command(&file);
+        let the_role = self.role_or_fallback(role);
+        // What the approval covers: the task as routed (a review's gate
+        // is the same request as its builder's).
+        let routed = role::route(t, &self.roles, &self.config)
+            .cloned()
+            .unwrap_or_else(|| the_role.clone());
+        let subject = approval::Subject::of_file(&file, t, &routed);
+        let workspace = super::launch::workspace_description(&self.root, &the_role, task);
+        let deps = super::launch::dependency_results(&self.root, w, i);
+        let prompt = super::prompt::task_prompt(task, &title, &body, &deps, &workspace);
+        // Shell commands have no model to name.
+        let model = model.filter(|_| the_role.settings.agent.is_model_cli());
+        let t = &w.scan.tasks[i];
+        let path = approval::request_task(
+            &self.root,
+            &mut w.disk,
+            t,
+            &title,
+            &subject.role,
+            model.as_deref(),
+            &prompt,
+            &subject,
+            w.now,
+        )?;
+        w.touch(path.clone());
+        w.touch(approval::Ledger::path(&self.root));
+        w.notes.push(crate::git::Entry {
+            line: format!(
+                "{task} needs approval ({})",
+                path.strip_prefix(&self.root.dir).unwrap_or(&path).display()
+            ),
+            trailers: vec![("Task".into(), task.to_string())],
+        });
+        let shown = path
+            .strip_prefix(&self.root.dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        self.hook(
+            "on-approval-pending",
+            json!({"task": task, "role": role, "model": model, "status": "pending", "file": shown}),
+        );
+        Ok(shown)
+    }
+
+    /// Moves a void approval file to `approvals/stale/<name>.<n>.md`,
+    /// marked `stale: <time>` and `reason: <why>`; returns where.
+    fn set_aside(
+        &mut self,
+        w: &mut Writer,
+        path: &std::path::Path,
+        void: &approval::Void,
+    ) -> Result<std::path::PathBuf> {
+        let dir = self.root.approvals("stale");
+        std::fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io(&dir, e))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = (1..)
+            .map(|n| dir.join(format!("{stem}.{n}.md")))
+            .find(|p| !w.disk.exists(p) && std::fs::symlink_metadata(p).is_err())
+            .expect("an unbounded range always yields a free name");
+        let old = w.disk.read(path).unwrap_or_default();
+        let changes = [
+            Change::set("stale", &crate::task::format_timestamp(w.now)),
+            Change::set("reason", &void.why),
+        ];
+        let new = crate::frontmatter::edit(&old, &changes).unwrap_or_else(|_| {
+            let mut b = format!(
+                "---\nstale: {}\nreason: {}\n---\n",
+                crate::task::format_timestamp(w.now),
+                crate::frontmatter::yaml_str(&void.why)
+            )
+            .into_bytes();
+            b.extend_from_slice(&old);
+            b
+        });
+        w.disk.rename(path, &to)?;
+        w.disk.write(&to, &new)?;
+        // The request that replaces it is news: notified again.
+        if self
+            .runtime
+            .sent
+            .remove(&format!("approval_pending:{stem}"))
+        {
+            self.runtime_dirty = true;
+        }
+        w.touch(path.to_path_buf());
+        w.touch(to.clone());
+        w.notes.push(crate::git::Entry {
+            line: format!(
+                "{stem} approval void: {} ({})",
+                void.why,
+                to.strip_prefix(&self.root.dir).unwrap_or(&to).display()
+            ),
+            trailers: vec![("Task".into(), stem.clone())],
+        });
+        Ok(to)
     }
 }
 

@@ -238,7 +238,7 @@ pub fn perform(ctx: &Ctx, action: Action) -> Result<String> {
             transition::release(ctx, transition::IdArgs { id })?;
         }
         Action::Pause => {
-            let by = approval::decider(ctx, None)?;
+            let by = approval::decider(ctx, None)?.name;
             if !pause::pause_root(ctx, &by, None)?.1 {
                 return Ok("already paused".into());
             }
