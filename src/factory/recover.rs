@@ -132,7 +132,11 @@ impl Factory {
                     // it runs: it never ran, so its task is ready again,
                     // with no attempt counted (as when a step fails before
                     // the start).
-                    None => self.never_started(w, &mut reg, &a.id, &a.task),
+                    None => self.never_started(w, &mut reg, &a.id, &a.task).map(|done| {
+                        // Its task not in the queue this instant: a later
+                        // step decides (see `undo_unstarted`).
+                        self.reconcile |= !done;
+                    }),
                 };
                 match settled {
                     Err(e) if e.is_changed() && tries < 5 => {

@@ -280,38 +280,47 @@ impl Factory {
             .filter(|a| !finished.iter().any(|f| f.agent == a.id))
             .map(|a| (a.id.clone(), a.task.clone()))
             .collect();
-        let any = !unstarted.is_empty();
+        let (mut settled, mut pending) = (false, false);
         for (id, task) in unstarted {
-            self.never_started(w, reg, &id, &task)?;
+            match self.never_started(w, reg, &id, &task)? {
+                true => settled = true,
+                false => pending = true,
+            }
         }
-        self.reconcile = false;
-        Ok(any)
+        // A task not in the queue at this moment (an editor's save moves
+        // the file aside for an instant): decided at a later step.
+        self.reconcile = pending;
+        Ok(settled)
     }
 
     /// An agent registered whose process never started (a failed step, a
     /// factory killed in between): its task is ready again, no attempt
-    /// counted; the agent is recorded as failed, never started.
+    /// counted; the agent is recorded as failed, never started. False (and
+    /// nothing changed) while its task is not in the queue: its file may be
+    /// moved aside for an instant (an editor's save), and marking the agent
+    /// failed then would leave the task claimed by it for ever.
     pub(super) fn never_started(
         &mut self,
         w: &mut Writer,
         reg: &mut Registry,
         id: &str,
         task: &str,
-    ) -> Result<()> {
-        if let Some(i) = w.scan.position(task) {
-            let t = &w.scan.tasks[i];
-            if t.status == Status::Running && t.assigned.as_deref() == Some(id) {
-                w.set(
-                    i,
-                    &[
-                        Change::set("status", "ready"),
-                        Change::remove("assigned"),
-                        Change::remove("started"),
-                    ],
-                    Status::Ready,
-                    &format!("{id} never started"),
-                )?;
-            }
+    ) -> Result<bool> {
+        let Some(i) = w.scan.position(task) else {
+            return Ok(false);
+        };
+        let t = &w.scan.tasks[i];
+        if t.status == Status::Running && t.assigned.as_deref() == Some(id) {
+            w.set(
+                i,
+                &[
+                    Change::set("status", "ready"),
+                    Change::remove("assigned"),
+                    Change::remove("started"),
+                ],
+                Status::Ready,
+                &format!("{id} never started"),
+            )?;
         }
         if let Some(a) = reg.agents.get_mut(id) {
             a.status = AgentStatus::Failed;
@@ -319,7 +328,7 @@ impl Factory {
             a.reason = Some("never started: its process was never created".into());
         }
         self.progress(format!("{id} never started; {task} is ready again"));
-        Ok(())
+        Ok(true)
     }
 
     /// Asks the scheduler what starts now, applies the gates' actions,
