@@ -398,21 +398,13 @@ impl Registry {
         self.agents.values().filter(|a| a.status.is_live())
     }
 
-    /// The tasks the factory's agents work on right now, with the agent:
-    /// while a factory runs (`factory_runs`), every agent whose end it has
-    /// not recorded yet; otherwise those whose process is alive. A script must not claim these even
+    /// The tasks the factory's agents hold, with the agent: every agent
+    /// whose end no factory has recorded yet (alive, or ended a moment ago,
+    /// or ended while no factory ran). A script must not claim these even
     /// when a task's file says it is ready (an editor that saved an old
-    /// copy over the factory's claim).
-    pub fn working_on(&self, factory_runs: bool) -> HashMap<String, String> {
+    /// copy over the factory's claim): the agent may have done the task.
+    pub fn working_on(&self) -> HashMap<String, String> {
         self.live()
-            // While a factory runs, every agent it has not recorded the end
-            // of (its process may have ended a moment ago); with none, the
-            // ones whose process is alive.
-            .filter(|a| {
-                factory_runs
-                    || a.pid
-                        .is_some_and(|pid| crate::spawn::is_alive(pid, a.pid_start))
-            })
             .map(|a| (a.task.clone(), a.id.clone()))
             .collect()
     }

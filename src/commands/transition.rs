@@ -212,10 +212,8 @@ pub fn check_gates(writer: &Writer, i: usize, gates: &crate::approval::Gates) ->
 /// [`crate::registry::Registry::working_on`]), read under the queue lock.
 /// An unreadable registry hides nothing (a warning says why).
 pub fn factory_work(root: &crate::store::Root) -> std::collections::HashMap<String, String> {
-    let factory_runs = crate::lock::read_pid(&root.run_lock())
-        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
     match crate::registry::Registry::load(root) {
-        Ok(reg) => reg.working_on(factory_runs),
+        Ok(reg) => reg.working_on(),
         Err(e) => {
             tracing::warn!("{e} (claims cannot see the factory's agents)");
             Default::default()

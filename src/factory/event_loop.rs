@@ -14,8 +14,16 @@ use crate::error::{Error, Result};
 use crate::watch;
 
 impl Factory {
-    pub(super) async fn main(mut self) -> Result<ExitCode> {
+    pub(super) async fn main(mut self, lock: &mut crate::lock::LockGuard) -> Result<ExitCode> {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        let mut sighup =
+            signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+        // Now others may see the factory (see `run`).
+        lock.write_pid()?;
         let _watcher = match self.config.watch {
             true => Some(watch::start(
                 &self.root,
@@ -25,12 +33,6 @@ impl Factory {
             )?),
             false => None,
         };
-        let mut sigterm =
-            signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-        let mut sigint =
-            signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-        let mut sighup =
-            signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
         // After the signal handlers: a SIGTERM right after the run lock
         // names this process must find them in place.
         self.load_runtime();

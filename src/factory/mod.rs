@@ -101,10 +101,11 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     // compare equal (the factory tells its own writes by path).
     let root = Root::new(std::fs::canonicalize(&root.dir).map_err(|e| Error::io(&root.dir, e))?);
     // What agents start ends with them (see spawn::contain). Set up before
-    // the pid is written, when others start to see a factory here.
+    // the pid is written, when others start to see a factory here (the
+    // event loop writes it once its signal handlers are in place: a SIGTERM
+    // sent as soon as the pid shows is then a clean stop, not a kill).
     crate::spawn::contain::init(&root.dir)?;
     let contained = Contained;
-    lock.write_pid()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,7 +119,7 @@ pub fn run(root: &Root, out: Out, opts: Options) -> Result<ExitCode> {
     let factory = Factory::new(root, config, roles, out, opts, disk);
     let counts_line = factory.counts_line;
     let reaper = runtime.spawn(reap_orphans(factory.config.stop_grace));
-    let code = runtime.block_on(factory.main());
+    let code = runtime.block_on(factory.main(&mut lock));
     reaper.abort();
     drop(contained);
     if counts_line && code.is_err() {
