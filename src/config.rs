@@ -84,6 +84,9 @@ pub struct Config {
     /// Notification commands are killed after this long.
     #[serde(with = "dur")]
     pub notify_timeout: Duration,
+    /// The agents' sandbox where a role does not say: `auto` (on where
+    /// the kernel has Landlock), `required`, `off`.
+    pub sandbox: crate::sandbox::Mode,
 }
 
 /// `git:` settings.
@@ -166,6 +169,7 @@ impl Default for Config {
             stuck_after: Duration::from_secs(600),
             budget_warning: 0.8,
             notify_timeout: Duration::from_secs(10),
+            sandbox: crate::sandbox::Mode::Auto,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::watch;
 impl Factory {
     pub(super) async fn main(mut self) -> Result<ExitCode> {
         use tokio::signal::unix::{signal, SignalKind};
+        // Agents of the same user cannot read this process's environment
+        // (its secrets) through /proc, nor ptrace it.
+        crate::sandbox::harden_factory();
         let _watcher = match self.config.watch {
             true => Some(watch::start(
                 &self.root,
@@ -45,6 +48,7 @@ impl Factory {
             // what it misses (docs/reference/roles.md#no-orphans).
             self.progress(format!("agents contained by {c}"));
         }
+        self.progress(self.sandbox_summary());
         let finished = self.recover()?;
         self.step_or_retry(finished);
         let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
@@ -279,5 +283,33 @@ impl Factory {
 
     pub(super) fn is_idle(&self) -> bool {
         self.running.is_empty() && self.startable == 0 && self.wake_at.is_none()
+    }
+}
+
+impl Factory {
+    /// `taskq run`'s line on the agents' sandbox: the Landlock ABI and what
+    /// it covers, and the roles that run without it.
+    fn sandbox_summary(&self) -> String {
+        use crate::sandbox::{self, Mode};
+        let abi = sandbox::abi();
+        let off: Vec<&str> = self
+            .roles
+            .iter()
+            .filter(|r| {
+                abi <= 0 || sandbox::mode(&r.settings.sandbox, self.config.sandbox) == Mode::Off
+            })
+            .map(|r| r.name.as_str())
+            .collect();
+        let mut line = match abi {
+            ..=0 => format!("agents NOT sandboxed: {}", sandbox::covers(0)),
+            abi => format!(
+                "agents sandboxed by landlock abi {abi}: {}",
+                sandbox::covers(abi)
+            ),
+        };
+        if abi > 0 && !off.is_empty() {
+            line.push_str(&format!("; UNSANDBOXED (sandbox: off): {}", off.join(", ")));
+        }
+        line
     }
 }
