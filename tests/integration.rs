@@ -25,5 +25,6 @@ mod notify;
 mod orphans;
 mod properties;
 mod report;
+mod sandbox;
 mod schedule;
 mod service;
