@@ -543,18 +543,14 @@ fn sandbox_rules(
             .replace("{root}", &root.display().to_string());
         root.join(p)
     };
+    // The HOME and TMPDIR the agent gets (set by the role, or passed
+    // through by its `env`): CLIs keep their state there.
     let var = |k: &str| {
-        role.settings.set_env.contains_key(k).then(|| {
-            env.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| PathBuf::from(v))
-        })
+        env.iter()
+            .find(|(n, v)| n == k && Path::new(v).is_absolute())
+            .map(|(_, v)| PathBuf::from(v))
     };
-    let mut grants: Vec<PathBuf> = ["HOME", "TMPDIR"]
-        .iter()
-        .filter_map(|k| var(k).flatten())
-        .filter(|p| p.is_absolute())
-        .collect();
+    let mut grants: Vec<PathBuf> = ["HOME", "TMPDIR"].iter().filter_map(|k| var(k)).collect();
     if var("TMPDIR").is_none() {
         grants.push(std::env::temp_dir());
     }
