@@ -535,4 +535,60 @@ mod tests {
         assert_eq!(label(&p, Mode::Off, 6, true), "off (sandbox: off)");
         assert!(label(&p, Mode::Required, 0, false).starts_with("off"));
     }
+
+    /// Spawn latency of `/bin/true` (prepare + start + exit): plain
+    /// (posix_spawn), sandboxed (fork, Landlock), and sandboxed in a mount
+    /// namespace. `cargo test --release --lib sandbox::tests::latency --
+    /// --ignored --nocapture`; BENCHMARKS.md has the figures.
+    #[test]
+    #[ignore]
+    #[cfg(target_os = "linux")]
+    fn latency() {
+        use std::os::unix::process::CommandExt;
+        use std::time::Instant;
+        let dir = std::env::temp_dir().join(format!("taskq-sbx-{}", std::process::id()));
+        for d in ["tasks", "approvals", "agents/workspaces/A-1"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let protected = [dir.join("tasks"), dir.join("approvals"), dir.join("agents")];
+        let own = rules(
+            &dir.join("agents/workspaces/A-1"),
+            &[],
+            None,
+            None,
+            &protected,
+        );
+        let root = rules(&dir, &[], None, None, &protected);
+        let run = |rules: Option<&Rules>| {
+            let t = Instant::now();
+            let mut cmd = std::process::Command::new("/bin/true");
+            cmd.process_group(0);
+            if let Some(r) = rules {
+                let p = std::sync::Arc::new(prepare(r).unwrap());
+                // SAFETY: apply makes system calls only.
+                unsafe {
+                    cmd.pre_exec(move || p.apply());
+                }
+            }
+            assert!(cmd.status().unwrap().success());
+            t.elapsed().as_secs_f64() * 1000.0
+        };
+        let mut samples: [Vec<f64>; 3] = Default::default();
+        for _ in 0..200 {
+            samples[0].push(run(None));
+            samples[1].push(run(Some(&own)));
+            samples[2].push(run(Some(&root)));
+        }
+        for (name, mut v) in ["plain", "landlock", "landlock + mount ns"]
+            .into_iter()
+            .zip(samples)
+        {
+            v.sort_by(f64::total_cmp);
+            println!(
+                "{name:>20}: p50 {:.2} ms, p90 {:.2} ms, min {:.2} ms",
+                v[100], v[180], v[0]
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
