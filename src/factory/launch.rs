@@ -551,6 +551,15 @@ fn sandbox_rules(
             .map(|(_, v)| PathBuf::from(v))
     };
     let mut grants: Vec<PathBuf> = ["HOME", "TMPDIR"].iter().filter_map(|k| var(k)).collect();
+    // The state directories the role sets (`*HOME`, `*DIR`: made for the
+    // agent above): CLAUDE_CONFIG_DIR, CODEX_HOME, XDG_*_HOME.
+    grants.extend(
+        role.settings
+            .set_env
+            .keys()
+            .filter(|k| k.ends_with("HOME") || k.ends_with("DIR"))
+            .filter_map(|k| var(k)),
+    );
     if var("TMPDIR").is_none() {
         grants.push(std::env::temp_dir());
     }
