@@ -221,6 +221,8 @@ pub struct Rules {
     /// Bound read-only in a private mount namespace (taskq's folders under
     /// a writable tree).
     pub read_only: Vec<PathBuf>,
+    /// Writable trees inside those, bound again (writable) after them.
+    pub rebind: Vec<PathBuf>,
 }
 
 /// The system folders a narrowed `read:` still reads.
@@ -256,9 +258,16 @@ pub fn rules(
             .chain(list.iter().cloned())
             .collect(),
     };
-    let read_only = protected
+    let read_only: Vec<PathBuf> = protected
         .iter()
         .filter(|p| write.iter().any(|w| p.starts_with(w) && *p != w))
+        .cloned()
+        .collect();
+    // What it may write inside those (its workspace under agents/) is
+    // bound again, writable, over the read-only bind.
+    let rebind = write
+        .iter()
+        .filter(|w| read_only.iter().any(|p| w.starts_with(p)))
         .cloned()
         .collect();
     Rules {
@@ -267,6 +276,7 @@ pub fn rules(
         read,
         net,
         read_only,
+        rebind,
     }
 }
 
@@ -284,6 +294,8 @@ struct Namespace {
     gid_map: CString,
     /// Each path with the flags a read-only remount of it must keep.
     binds: Vec<(CString, libc::c_ulong)>,
+    /// Bound again, writable, after those (with the flags to keep).
+    rebind: Vec<(CString, libc::c_ulong)>,
 }
 
 /// Builds the ruleset (in the factory). An error names what failed.
@@ -350,7 +362,7 @@ pub fn prepare(rules: &Rules) -> Result<Prepared, String> {
     let ruleset = fd.ok_or("Landlock is not available")?;
     let ns = match rules.read_only.is_empty() {
         true => None,
-        false => Some(namespace(&rules.read_only)?),
+        false => Some(namespace(&rules.read_only, &rules.rebind)?),
     };
     Ok(Prepared { ruleset, ns })
 }
@@ -361,44 +373,57 @@ pub fn prepare(_rules: &Rules) -> Result<Prepared, String> {
 }
 
 #[cfg(target_os = "linux")]
-fn namespace(paths: &[PathBuf]) -> Result<Namespace, String> {
-    use std::os::unix::ffi::OsStrExt;
+fn namespace(paths: &[PathBuf], rebind: &[PathBuf]) -> Result<Namespace, String> {
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut binds = Vec::new();
-    for p in paths.iter().filter(|p| p.exists()) {
-        let c = CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-        // SAFETY: statvfs fills `st`, a valid out-pointer.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(format!(
-                "statvfs {}: {}",
-                p.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        // A remount inside a user namespace must keep the locked flags.
-        let mut keep: libc::c_ulong = 0;
-        for (st_flag, ms) in [
-            (libc::ST_NOSUID, libc::MS_NOSUID),
-            (libc::ST_NODEV, libc::MS_NODEV),
-            (libc::ST_NOEXEC, libc::MS_NOEXEC),
-            (libc::ST_NOATIME, libc::MS_NOATIME),
-            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-            (libc::ST_RELATIME, libc::MS_RELATIME),
-        ] {
-            if st.f_flag & st_flag != 0 {
-                keep |= ms;
-            }
-        }
-        binds.push((c, keep));
-    }
+    let binds = paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| locked_flags(p))
+        .collect::<Result<_, _>>()?;
     let line = |id: u32| CString::new(format!("{id} {id} 1")).map_err(|e| e.to_string());
+    let rebind = rebind
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| locked_flags(p))
+        .collect::<Result<_, _>>()?;
     Ok(Namespace {
         uid_map: line(uid)?,
         gid_map: line(gid)?,
         binds,
+        rebind,
     })
+}
+
+/// `path` as a C string, with the mount flags a remount of it inside a
+/// user namespace must keep (they are locked).
+#[cfg(target_os = "linux")]
+fn locked_flags(p: &Path) -> Result<(CString, libc::c_ulong), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: statvfs fills `st`, a valid out-pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut keep: libc::c_ulong = 0;
+    for (st_flag, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            keep |= ms;
+        }
+    }
+    Ok((c, keep))
 }
 
 impl Prepared {
@@ -445,6 +470,27 @@ impl Prepared {
                             p,
                             std::ptr::null(),
                             libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(err());
+                    }
+                }
+                // A bind copies the read-only flag: remount it writable.
+                for (path, keep) in &ns.rebind {
+                    let p = path.as_ptr();
+                    if libc::mount(
+                        p,
+                        p,
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            p,
+                            std::ptr::null(),
+                            libc::MS_REMOUNT | libc::MS_BIND | keep,
                             std::ptr::null(),
                         ) != 0
                     {

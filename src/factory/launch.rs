@@ -460,6 +460,16 @@ impl Factory {
         // A recycled empty file as the log, when there is one: no new inode.
         w.disk.place_empty(&self.root.log(agent_id));
         let sandbox = sandbox_rules(role, self.config.sandbox, &root_abs, &ws_abs, &env)?;
+        let mut line = line;
+        if sandbox.is_some() && role.settings.agent == Adapter::Codex {
+            // Codex's own sandbox (bubblewrap) mounts, which Landlock
+            // forbids inside ours; its Landlock form nests.
+            let at = line.args.len().saturating_sub(1);
+            line.args.splice(
+                at..at,
+                ["-c".to_string(), "features.use_legacy_landlock=true".into()],
+            );
+        }
         let spec = spawn::Spec {
             program: line.program,
             args: line.args,
@@ -560,9 +570,9 @@ fn sandbox_rules(
             .filter(|k| k.ends_with("HOME") || k.ends_with("DIR"))
             .filter_map(|k| var(k)),
     );
-    if var("TMPDIR").is_none() {
-        grants.push(std::env::temp_dir());
-    }
+    // The system temp dir, whatever TMPDIR says: tools write there
+    // anyway (OpenClaw's state locks).
+    grants.push(PathBuf::from("/tmp"));
     grants.extend(policy.write.iter().map(|p| expand(p)));
     // A worktree commits into its repository's objects and refs (never
     // its config or hooks).
