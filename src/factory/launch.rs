@@ -461,14 +461,18 @@ impl Factory {
         w.disk.place_empty(&self.root.log(agent_id));
         let sandbox = sandbox_rules(role, self.config.sandbox, &root_abs, &ws_abs, &env)?;
         let mut line = line;
-        if sandbox.is_some() && role.settings.agent == Adapter::Codex {
-            // Codex's own sandbox (bubblewrap) mounts, which Landlock
-            // forbids inside ours; its Landlock form nests.
-            let at = line.args.len().saturating_sub(1);
-            line.args.splice(
-                at..at,
-                ["-c".to_string(), "features.use_legacy_landlock=true".into()],
-            );
+        if sandbox.is_some()
+            && role.settings.agent == Adapter::Codex
+            && role.settings.permission_mode.is_none()
+        {
+            // Codex's own sandbox needs bubblewrap, whose mounts Landlock
+            // refuses inside ours; ours confines its writes the same way
+            // (the workspace), so codex runs without its own.
+            if let Some(i) = line.args.iter().position(|a| a == "--sandbox") {
+                if let Some(mode) = line.args.get_mut(i + 1) {
+                    *mode = "danger-full-access".into();
+                }
+            }
         }
         let spec = spawn::Spec {
             program: line.program,
