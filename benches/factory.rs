@@ -163,6 +163,7 @@ const USAGE: &str = "usage: cargo bench --bench factory -- [--quick] [--only lat
     TASKQ_FACTORY_BENCH_HEARTBEAT=0    do not wait for the first heartbeat (~30 s after the start)
     TASKQ_FACTORY_BENCH_ONLY           latency,throughput,memory (default all)
     TASKQ_FACTORY_BENCH_KEEP           like --keep
+    TASKQ_FACTORY_BENCH_SANDBOX        the agents' sandbox: auto (default), off, required
   Roots go to a temporary directory ($TMPDIR) unless --keep DIR is given;
   then DIR/factory-bench is (re)created and left in place.";
 
@@ -410,7 +411,10 @@ fn base_root(root: &Path, roles: &[(&str, String)]) -> Result<(), String> {
     }
     write(
         &root.join("agents/factory/config.yaml"),
-        format!("# made by benches/factory.rs\nmax_concurrent: {CONCURRENCY}\n"),
+        format!(
+            "# made by benches/factory.rs\nmax_concurrent: {CONCURRENCY}\nsandbox: {}\n",
+            std::env::var("TASKQ_FACTORY_BENCH_SANDBOX").unwrap_or_else(|_| "auto".into())
+        ),
     )?;
     write(
         &root.join(".gitignore"),

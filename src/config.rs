@@ -86,6 +86,9 @@ pub struct Config {
     pub notify_timeout: Duration,
     /// Hooks and notification commands.
     pub hooks: HooksConfig,
+    /// The agents' sandbox where a role does not say: `auto` (on where
+    /// the kernel has Landlock), `required`, `off`.
+    pub sandbox: crate::sandbox::Mode,
 }
 
 /// `hooks:` settings.
@@ -192,6 +195,7 @@ impl Default for Config {
             budget_warning: 0.8,
             notify_timeout: Duration::from_secs(10),
             hooks: HooksConfig::default(),
+            sandbox: crate::sandbox::Mode::Auto,
         }
     }
 }

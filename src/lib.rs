@@ -32,6 +32,7 @@ pub mod registry;
 pub mod report;
 pub mod role;
 pub mod root;
+pub mod sandbox;
 pub mod spawn;
 pub mod store;
 pub mod task;

@@ -183,6 +183,10 @@ pub struct Agent {
     /// returning it to ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_task: bool,
+    /// Its sandbox (`landlock abi 6`, `landlock abi 6 + mount ns`, `off`);
+    /// none in registries written before there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// Whether past agent `a` ran the model a forecast for `model` asks about.
@@ -573,6 +577,7 @@ mod tests {
             test_status: None,
             tested_by: None,
             cancel_task: false,
+            sandbox: None,
         }
     }
 

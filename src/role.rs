@@ -94,6 +94,10 @@ pub struct Settings {
     /// at a time (per model) until one has finished and set the forecast.
     #[serde(default)]
     pub require_cost_history: bool,
+    /// The agents' sandbox: `auto`, `required`, `off`, or a map with
+    /// `mode`, `write`, `read`, `net` (see [`crate::sandbox`]).
+    #[serde(default)]
+    pub sandbox: crate::sandbox::Policy,
 }
 
 fn default_agent() -> Adapter {

@@ -41,6 +41,8 @@ pub struct Spec {
     pub exit_file: PathBuf,
     /// Names the agent in the exit record (its id; no spaces).
     pub exit_tag: String,
+    /// The sandbox, or none (off).
+    pub sandbox: Option<crate::sandbox::Rules>,
 }
 
 /// The wrapper script: record its pid (`<tag> start <pid>`: a factory
@@ -48,6 +50,11 @@ pub struct Spec {
 /// run the agent, record its exit code, exit with it. A record that cannot
 /// be written (a full disk) never changes the code.
 const WRAPPER: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; "$@"; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >> "$TASKQ_EXIT_FILE" 2>/dev/null || :; exit "$rc""#;
+
+/// The wrapper of a sandboxed agent, which may not open the exit-code
+/// file: the factory hands it open as fd 9, which the agent itself never
+/// gets (`9>&-`).
+const SANDBOXED_WRAPPER: &str = r#"printf '%s start %s\n' "$TASKQ_EXIT_TAG" "$$" >&9 2>/dev/null || :; "$@" 9>&-; rc=$?; printf '%s %s\n' "$TASKQ_EXIT_TAG" "$rc" >&9 2>/dev/null || :; exit "$rc""#;
 
 /// Records the shell's exit status when it exits (not when a signal kills
 /// it: then taskq knows the cause itself), and exits with that status even
@@ -104,7 +111,21 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
     let cgroup = contain::enter(&spec.exit_tag);
     let join = if cgroup.is_some() { JOIN_CGROUP } else { "" };
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    match inline_script(spec) {
+    let sandboxed = match &spec.sandbox {
+        Some(rules) => match sandboxed(spec, rules, cgroup.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                contain::not_started(&spec.exit_tag);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let inline = match sandboxed {
+        Some(_) => None,
+        None => inline_script(spec),
+    };
+    match inline {
         // `sh [-e] -c SCRIPT` (the shell and command adapters): the exit
         // code is recorded by an EXIT trap in that same shell, one process
         // instead of two (it halves the cost of a short job).
@@ -115,9 +136,13 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         }
         // `sh -c SCRIPT prog prog args`: "$@" is the agent.
         None => {
+            let base = match sandboxed {
+                Some(_) => SANDBOXED_WRAPPER,
+                None => WRAPPER,
+            };
             let wrapper = match join {
-                "" => Cow::Borrowed(WRAPPER),
-                join => Cow::Owned(format!("{join}{WRAPPER}")),
+                "" => Cow::Borrowed(base),
+                join => Cow::Owned(format!("{join}{base}")),
             };
             cmd.arg("-c")
                 .arg(wrapper.as_ref())
@@ -138,6 +163,28 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
         .kill_on_drop(false);
     if let Some(cg) = &cgroup {
         cmd.env("TASKQ_CGROUP", cg);
+    }
+    #[cfg(target_os = "linux")]
+    if let Some((prepared, exit_fd)) = sandboxed {
+        use std::os::fd::AsRawFd;
+        let exit_fd = std::sync::Arc::new(exit_fd);
+        let prepared = std::sync::Arc::new(prepared);
+        // SAFETY: the closure makes system calls only (see
+        // `sandbox::Prepared::apply`); it runs in the forked child.
+        unsafe {
+            cmd.pre_exec(move || {
+                prepared.apply()?;
+                let fd = exit_fd.as_raw_fd();
+                let ok = match fd {
+                    9 => libc::fcntl(9, libc::F_SETFD, 0) == 0,
+                    _ => libc::dup2(fd, 9) == 9,
+                };
+                match ok {
+                    true => Ok(()),
+                    false => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
     }
     // The wrapper's `"$@"` needs $0 then the program: `sh -c SCRIPT prog prog args`.
     let child = match cmd.spawn() {
@@ -165,6 +212,33 @@ pub fn start(spec: &Spec) -> Result<tokio::process::Child> {
             Err(Error::io(PathBuf::from(&spec.program), e))
         }
     }
+}
+
+/// The sandbox made ready for the start: the ruleset, and the exit-code
+/// file opened for the wrapper (it may not open it itself).
+fn sandboxed(
+    spec: &Spec,
+    rules: &crate::sandbox::Rules,
+    cgroup: Option<&Path>,
+) -> Result<(crate::sandbox::Prepared, fs::File)> {
+    let mut rules = rules.clone();
+    if let Some(cg) = cgroup {
+        rules.write_files.push(cg.join("cgroup.threads"));
+    }
+    let prepared = crate::sandbox::prepare(&rules).map_err(|e| {
+        Error::io(
+            &spec.cwd,
+            std::io::Error::other(format!("cannot set up the sandbox: {e}")),
+        )
+    })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let exit = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&spec.exit_file)
+        .map_err(|e| Error::io(&spec.exit_file, e))?;
+    Ok((prepared, exit))
 }
 
 /// Which containment keeps the agents' process trees together (see
@@ -485,6 +559,7 @@ mod tests {
                 log: dir.path().join("job.log"),
                 exit_file: dir.path().join("exit-codes"),
                 exit_tag: format!("SH-{code}"),
+                sandbox: None,
             };
             let status = rt.block_on(async { start(&spec).unwrap().wait().await.unwrap() });
             assert_eq!(status.code(), Some(code), "{script}");

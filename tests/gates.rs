@@ -348,9 +348,12 @@ fn hooks_run_with_the_event_json() {
 fn an_agent_requests_and_waits_for_approval() {
     let root = TestRoot::new();
     root.factory("");
+    // `sandbox: off`: `approval request` writes approvals/pending/ itself,
+    // which the sandbox refuses until agents' writing commands go through
+    // the factory (issue 14, item 2).
     root.write(
         "agents/templates/poster.md",
-        "---\nprefix: PST\nagent: command\ncommand: 'f=$(taskq approval request \"Post the release note\") && taskq approval wait \"$f\" --timeout 20s && echo posted'\ntags: [post]\nmax_concurrent: 1\nenv: [PATH, HOME]\n---\n",
+        "---\nprefix: PST\nagent: command\ncommand: 'f=$(taskq approval request \"Post the release note\") && taskq approval wait \"$f\" --timeout 20s && echo posted'\ntags: [post]\nmax_concurrent: 1\nenv: [PATH, HOME]\nsandbox: off\n---\n",
     );
     root.write_task("a", "id: TASK-001\ntags: [post]", "Do it.");
     let daemon = root.daemon(&[], &[]);

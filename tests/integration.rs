@@ -28,6 +28,7 @@ mod notify;
 mod orphans;
 mod properties;
 mod report;
+mod sandbox;
 mod schedule;
 mod service;
 mod top;

@@ -210,9 +210,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             Some(s) => format!("  STUCK (no output or CPU for {})", ago(s.since, ctx.now)),
             None => String::new(),
         };
+        // Which sandbox it runs in; an agent without one is said loudly.
+        let sandbox = match a.sandbox.as_deref() {
+            Some(s) if s.starts_with("off") => format!("  UNSANDBOXED{}", &s[3..]),
+            Some(s) => format!("  sandbox: {s}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}{flag}",
+            "  {:<8} {:<9} {:<10} {:<20} {}  {}{rss}{sandbox}{flag}",
             a.id,
             a.role,
             a.task,

@@ -16,6 +16,9 @@ use crate::watch;
 impl Factory {
     pub(super) async fn main(mut self, lock: &mut crate::lock::LockGuard) -> Result<ExitCode> {
         use tokio::signal::unix::{signal, SignalKind};
+        // Agents of the same user cannot read this process's environment
+        // (its secrets) through /proc, nor ptrace it.
+        crate::sandbox::harden_factory();
         let mut sigterm =
             signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
         let mut sigint =
@@ -49,6 +52,7 @@ impl Factory {
         }
         // The agent API: agents' writing commands come in here.
         let _api = self.start_api();
+        self.progress(self.sandbox_summary());
         let finished = self.recover()?;
         self.step_or_retry(finished);
         let mut heartbeat = tokio::time::Instant::now() + self.jittered(self.config.heartbeat);
@@ -290,5 +294,33 @@ impl Factory {
 
     pub(super) fn is_idle(&self) -> bool {
         self.running.is_empty() && self.startable == 0 && self.wake_at.is_none()
+    }
+}
+
+impl Factory {
+    /// `taskq run`'s line on the agents' sandbox: the Landlock ABI and what
+    /// it covers, and the roles that run without it.
+    fn sandbox_summary(&self) -> String {
+        use crate::sandbox::{self, Mode};
+        let abi = sandbox::abi();
+        let off: Vec<&str> = self
+            .roles
+            .iter()
+            .filter(|r| {
+                abi <= 0 || sandbox::mode(&r.settings.sandbox, self.config.sandbox) == Mode::Off
+            })
+            .map(|r| r.name.as_str())
+            .collect();
+        let mut line = match abi {
+            ..=0 => format!("agents NOT sandboxed: {}", sandbox::covers(0)),
+            abi => format!(
+                "agents sandboxed by landlock abi {abi}: {}",
+                sandbox::covers(abi)
+            ),
+        };
+        if abi > 0 && !off.is_empty() {
+            line.push_str(&format!("; UNSANDBOXED (sandbox: off): {}", off.join(", ")));
+        }
+        line
     }
 }

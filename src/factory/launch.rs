@@ -127,6 +127,12 @@ impl Factory {
                     test_status: None,
                     tested_by: None,
                     cancel_task: false,
+                    sandbox: Some(crate::sandbox::label(
+                        &p.role.settings.sandbox,
+                        self.config.sandbox,
+                        crate::sandbox::abi(),
+                        p.role.settings.workspace == Workspace::Root,
+                    )),
                 },
             );
             spawns.push((agent_id, p, workspace, session, resume.is_some()));
@@ -454,6 +460,21 @@ impl Factory {
         }
         // A recycled empty file as the log, when there is one: no new inode.
         w.disk.place_empty(&self.root.log(agent_id));
+        let sandbox = sandbox_rules(role, self.config.sandbox, &root_abs, &ws_abs, &env)?;
+        let mut line = line;
+        if sandbox.is_some()
+            && role.settings.agent == Adapter::Codex
+            && role.settings.permission_mode.is_none()
+        {
+            // Codex's own sandbox needs bubblewrap, whose mounts Landlock
+            // refuses inside ours; ours confines its writes the same way
+            // (the workspace), so codex runs without its own.
+            if let Some(i) = line.args.iter().position(|a| a == "--sandbox") {
+                if let Some(mode) = line.args.get_mut(i + 1) {
+                    *mode = "danger-full-access".into();
+                }
+            }
+        }
         let spec = spawn::Spec {
             program: line.program,
             args: line.args,
@@ -462,6 +483,7 @@ impl Factory {
             log: self.root.log(agent_id),
             exit_file: self.root.exit_codes(),
             exit_tag: agent_id.to_string(),
+            sandbox,
         };
         Ok(Prepared { spec, worktree })
     }
@@ -550,6 +572,97 @@ pub fn private_paths(role: &Role, ws_abs: &Path, root_abs: &Path, agent_id: &str
     out.sort();
     out.dedup();
     out
+}
+
+/// What an agent of `role` may write and read (none: unsandboxed), or
+/// why it may not start (`sandbox: required` without Landlock).
+fn sandbox_rules(
+    role: &Role,
+    default: crate::sandbox::Mode,
+    root: &Path,
+    ws: &Path,
+    env: &[(String, String)],
+) -> std::result::Result<Option<crate::sandbox::Rules>, String> {
+    use crate::sandbox::{self, Mode};
+    let policy = &role.settings.sandbox;
+    match (sandbox::mode(policy, default), sandbox::abi()) {
+        (Mode::Off, _) | (Mode::Auto, ..=0) => return Ok(None),
+        (Mode::Required, ..=0) => {
+            return Err(format!(
+                "role `{}` has `sandbox: required` but this system has no Landlock (Linux 5.13+ with Landlock enabled); hint: set `sandbox: auto` or `off` in agents/templates/{}.md to run it unsandboxed",
+                role.name, role.name
+            ))
+        }
+        _ => {}
+    }
+    let expand = |p: &str| {
+        let p = p
+            .replace("{workspace}", &ws.display().to_string())
+            .replace("{root}", &root.display().to_string());
+        root.join(p)
+    };
+    // The HOME and TMPDIR the agent gets (set by the role, or passed
+    // through by its `env`): CLIs keep their state there.
+    let var = |k: &str| {
+        env.iter()
+            .find(|(n, v)| n == k && Path::new(v).is_absolute())
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    let mut grants: Vec<PathBuf> = ["HOME", "TMPDIR"].iter().filter_map(|k| var(k)).collect();
+    // The state directories the role sets (`*HOME`, `*DIR`: made for the
+    // agent above): CLAUDE_CONFIG_DIR, CODEX_HOME, XDG_*_HOME.
+    grants.extend(
+        role.settings
+            .set_env
+            .keys()
+            .filter(|k| k.ends_with("HOME") || k.ends_with("DIR"))
+            .filter_map(|k| var(k)),
+    );
+    // The system temp dir, whatever TMPDIR says: tools write there
+    // anyway (OpenClaw's state locks).
+    grants.push(PathBuf::from("/tmp"));
+    grants.extend(policy.write.iter().map(|p| expand(p)));
+    // A worktree commits into its repository's objects and refs (never
+    // its config or hooks).
+    if let Ok(link) = std::fs::read_to_string(ws.join(".git")) {
+        if let Some(dir) = link.trim().strip_prefix("gitdir: ").map(PathBuf::from) {
+            if let Some(common) = dir.parent().and_then(Path::parent) {
+                for sub in ["objects", "refs", "logs"] {
+                    grants.push(common.join(sub));
+                }
+            }
+            grants.push(dir);
+        }
+    }
+    let narrow: Option<Vec<PathBuf>> = policy
+        .read
+        .as_ref()
+        .map(|list| list.iter().map(|p| expand(p)).collect());
+    let protected: Vec<PathBuf> = ["tasks", "approvals", "agents", ".git"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    let mut rules = sandbox::rules(
+        ws,
+        &grants,
+        narrow.as_deref(),
+        policy.net.clone(),
+        &protected,
+    );
+    if !rules.read_only.is_empty() && !sandbox::namespaces() {
+        // No private mount namespace here: the workspace's own entries
+        // other than taskq's folders, each (nothing new at its top).
+        rules.write.retain(|w| w != ws);
+        if let Ok(dir) = std::fs::read_dir(ws) {
+            rules.write.extend(
+                dir.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !protected.contains(p)),
+            );
+        }
+        rules.read_only.clear();
+    }
+    Ok(Some(rules))
 }
 
 /// Where a task's `repo:` leads, if it may: inside the root, or inside a

@@ -97,14 +97,18 @@ impl Oc {
     }
 
     /// Writes `agents/templates/<name>.md`: an OpenClaw role with its own
-    /// HOME and TMPDIR per agent, the shared compile cache, and `config`
+    /// HOME and TMPDIR per agent, the shared compile cache (writable in the
+    /// sandbox), and `config`
     /// as `--config`. `settings` adds frontmatter lines.
     fn role(&self, name: &str, prefix: &str, model: &str, config: &Path, settings: &str) {
         self.template(
             name,
             &format!(
-                "prefix: {prefix}\nagent: openclaw\nmodel: {model}\nconfig: {}\n{}{settings}",
+                "prefix: {prefix}\nagent: openclaw\nmodel: {model}\nconfig: {}\nsandbox: {{write: [{}]}}\n{}{settings}",
                 serde_json::to_string(&config.display().to_string()).unwrap(),
+                // The shared compile cache is the agents' to fill (start-up
+                // takes seconds without it).
+                serde_json::to_string(&compile_cache().display().to_string()).unwrap(),
                 default_timeout(settings)
             ),
             &[

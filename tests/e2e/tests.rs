@@ -124,7 +124,13 @@ fn codex_writes_a_file_and_is_priced_from_tokens() {
     );
     assert_eq!(
         e.workspace_file("CDX-001", "hello.txt").as_deref(),
-        Some("hello from codex\n")
+        Some("hello from codex\n"),
+        "{}\n{}",
+        e.log("CDX-001"),
+        posts
+            .last()
+            .map(|p| p.json().to_string())
+            .unwrap_or_default()
     );
     let t = e.root.show("TASK-001");
     assert_eq!(t["status"], "done", "{t}");
