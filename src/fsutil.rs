@@ -857,14 +857,7 @@ impl Disk {
                 Err(_) => {
                     // Another filesystem, or no RENAME_EXCHANGE here: from
                     // now on, temp files in this directory.
-                    self.put_spare(spare);
-                    self.refuse_spares(&p.dir);
-                    let bytes = p.bytes_or_read();
-                    let mut again = self.prepare(&p.path, &p.dir, &bytes)?;
-                    again.dest.clone_from(&p.dest);
-                    again.bytes = bytes;
-                    self.sync(&mut again)?;
-                    return self.place(again);
+                    return self.place_without_spare(p, spare);
                 }
             },
             None => fs::rename(&p.tmp, &p.path).map_err(|e| {
@@ -873,12 +866,21 @@ impl Disk {
             }),
         };
         placed?;
-        self.sync_dir(&p.dir);
-        if p.dest != p.path {
-            self.rename(&p.path, &p.dest)?;
-        }
-        self.remember_placed(&p);
-        Ok(())
+        self.after_place(p)
+    }
+
+    /// Writes `p` again through a temp file, its spare given back and
+    /// spares refused in its directory from now on (no RENAME_EXCHANGE
+    /// there).
+    fn place_without_spare(&mut self, p: Pending, spare: PathBuf) -> Result<()> {
+        self.put_spare(spare);
+        self.refuse_spares(&p.dir);
+        let bytes = p.bytes_or_read();
+        let mut again = self.prepare(&p.path, &p.dir, &bytes)?;
+        again.dest.clone_from(&p.dest);
+        again.bytes = bytes;
+        self.sync(&mut again)?;
+        self.place(again)
     }
 
     /// [`Disk::place`] as a compare-and-swap: the new file is exchanged
@@ -903,14 +905,7 @@ impl Disk {
                     return Err(Error::changed(&p.path, "it changed"));
                 }
                 if let Some(spare) = p.spare.take() {
-                    self.put_spare(spare);
-                    self.refuse_spares(&p.dir);
-                    let bytes = p.bytes_or_read();
-                    let mut again = self.prepare(&p.path, &p.dir, &bytes)?;
-                    again.dest.clone_from(&p.dest);
-                    again.bytes = bytes;
-                    self.sync(&mut again)?;
-                    return self.place(again);
+                    return self.place_without_spare(p, spare);
                 }
                 fs::rename(&p.tmp, &p.path).map_err(|e| {
                     let _ = fs::remove_file(&p.tmp);
